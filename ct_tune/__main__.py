@@ -1,0 +1,5 @@
+"""Allow ``python -m ct_tune``."""
+
+from ct_tune.cli import main
+
+main()

@@ -1,0 +1,178 @@
+"""The ct-tune command line: the one place that ties facts, rules, engine and output together.
+
+Exit status (man ct-tune(8)): audit follows the monitoring-plugin convention,
+0 ok, 1 warning, 2 critical, 3 unknown; every other command exits 0 on success
+and 3 on bad input or usage errors.  Errors are one line on stderr, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ct_tune import __version__, engine, facts, findings, profiles, render, ruleset, snapshot
+from ct_tune.errors import EXIT_UNKNOWN, CtTuneError
+
+
+class Context:
+    """Options shared by every subcommand (roots and the rule search path)."""
+
+    def __init__(self, procfs: str, sysfs: str, rules_dirs: tuple[str, ...],
+                 builtin: bool) -> None:
+        self.roots = facts.Roots(Path(procfs), Path(sysfs))
+        self.rules_dirs = rules_dirs
+        self.builtin = builtin
+
+    def rules(self) -> list[ruleset.Rule]:
+        return ruleset.load(self.rules_dirs, builtin=self.builtin)
+
+    def profiles(self) -> dict[str, profiles.Profile]:
+        # Profiles always include the shipped ones: --no-builtin-rules is about rules.
+        return profiles.load(self.rules_dirs, builtin=True)
+
+
+_root_options = [
+    click.option("--procfs", default="/proc", show_default=True, metavar="DIR",
+                 help="Where procfs is mounted or was captured."),
+    click.option("--sysfs", default="/sys", show_default=True, metavar="DIR",
+                 help="Where sysfs is mounted or was captured."),
+    click.option("--rules-dir", "rules_dirs", multiple=True, metavar="DIR",
+                 type=click.Path(file_okay=False),
+                 help="Extra rules directory (repeatable; later ones win)."),
+    click.option("--no-builtin-rules", is_flag=True, help="Do not load the shipped rules."),
+]
+
+
+def root_options(f: Any) -> Any:
+    for opt in reversed(_root_options):
+        f = opt(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ct-tune")
+def cli() -> None:
+    """Analyze and tune Linux connection tracking (nf_conntrack)."""
+
+
+def _ctx(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin: bool) -> Context:
+    return Context(procfs, sysfs, rules_dirs, not no_builtin)
+
+
+@cli.command()
+@root_options
+@click.option("--facts", "facts_file", metavar="FILE",
+              help="Audit a snapshot written by 'ct-tune collect' instead of this host.")
+@click.option("--profile", default="default", show_default=True,
+              help="Targets to tune for (see 'ct-tune profiles list').")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+@click.option("--explain", is_flag=True, help="Show the arithmetic and evidence per finding.")
+def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules: bool,
+          facts_file: str | None, profile: str, fmt: str, explain: bool) -> None:
+    """Report findings about connection tracking; exit 0/1/2/3 = ok/warning/critical/unknown."""
+    c = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules)
+    prof = profiles.get(c.profiles(), profile)
+    loaded_rules = c.rules()
+    host = snapshot.load(facts_file) if facts_file else facts.collect(c.roots)
+    result = engine.evaluate(loaded_rules, host, prof)
+    state = findings.status(result)
+    if fmt == "json":
+        click.echo(json.dumps(render.report(result, host, state, prof.name), indent=2))
+    elif explain:
+        click.echo(render.explain(result))
+    else:
+        click.echo(render.table(result))
+        click.echo(f"\nstatus: {state.upper()} ({len(result)} findings, profile {prof.name})")
+    sys.exit(findings.exit_code(state))
+
+
+@cli.command()
+@root_options
+@click.option("-o", "--output", metavar="FILE", default="-", help="Write here (default stdout).")
+def collect(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules: bool,
+            output: str) -> None:
+    """Write this host's facts as versioned JSON, for 'audit --facts' elsewhere."""
+    data = snapshot.dumps(facts.collect(facts.Roots(Path(procfs), Path(sysfs))))
+    if output == "-":
+        click.echo(data, nl=False)
+    else:
+        from ct_tune.atomic import write_atomic
+
+        write_atomic(Path(output), data.encode(), mode=0o644)
+
+
+@cli.group("rules")
+def rules_group() -> None:
+    """Inspect the rules on the search path."""
+
+
+@rules_group.command("list")
+@root_options
+def rules_list(procfs: str, sysfs: str, rules_dirs: tuple[str, ...],
+               no_builtin_rules: bool) -> None:
+    """Each rule's id, worst severity, parameter and the file it came from."""
+    click.echo(render.rules_table(_ctx(procfs, sysfs, rules_dirs, no_builtin_rules).rules()))
+
+
+@rules_group.command("show")
+@root_options
+@click.argument("rule_id")
+def rules_show(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules: bool,
+               rule_id: str) -> None:
+    """Print one rule file: its logic, explanation and sources are its documentation."""
+    for r in _ctx(procfs, sysfs, rules_dirs, no_builtin_rules).rules():
+        if r.id == rule_id:
+            click.echo(f"# {r.path}")
+            click.echo(Path(r.path).read_text(encoding="utf-8"), nl=False)
+            return
+    raise CtTuneError(f"no rule with id {rule_id!r} (see 'ct-tune rules list')")
+
+
+@cli.group("profiles")
+def profiles_group() -> None:
+    """Inspect the tuning profiles."""
+
+
+@profiles_group.command("list")
+@click.option("--rules-dir", "rules_dirs", multiple=True, metavar="DIR",
+              type=click.Path(file_okay=False))
+def profiles_list(rules_dirs: tuple[str, ...]) -> None:
+    """Each profile's name, description and file."""
+    from tabulate import tabulate
+
+    rows = [[p.name, p.description, p.path]
+            for p in profiles.load(rules_dirs).values()]
+    click.echo(tabulate(rows, headers=["name", "description", "file"],
+                        maxcolwidths=[None, 60, None]))
+
+
+def main() -> None:
+    """Console entry point: map every failure to one line and a documented status."""
+    try:
+        cli.main(standalone_mode=False)
+    except CtTuneError as e:
+        click.echo(f"ct-tune: {e}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("ct-tune: aborted", err=True)
+        sys.exit(EXIT_UNKNOWN)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(EXIT_UNKNOWN)
+    except BrokenPipeError:
+        sys.exit(EXIT_UNKNOWN)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:  # a bug in ct-tune, not bad input: say so, keep it one line
+        if os.environ.get("CT_TUNE_DEBUG"):
+            raise
+        click.echo(f"ct-tune: internal error: {type(e).__name__}: {e} "
+                   "(set CT_TUNE_DEBUG=1 for a traceback and please report it)", err=True)
+        sys.exit(EXIT_UNKNOWN)

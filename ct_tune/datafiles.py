@@ -1,0 +1,59 @@
+"""Where rule and profile files come from, and reading them as TOML.
+
+Search order (later wins on the same id or name): the rules shipped in the
+package, then /etc/ct-tune/rules.d, then each --rules-dir in the order given.
+A rules directory may hold a ``profiles/`` folder of profile files too, so a
+site keeps its rules and its profiles side by side.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ct_tune.errors import InputError
+
+SITE_RULES_DIR = Path("/etc/ct-tune/rules.d")
+
+
+def builtin_dir() -> Path:
+    """The rules/ folder shipped in the package (wheel, sdist and editable installs)."""
+    return Path(str(resources.files("ct_tune.rules")))
+
+
+def search_path(extra: Sequence[str | Path] = (), builtin: bool = True,
+                site: Path | None = SITE_RULES_DIR) -> list[Path]:
+    """Rule directories in precedence order, lowest first."""
+    dirs: list[Path] = []
+    if builtin:
+        dirs.append(builtin_dir())
+    if site is not None and site.is_dir():
+        dirs.append(site)
+    for d in extra:
+        p = Path(d)
+        if not p.is_dir():
+            raise InputError(str(p), "rules directory does not exist")
+        dirs.append(p)
+    return dirs
+
+
+def toml_files(directory: Path) -> Iterator[Path]:
+    """The *.toml files of one directory, in name order (not recursive)."""
+    if directory.is_dir():
+        yield from sorted(p for p in directory.glob("*.toml") if p.is_file())
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file, turning every failure into one ``PATH: problem`` line."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(str(path), f"invalid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise InputError(str(path), "not text (invalid UTF-8)") from None
+    except OSError as e:
+        raise InputError(str(path), f"cannot read: {e.strerror or e}") from None

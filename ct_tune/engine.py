@@ -1,0 +1,102 @@
+"""The rules engine: facts + profile + rules -> findings, with no I/O.
+
+Rules run in dependency order.  Each sees the host's facts, the profile, and
+``planned``: every parameter's value as the rules so far recommend it (or its
+current value), which is how the buckets and memory rules size themselves from
+the *recommended* max rather than the current one, keeping the recommendations
+consistent with one another.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from ct_tune.errors import InputError
+from ct_tune.expr import ExprError, NoneDict
+from ct_tune.findings import Finding
+from ct_tune.profiles import Profile
+from ct_tune.ruleset import Rule, short_name
+
+HOST_ONLY_NOTE = "read-only in this network namespace: set it on the host"
+
+
+def build_context(facts: dict[str, Any], profile: Profile) -> dict[str, Any]:
+    """What every rule expression can read (documented in docs/rules.md)."""
+    sysctl, writable = NoneDict(), NoneDict()
+    for key, entry in facts["sysctl"].items():
+        name = short_name(key)
+        # net.nf_conntrack_max mirrors net.netfilter.nf_conntrack_max: the latter wins.
+        if name not in sysctl or key.startswith("net.netfilter."):
+            sysctl[name] = entry["value"]
+            writable[name] = entry["writable"]
+    stat = facts.get("stat")
+    return {
+        "sysctl": sysctl,
+        "writable": writable,
+        "host": NoneDict(facts["host"]),
+        "conntrack": NoneDict(facts["conntrack"]),
+        "stat": stat,
+        "counters": NoneDict(stat["counters"]) if stat else NoneDict(),
+        "profile": profile.as_context(),
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float):
+        return None if math.isinf(value) or math.isnan(value) else round(value, 6)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def _run(rule: Rule, base: dict[str, Any], planned: NoneDict) -> Finding | None:
+    param = rule.short_parameter
+    current = base["sysctl"][param] if param else None
+    ctx: dict[str, Any] = {**base, "planned": planned, "current": current,
+                           "parameter": rule.parameter}
+    if not rule.when(ctx):
+        return None
+    for name, expr in rule.lets:
+        ctx[name] = expr(ctx)
+    recommended = rule.recommended(ctx) if rule.recommended else None
+    if isinstance(recommended, float) and recommended.is_integer():
+        recommended = int(recommended)
+    ctx["recommended"] = recommended
+    case = next((c for c in rule.cases if c.condition(ctx)), None)
+    if case is None:
+        return None
+    summary = case.summary.render(ctx)
+    scope = None
+    if rule.parameter:
+        scope = "here" if base["writable"][param] else "host"
+        if scope == "host" and recommended is not None and recommended != current:
+            summary = f"{summary} ({HOST_ONLY_NOTE})"
+    return Finding(
+        rule=rule.id, title=rule.title, severity=case.level, parameter=rule.parameter,
+        current=_jsonable(current), recommended=_jsonable(recommended), summary=summary,
+        explanation=rule.explanation.render(ctx),
+        evidence={name: _jsonable(ctx[name]) for name in rule.evidence},
+        sources=list(rule.sources), rule_file=rule.path, scope=scope,
+    )
+
+
+def evaluate(rules: Iterable[Rule], facts: dict[str, Any], profile: Profile) -> list[Finding]:
+    """Run every rule against the facts; a rule that fails to evaluate is a rule error."""
+    base = build_context(facts, profile)
+    planned = NoneDict(base["sysctl"])
+    findings: list[Finding] = []
+    for rule in rules:
+        try:
+            finding = _run(rule, base, planned)
+        except ExprError as e:
+            raise InputError(rule.path, str(e), item=rule.id) from None
+        if finding is None:
+            continue
+        if finding.parameter and finding.recommended is not None:
+            planned[rule.short_parameter] = finding.recommended
+        findings.append(finding)
+    return findings

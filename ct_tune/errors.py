@@ -1,0 +1,38 @@
+"""Errors a user can act on, and the exit codes they map to.
+
+Every failure caused by input (a corrupt /proc value, a malformed rule or facts
+file) is raised as an InputError carrying the file and what is wrong, so the CLI
+can print one line and exit with a documented status instead of a traceback.
+"""
+
+from __future__ import annotations
+
+# Exit status, monitoring-plugin convention (Nagios/Icinga): see man/ct-tune.8.
+EXIT_OK = 0
+EXIT_WARNING = 1
+EXIT_CRITICAL = 2
+EXIT_UNKNOWN = 3
+
+
+class CtTuneError(Exception):
+    """Base for errors that end a command with one message and an exit status."""
+
+    exit_code = EXIT_UNKNOWN
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InputError(CtTuneError):
+    """A file the tool read is wrong: ``PATH: [ID: ]problem``."""
+
+    def __init__(self, path: str, problem: str, item: str | None = None) -> None:
+        self.path = str(path)
+        self.item = item
+        self.problem = problem
+        prefix = f"{self.path}: {item}: " if item else f"{self.path}: "
+        super().__init__(prefix + problem)

@@ -1,0 +1,246 @@
+"""Read a host's conntrack facts through configurable procfs/sysfs roots.
+
+This is the only module that reads the host for the analyzer.  Every path goes
+through :class:`Roots`, so a tree captured elsewhere (``--procfs``/``--sysfs``,
+node_exporter's ``--path.procfs`` convention) replays that host exactly.  The
+result is a plain JSON-able dict whose layout is documented in
+docs of :mod:`ct_tune.snapshot` (schema version there).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import stat as _stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+
+from ct_tune import __version__, parsers
+from ct_tune.errors import InputError
+
+T = TypeVar("T")
+
+NETFILTER_DIR = "sys/net/netfilter"
+KEEPALIVE_KEYS = ("tcp_keepalive_time", "tcp_keepalive_intvl", "tcp_keepalive_probes")
+
+#: Keys whose value the rules do arithmetic on: a non-integer here is corrupt input.
+INTEGER_KEYS_PREFIX = ("nf_conntrack_tcp_timeout_", "nf_conntrack_udp_timeout",
+                       "nf_conntrack_icmp", "nf_conntrack_generic_timeout",
+                       "nf_conntrack_sctp_timeout_", "nf_conntrack_gre_timeout")
+INTEGER_KEYS = {"nf_conntrack_max", "nf_conntrack_count", "nf_conntrack_buckets",
+                "nf_conntrack_expect_max", "nf_conntrack_acct", "nf_conntrack_timestamp",
+                "nf_conntrack_tcp_loose", "nf_conntrack_tcp_be_liberal",
+                *(f"net.ipv4.{k}" for k in KEEPALIVE_KEYS)}
+
+
+@dataclass(frozen=True)
+class Roots:
+    """Where the host's procfs and sysfs are mounted (or were captured to)."""
+
+    procfs: Path = Path("/proc")
+    sysfs: Path = Path("/sys")
+
+    def proc(self, rel: str) -> Path:
+        return self.procfs / rel
+
+    def sys(self, rel: str) -> Path:
+        return self.sysfs / rel
+
+    @property
+    def live(self) -> bool:
+        """True when reading the running kernel, where write permission can be probed."""
+        return self.procfs == Path("/proc") and self.sysfs == Path("/sys")
+
+
+def _read(path: Path) -> str | None:
+    """File text, or None when it does not exist or may not be read (not an error:
+    many facts are optional, e.g. slabinfo needs root, stat may be compiled out)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(1 << 20)
+    except (FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError):
+        return None
+    except OSError as e:
+        raise InputError(str(path), f"cannot read: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(str(path), "not text (invalid UTF-8)") from None
+
+
+def _parse(path: Path, text: str | None, parse: Callable[[str], T]) -> T | None:
+    if text is None:
+        return None
+    try:
+        return parse(text)
+    except ValueError as e:
+        raise InputError(str(path), str(e)) from None
+
+
+def _writable(path: Path) -> bool:
+    """Whether this namespace may write the sysctl: the owner-write bit of its mode.
+
+    procfs shows sysctls that are read-only in a non-initial network namespace
+    as 0444 (nf_conntrack_standalone.c), and a capture keeps that mode, so the
+    bit answers the same question live and offline.  A read-only /proc mount (an
+    unprivileged container) also makes every key unwritable.
+    """
+    try:
+        st = os.stat(path)
+        if not st.st_mode & _stat.S_IWUSR:
+            return False
+        return not os.statvfs(path).f_flag & os.ST_RDONLY
+    except OSError:
+        return False
+
+
+def _sysctl_entry(path: Path, key: str) -> dict[str, Any] | None:
+    text = _read(path)
+    if text is None:
+        return None
+    short = key.rsplit(".", 1)[-1]
+    if short in INTEGER_KEYS or key in INTEGER_KEYS or short.startswith(INTEGER_KEYS_PREFIX):
+        value: Any = _parse(path, text, parsers.parse_int)
+    else:
+        value = parsers.parse_sysctl_value(text)
+    return {"value": value, "writable": _writable(path)}
+
+
+def _netfilter_sysctls(roots: Roots) -> dict[str, dict[str, Any]]:
+    """Every file under net/netfilter, recursively (nf_log is a directory), unknown keys too."""
+    base = roots.proc(NETFILTER_DIR)
+    out: dict[str, dict[str, Any]] = {}
+    if not base.is_dir():
+        return out
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames.sort()
+        rel = Path(dirpath).relative_to(base)
+        for name in sorted(filenames):
+            key = ".".join(["net", "netfilter", *rel.parts, name])
+            entry = _sysctl_entry(Path(dirpath) / name, key)
+            if entry is not None:
+                out[key] = entry
+    return out
+
+
+def _host(roots: Roots) -> dict[str, Any]:
+    meminfo_path = roots.proc("meminfo")
+    meminfo = _parse(meminfo_path, _read(meminfo_path), parsers.parse_meminfo) or {}
+    if meminfo_path.exists() and "MemTotal" not in meminfo:
+        raise InputError(str(meminfo_path), "no MemTotal line")
+    arch_path = roots.proc("sys/kernel/arch")
+    arch = (_read(arch_path) or "").strip() or None
+    release = (_read(roots.proc("sys/kernel/osrelease")) or "").strip() or None
+    cpus_path = roots.sys("devices/system/cpu/online")
+    cpus = _parse(cpus_path, _read(cpus_path), parsers.parse_cpu_list)
+    hostname = (_read(roots.proc("sys/kernel/hostname")) or "").strip() or None
+    version = parsers.parse_kernel_version(release) if release else None
+    return {
+        "hostname": hostname,
+        "kernel_release": release,
+        "kernel_version": list(version) if version else None,
+        "arch": arch,
+        "pointer_size": parsers.pointer_size_for_arch(arch) if arch else None,
+        "cpus_online": len(cpus) if cpus else None,
+        "mem_total_bytes": meminfo.get("MemTotal"),
+        "low_total_bytes": meminfo.get("LowTotal"),
+        "uptime_seconds": _uptime(roots),
+    }
+
+
+def _uptime(roots: Roots) -> int | None:
+    """Seconds since boot, so since-boot counter totals can be read as rates.
+
+    psutil.boot_time() honours psutil.PROCFS_PATH, which is set to our root
+    for the call and restored (it is process-global).
+    """
+    if not roots.proc("stat").exists():
+        return None
+    saved = psutil.PROCFS_PATH
+    try:
+        psutil.PROCFS_PATH = str(roots.procfs)
+        boot = psutil.boot_time()
+    except (OSError, RuntimeError, ValueError):
+        return None
+    finally:
+        psutil.PROCFS_PATH = saved
+    return max(0, int(_dt.datetime.now(_dt.UTC).timestamp() - boot))
+
+
+def _slab_object_size(roots: Roots) -> tuple[int | None, str | None]:
+    """Size of one nf_conntrack slab object, including alignment padding.
+
+    /proc/slabinfo's objsize column (needs root) is what each entry really
+    occupies; sysfs slab_size is the same number, object_size the unpadded
+    struct, used only as a last resort.
+    """
+    path = roots.proc("slabinfo")
+    size = _parse(path, _read(path), parsers.parse_slabinfo)
+    if size:
+        return size, str(path)
+    for name in ("slab_size", "object_size"):
+        path = roots.sys(f"kernel/slab/nf_conntrack/{name}")
+        size = _parse(path, _read(path), parsers.parse_int)
+        if size:
+            return size, str(path)
+    return None, None
+
+
+def _conntrack(roots: Roots, sysctls: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    loaded = "net.netfilter.nf_conntrack_max" in sysctls
+    hs_path = roots.sys("module/nf_conntrack/parameters/hashsize")
+    hashsize = _parse(hs_path, _read(hs_path), parsers.parse_int)
+    size, size_source = _slab_object_size(roots) if loaded else (None, None)
+    initial: bool | None = None
+    if loaded:
+        # net.nf_conntrack_max exists only in the initial namespace, and max is
+        # 0444 everywhere else (commit 2671fa4dc010).
+        initial = bool(
+            sysctls["net.netfilter.nf_conntrack_max"]["writable"]
+            or roots.proc("sys/net/nf_conntrack_max").exists()
+        )
+    return {
+        "loaded": loaded,
+        "initial_netns": initial,
+        "hashsize_param": hashsize,
+        "slab_object_size": size,
+        "slab_object_size_source": size_source,
+    }
+
+
+def _stat_table(roots: Roots) -> dict[str, Any] | None:
+    path = roots.proc("net/stat/nf_conntrack")
+    parsed = _parse(path, _read(path), parsers.parse_conntrack_stat)
+    if parsed is None:
+        return None
+    return {"source": str(path), **parsed}
+
+
+def collect(roots: Roots, now: _dt.datetime | None = None) -> dict[str, Any]:
+    """All facts the rules need, as a versioned JSON-able dict (see ct_tune.snapshot)."""
+    from ct_tune.snapshot import SCHEMA_NAME, SCHEMA_VERSION
+
+    sysctls = _netfilter_sysctls(roots)
+    legacy = _sysctl_entry(roots.proc("sys/net/nf_conntrack_max"), "net.nf_conntrack_max")
+    if legacy is not None:
+        sysctls["net.nf_conntrack_max"] = legacy
+    for key in KEEPALIVE_KEYS:
+        entry = _sysctl_entry(roots.proc(f"sys/net/ipv4/{key}"), f"net.ipv4.{key}")
+        if entry is not None:
+            sysctls[f"net.ipv4.{key}"] = entry
+    when = now or _dt.datetime.now(_dt.UTC)
+    return {
+        "schema": SCHEMA_NAME,
+        "schema_version": SCHEMA_VERSION,
+        "tool_version": __version__,
+        "collected_at": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "source": {"procfs": str(roots.procfs), "sysfs": str(roots.sysfs), "live": roots.live},
+        "host": _host(roots),
+        "conntrack": _conntrack(roots, sysctls),
+        "sysctl": sysctls,
+        "stat": _stat_table(roots),
+    }

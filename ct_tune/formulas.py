@@ -1,0 +1,201 @@
+"""Kernel sizing arithmetic for nf_conntrack, as pure functions.
+
+These are the named helpers that rule files call from their sandboxed
+expressions.  Each mirrors what the kernel does (net/netfilter/nf_conntrack_core.c,
+nf_conntrack_init_start and nf_ct_alloc_hashtable) so that a recommendation is
+rounded the way the kernel would use it, and so that rules never need to
+re-derive kernel behaviour in a data file.
+"""
+
+from __future__ import annotations
+
+import math
+
+GIB = 1024**3
+PAGE_SIZE = 4096
+
+#: Kernel release from which the default max uses factor 1 (commit d532bcd0b269,
+#: "netfilter: conntrack: sanitize table size default settings").
+FACTOR_ONE_SINCE = (5, 15)
+
+#: Smallest random chain limit before an insert is refused as "chaintoolong"
+#: (MAX_CHAINLEN 64 minus up to 14 random, kernel 5.15+: 50..79 per the reference).
+CHAINTOOLONG_MIN = 50
+
+#: kube-proxy's conntrack sizing (pkg/proxy/conntrack, cmd/kube-proxy defaults).
+KUBE_PROXY_MAX_PER_CORE = 32768
+KUBE_PROXY_MIN = 131072
+KUBE_PROXY_CAP = 1048576
+
+
+def bucket_granularity(pointer_size: int, page_size: int = PAGE_SIZE) -> int:
+    """Buckets come in whole pages of list heads: 512 per page on 64-bit, 1024 on 32-bit."""
+    return max(1, page_size // pointer_size)
+
+
+def round_buckets(buckets: int, pointer_size: int, page_size: int = PAGE_SIZE) -> int:
+    """Round a bucket count up as nf_ct_alloc_hashtable() does (roundup to a page of heads)."""
+    gran = bucket_granularity(pointer_size, page_size)
+    return max(gran, -(-int(buckets) // gran) * gran)
+
+
+def kernel_default_buckets(
+    mem_bytes: int, pointer_size: int, kernel: tuple[int, ...] | list[int] | None = None
+) -> int:
+    """The bucket count the kernel picks at module load when no hashsize= is given.
+
+    RAM / 16384 / pointer size, then capped: on 5.15+ 262144 above 4 GiB (64-bit
+    only) and 65536 above 1 GiB, floor 1024; before 5.15, 65536 and 16384 with a
+    floor of 32.  The result is rounded up to whole pages of bucket heads.
+    """
+    new = kernel is None or tuple(kernel[:2]) >= FACTOR_ONE_SINCE
+    size = mem_bytes // 16384 // pointer_size
+    big, mid, floor = (262144, 65536, 1024) if new else (65536, 16384, 32)
+    if pointer_size >= 8 and mem_bytes > 4 * GIB:
+        size = big
+    elif mem_bytes > GIB:
+        size = mid
+    size = max(size, floor)
+    return round_buckets(size, pointer_size)
+
+
+def default_max_factor(kernel: tuple[int, ...] | list[int] | None, hashsize_given: bool) -> int:
+    """Entries per bucket the kernel uses for the default max.
+
+    8 when hashsize= was given at module load (the old factor, kept so an explicit
+    hashsize does not shrink the table); otherwise 1 on 5.15+ and 4 before.
+    """
+    if hashsize_given:
+        return 8
+    if kernel is None or tuple(kernel[:2]) >= FACTOR_ONE_SINCE:
+        return 1
+    return 4
+
+
+def kernel_default_max(
+    mem_bytes: int,
+    pointer_size: int,
+    kernel: tuple[int, ...] | list[int] | None = None,
+    hashsize: int | None = None,
+) -> int:
+    """nf_conntrack_max as the kernel sets it at module load."""
+    buckets = (
+        round_buckets(hashsize, pointer_size)
+        if hashsize
+        else kernel_default_buckets(mem_bytes, pointer_size, kernel)
+    )
+    return buckets * default_max_factor(kernel, hashsize is not None)
+
+
+def kmalloc_size(n: int) -> int:
+    """The kmalloc size class an allocation of n bytes lands in (SLUB power-of-two classes
+    plus the 96 and 192 byte caches)."""
+    if n <= 0:
+        return 0
+    for size in (8, 16, 32, 64, 96, 128, 192):
+        if n <= size:
+            return size
+    return 1 << (n - 1).bit_length()
+
+
+def extension_bytes(acct: bool = False, timestamp: bool = False, nat: bool = False) -> int:
+    """Approximate per-entry memory of conntrack extensions allocated beside the slab object.
+
+    Extensions share one krealloc'd block of at least NF_CT_EXT_PREALLOC (128)
+    bytes (nf_conntrack_extend.c): a small header plus 32 bytes of accounting
+    counters (struct nf_conn_acct), 16 of timestamps (struct nf_conn_tstamp) and
+    about 16 for NAT.  Zero when none of them is on.
+    """
+    payload = 32 * bool(acct) + 16 * bool(timestamp) + 16 * bool(nat)
+    return kmalloc_size(max(128, 16 + payload)) if payload else 0
+
+
+def entry_bytes(object_size: int, extensions: int = 0) -> int:
+    """Memory one tracked connection costs: slab object plus its extension block."""
+    return int(object_size) + int(extensions)
+
+
+def table_memory(max_entries: int, buckets: int, per_entry: int, pointer_size: int) -> int:
+    """Bytes a full table costs: every entry plus one pointer per bucket."""
+    return int(max_entries) * int(per_entry) + int(buckets) * int(pointer_size)
+
+
+def max_for_budget(budget_bytes: int, per_entry: int, pointer_size: int, per_bucket: int) -> int:
+    """The largest max whose full table (with buckets at per_bucket entries each) fits a budget."""
+    cost = per_entry + pointer_size / max(1, per_bucket)
+    return max(0, int(budget_bytes // cost))
+
+
+def buckets_for_max(max_entries: int, pointer_size: int, per_bucket: int = 1) -> int:
+    """Buckets needed so a full table holds at most per_bucket entries per bucket (rounded)."""
+    return round_buckets(math.ceil(max(1, max_entries) / max(1, per_bucket)), pointer_size)
+
+
+def round_max(max_entries: int, pointer_size: int) -> int:
+    """Round a recommended max up to a whole page of buckets, so factor-1 sizing is exact."""
+    return round_buckets(max_entries, pointer_size)
+
+
+def chain_length(max_entries: int, buckets: int) -> float:
+    """Average chain length of a full table: each entry is hashed twice (both directions)."""
+    if not buckets:
+        return math.inf
+    return 2.0 * max_entries / buckets
+
+
+def keepalive_window(time: int, intvl: int, probes: int) -> int:
+    """Seconds from the last data until TCP keepalive declares a silent peer dead."""
+    return int(time) + int(intvl) * int(probes)
+
+
+def kube_proxy_max(cpus: int) -> int:
+    """The nf_conntrack_max kube-proxy would set: 32768 per CPU, at least 131072, at most 1Mi."""
+    return min(max(KUBE_PROXY_MAX_PER_CORE * max(1, int(cpus)), KUBE_PROXY_MIN), KUBE_PROXY_CAP)
+
+
+#: Lowmem on a 32-bit i386 kernel without highmem tuning (the 896 MiB direct map).
+LOWMEM_I386 = 896 * 1024**2
+
+
+def memory_base(mem_total: int | None, low_total: int | None, pointer_size: int | None) -> int:
+    """Memory a conntrack table competes for.
+
+    Slab objects must live in lowmem, so on 32-bit hosts the budget is LowTotal
+    (or the i386 896 MiB direct map when meminfo does not show it), not RAM.
+    """
+    total = int(mem_total or 0)
+    if pointer_size == 4:
+        return int(low_total) if low_total else min(total, LOWMEM_I386)
+    return total
+
+
+def usage(count: int, max_entries: int) -> float | None:
+    """Fraction of the table in use; None when max is 0 (unlimited)."""
+    if not max_entries:
+        return None
+    return count / max_entries
+
+
+def human_bytes(n: float | int | None) -> str:
+    """IEC bytes for explanations (e.g. 64.0 MiB)."""
+    if n is None:
+        return "unknown"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_duration(seconds: float | int | None) -> str:
+    """Seconds as the largest sensible unit (432000 -> '5 d')."""
+    if seconds is None:
+        return "unknown"
+    s = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if s >= size and s % size == 0:
+            return f"{s // size} {unit}"
+    if s >= 3600:
+        return f"{s / 3600:.1f} h"
+    return f"{s} s"

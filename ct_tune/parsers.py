@@ -1,0 +1,148 @@
+"""Pure parsers for the procfs/sysfs text formats ct-tune reads.
+
+They take text and return values, raising ValueError with a short reason; the
+caller (facts.py) knows the file name and turns that into an InputError.  Kept
+free of I/O so captured trees and unit tests exercise exactly the same code as
+a live host.
+"""
+
+from __future__ import annotations
+
+import re
+
+#: Column names in /proc/net/stat/nf_conntrack mapped to the names conntrack -S
+#: and node_exporter use.  Old kernels printed "searched" and "delete_list" in
+#: those positions with a different meaning, so they are kept under their own names.
+STAT_ALIASES = {"clashres": "clash_resolve", "chainlength": "chaintoolong"}
+
+#: Columns that are not event counters: entries repeats the count on every CPU line.
+STAT_NOT_SUMMED = {"entries"}
+
+_ARCH_POINTER = {
+    8: ("x86_64", "amd64", "aarch64", "arm64", "ppc64", "ppc64le", "s390x", "riscv64",
+        "mips64", "loongarch64", "sparc64", "alpha", "ia64"),
+    4: ("i386", "i486", "i586", "i686", "x86", "armv6l", "armv7l", "armv7", "arm", "armhf",
+        "armel", "mips", "mipsel", "ppc", "powerpc", "riscv32", "s390", "sparc", "m68k"),
+}
+
+
+def parse_sysctl_value(text: str) -> int | list[int] | str:
+    """A sysctl file's value: an int, a list of ints (multi-field), or the raw string."""
+    fields = text.split()
+    if not fields:
+        return ""
+    try:
+        ints = [int(f) for f in fields]
+    except ValueError:
+        return text.strip()
+    return ints[0] if len(ints) == 1 else ints
+
+
+def parse_int(text: str) -> int:
+    """A single integer value, or ValueError naming what was found instead."""
+    value = text.strip()
+    try:
+        return int(value)
+    except ValueError:
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        raise ValueError(f"expected an integer, found {shown!r}") from None
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    """/proc/meminfo as bytes per field (the kB suffix converted)."""
+    out: dict[str, int] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        key, sep, rest = line.partition(":")
+        parts = rest.split()
+        if not sep or not parts or not parts[0].isdigit():
+            raise ValueError(f"line {n}: expected 'Key: value kB', found {line.strip()[:60]!r}")
+        scale = 1024 if len(parts) > 1 and parts[1].lower() == "kb" else 1
+        out[key.strip()] = int(parts[0]) * scale
+    return out
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """A kernel CPU list such as '0-3,8,10-11'."""
+    cpus: list[int] = []
+    value = text.strip()
+    if not value:
+        return cpus
+    for part in value.split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part.strip())
+        if not m:
+            raise ValueError(f"expected a CPU list like '0-3,8', found {value[:40]!r}")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) else lo
+        if hi < lo:
+            raise ValueError(f"CPU range {part!r} runs backwards")
+        cpus.extend(range(lo, hi + 1))
+    return cpus
+
+
+def parse_kernel_version(release: str) -> tuple[int, int, int] | None:
+    """'6.18.44-fc-v657' -> (6, 18, 44); None when it does not start with a version."""
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", release.strip())
+    if not m:
+        return None
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+
+
+def pointer_size_for_arch(arch: str) -> int | None:
+    """Pointer size in bytes for a kernel architecture name (uname -m)."""
+    name = arch.strip().lower()
+    for size, names in _ARCH_POINTER.items():
+        if name in names:
+            return size
+    if name.startswith(("arm", "i")) and not name.startswith("ia64"):
+        return 4
+    return None
+
+
+def parse_slabinfo(text: str, cache: str = "nf_conntrack") -> int | None:
+    """Object size (bytes, including alignment) of a slab cache from /proc/slabinfo."""
+    for line in text.splitlines():
+        fields = line.split()
+        if fields and fields[0] == cache:
+            if len(fields) < 4 or not fields[3].isdigit():
+                raise ValueError(f"malformed {cache} line: {line.strip()[:60]!r}")
+            return int(fields[3])
+    return None
+
+
+def parse_conntrack_stat(text: str) -> dict:
+    """/proc/net/stat/nf_conntrack: one header line, then one hex line per possible CPU.
+
+    Columns are found by header name, never by position, because the kernel has
+    renamed and reused them.  Counters are summed over CPUs except ``entries``,
+    which repeats the namespace's count on every line.
+    """
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise ValueError("empty file, expected a header line and one line per CPU")
+    header = lines[0].split()
+    if not header or any(not re.fullmatch(r"[a-z_]+", h) for h in header):
+        raise ValueError(f"expected a header of column names, found {lines[0].strip()[:60]!r}")
+    names = [STAT_ALIASES.get(h, h) for h in header]
+    totals = {name: 0 for name in names if name not in STAT_NOT_SUMMED}
+    entries = 0
+    for n, line in enumerate(lines[1:], 2):
+        fields = line.split()
+        if len(fields) != len(header):
+            raise ValueError(f"line {n}: {len(fields)} fields, header has {len(header)}")
+        try:
+            values = [int(f, 16) for f in fields]
+        except ValueError:
+            raise ValueError(f"line {n}: expected hexadecimal counters") from None
+        for name, value in zip(names, values, strict=True):
+            if name in STAT_NOT_SUMMED:
+                entries = max(entries, value)
+            else:
+                totals[name] += value
+    return {
+        "columns": header,
+        "cpus": len(lines) - 1,
+        "entries": entries,
+        "counters": totals,
+    }

@@ -1,0 +1,191 @@
+"""Rule files: their format, validation, and the registry built from the search path.
+
+One rule per TOML file.  A rule names the sysctl it tunes (if any), when it
+applies, the named values it derives (``[let]``), how it computes the
+recommended value, an ordered list of severity cases, an explanation template,
+the values it shows as evidence, and its sources.  Every expression is
+compiled when the file is loaded, so a typo fails at ``rules list`` time with
+the file and rule id, not halfway through an audit.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ct_tune import datafiles
+from ct_tune.errors import InputError
+from ct_tune.expr import Expr, ExprError, Text
+
+SEVERITIES = ("ok", "info", "warning", "critical")
+ID_RE = re.compile(r"[a-z][a-z0-9-]*[a-z0-9]")
+PARAM_RE = re.compile(r"net\.[a-z0-9_.]+")
+NAME_RE = re.compile(r"[a-z_][a-z0-9_]*")
+
+_KEYS = {"id", "title", "parameter", "needs", "when", "let", "recommended", "severity",
+         "explanation", "evidence", "sources"}
+_CASE_KEYS = {"level", "if", "summary"}
+#: Names a rule's [let] may not shadow: they are the context every rule reads.
+RESERVED = {"sysctl", "writable", "host", "conntrack", "counters", "stat", "profile",
+            "planned", "current", "recommended", "parameter", "rule", "severity"}
+
+
+@dataclass(frozen=True)
+class Case:
+    level: str
+    condition: Expr
+    summary: Text
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One validated, compiled rule."""
+
+    id: str
+    title: str
+    parameter: str | None
+    needs: tuple[str, ...]
+    when: Expr
+    lets: tuple[tuple[str, Expr], ...]
+    recommended: Expr | None
+    cases: tuple[Case, ...]
+    explanation: Text
+    evidence: tuple[str, ...]
+    sources: tuple[str, ...]
+    path: str
+
+    @property
+    def short_parameter(self) -> str | None:
+        """The parameter as rules name it (net.netfilter.nf_conntrack_max -> nf_conntrack_max)."""
+        return short_name(self.parameter) if self.parameter else None
+
+    @property
+    def max_level(self) -> str:
+        return max((c.level for c in self.cases), key=SEVERITIES.index, default="ok")
+
+
+def short_name(key: str) -> str:
+    """The name rules use for a sysctl: its last dotted component."""
+    for prefix in ("net.netfilter.", "net.ipv4.", "net."):
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
+
+
+def _need(cond: bool, path: Path, rid: str | None, problem: str) -> None:
+    if not cond:
+        raise InputError(str(path), problem, item=rid or "(no id)")
+
+
+def _str_list(data: dict, key: str, path: Path, rid: str) -> tuple[str, ...]:
+    value = data.get(key, [])
+    _need(isinstance(value, list) and all(isinstance(v, str) for v in value), path, rid,
+          f"'{key}' must be a list of strings")
+    return tuple(value)
+
+
+def parse_rule(data: dict[str, Any], path: Path) -> Rule:
+    """Validate one decoded rule file and compile its expressions."""
+    rid = data.get("id")
+    _need(isinstance(rid, str) and bool(ID_RE.fullmatch(rid)), path, None,
+          "'id' is required: lowercase letters, digits and dashes, e.g. 'conntrack-max'")
+    unknown = sorted(set(data) - _KEYS)
+    _need(not unknown, path, rid, f"unknown key(s): {', '.join(unknown)}")
+    title = data.get("title")
+    _need(isinstance(title, str) and title.strip() != "", path, rid, "'title' is required")
+    param = data.get("parameter")
+    _need(param is None or (isinstance(param, str) and bool(PARAM_RE.fullmatch(param))), path,
+          rid, "'parameter' must be a sysctl key such as 'net.netfilter.nf_conntrack_max'")
+    sources = _str_list(data, "sources", path, rid)
+    _need(len(sources) > 0, path, rid, "'sources' must cite at least one source")
+    explanation = data.get("explanation")
+    _need(isinstance(explanation, str) and explanation.strip() != "", path, rid,
+          "'explanation' is required")
+    lets_raw = data.get("let", {})
+    _need(isinstance(lets_raw, dict), path, rid, "'let' must be a table of name = expression")
+    for name, src in lets_raw.items():
+        _need(bool(NAME_RE.fullmatch(name)) and name not in RESERVED, path, rid,
+              f"'let.{name}': not a usable name (reserved or not an identifier)")
+        _need(isinstance(src, str), path, rid, f"'let.{name}' must be an expression string")
+    cases_raw = data.get("severity")
+    _need(isinstance(cases_raw, list) and len(cases_raw) > 0, path, rid,
+          "'severity' needs at least one [[severity]] case")
+    evidence = _str_list(data, "evidence", path, rid)
+    for name in evidence:
+        _need(name in lets_raw or name in ("current", "recommended"), path, rid,
+              f"evidence '{name}' is not a [let] name")
+
+    try:
+        when = Expr(data.get("when", "true"))
+        lets = tuple((name, Expr(src)) for name, src in lets_raw.items())
+        rec_src = data.get("recommended")
+        _need(rec_src is None or isinstance(rec_src, str), path, rid,
+              "'recommended' must be an expression string")
+        _need(rec_src is None or param is not None, path, rid,
+              "'recommended' needs a 'parameter' to recommend a value for")
+        recommended = Expr(rec_src) if rec_src else None
+        cases = []
+        for n, case in enumerate(cases_raw, 1):
+            _need(isinstance(case, dict), path, rid, f"severity case {n} must be a table")
+            bad = sorted(set(case) - _CASE_KEYS)
+            _need(not bad, path, rid, f"severity case {n}: unknown key(s) {', '.join(bad)}")
+            level = case.get("level")
+            _need(level in SEVERITIES, path, rid,
+                  f"severity case {n}: 'level' must be one of {', '.join(SEVERITIES)}")
+            summary = case.get("summary")
+            _need(isinstance(summary, str) and summary.strip() != "", path, rid,
+                  f"severity case {n}: 'summary' is required")
+            cases.append(Case(level, Expr(case.get("if", "true")), Text(summary)))
+        text = Text(explanation)
+    except ExprError as e:
+        raise InputError(str(path), str(e), item=rid) from None
+    return Rule(
+        id=rid, title=title.strip(), parameter=param,
+        needs=_str_list(data, "needs", path, rid), when=when, lets=lets,
+        recommended=recommended, cases=tuple(cases), explanation=text, evidence=evidence,
+        sources=sources, path=str(path),
+    )
+
+
+def load_file(path: Path) -> Rule:
+    return parse_rule(datafiles.read_toml(path), path)
+
+
+def load(extra_dirs: Sequence[str | Path] = (), builtin: bool = True,
+         site: Path | None = datafiles.SITE_RULES_DIR) -> list[Rule]:
+    """The registry: every rule on the search path, a later id replacing an earlier one,
+    in dependency order (a rule comes after the rules it ``needs``)."""
+    by_id: dict[str, Rule] = {}
+    for directory in datafiles.search_path(extra_dirs, builtin, site):
+        for path in datafiles.toml_files(directory):
+            rule = load_file(path)
+            by_id.pop(rule.id, None)
+            by_id[rule.id] = rule
+    return order(list(by_id.values()))
+
+
+def order(rules: list[Rule]) -> list[Rule]:
+    """Topological order by ``needs`` (missing dependencies are allowed: a user may
+    disable a built-in rule); a cycle is a rule error."""
+    by_id = {r.id: r for r in rules}
+    done: dict[str, Rule] = {}
+    visiting: set[str] = set()
+
+    def visit(rule: Rule) -> None:
+        if rule.id in done:
+            return
+        if rule.id in visiting:
+            raise InputError(rule.path, "'needs' forms a cycle", item=rule.id)
+        visiting.add(rule.id)
+        for dep in rule.needs:
+            if dep in by_id:
+                visit(by_id[dep])
+        visiting.discard(rule.id)
+        done[rule.id] = rule
+
+    for rule in sorted(rules, key=lambda r: r.id):
+        visit(rule)
+    return list(done.values())
