@@ -108,6 +108,20 @@ def collect(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rul
         write_atomic(Path(output), data.encode(), mode=0o644)
 
 
+@cli.command()
+@click.option("--procfs", default="/proc", show_default=True, metavar="DIR")
+@click.option("--sysfs", default="/sys", show_default=True, metavar="DIR")
+@click.argument("directory", type=click.Path(file_okay=False))
+def capture(procfs: str, sysfs: str, directory: str) -> None:
+    """Copy the procfs/sysfs files ct-tune reads into DIRECTORY (replay with --procfs/--sysfs)."""
+    from ct_tune.capture import capture as do_capture
+
+    out = Path(directory)
+    n = do_capture(facts.Roots(Path(procfs), Path(sysfs)), out)
+    click.echo(f"captured {n} files; replay with: ct-tune audit --procfs {out / 'proc'} "
+               f"--sysfs {out / 'sys'}", err=True)
+
+
 @cli.group("rules")
 def rules_group() -> None:
     """Inspect the rules on the search path."""

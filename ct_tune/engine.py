@@ -32,6 +32,10 @@ def build_context(facts: dict[str, Any], profile: Profile) -> dict[str, Any]:
             sysctl[name] = entry["value"]
             writable[name] = entry["writable"]
     stat = facts.get("stat")
+    prof = profile.as_context()
+    # Timeouts and floors are optional per key: a missing one reads as none.
+    prof["timeouts"] = NoneDict(prof["timeouts"])
+    prof["floors"] = NoneDict(prof["floors"])
     return {
         "sysctl": sysctl,
         "writable": writable,
@@ -39,7 +43,7 @@ def build_context(facts: dict[str, Any], profile: Profile) -> dict[str, Any]:
         "conntrack": NoneDict(facts["conntrack"]),
         "stat": stat,
         "counters": NoneDict(stat["counters"]) if stat else NoneDict(),
-        "profile": profile.as_context(),
+        "profile": prof,
     }
 
 

@@ -189,13 +189,17 @@ def human_bytes(n: float | int | None) -> str:
 
 
 def human_duration(seconds: float | int | None) -> str:
-    """Seconds as the largest sensible unit (432000 -> '5 d')."""
+    """Seconds in the two largest units (432000 -> '5 d', 7875 -> '2 h 11 min')."""
     if seconds is None:
         return "unknown"
     s = int(seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if s >= size and s % size == 0:
-            return f"{s // size} {unit}"
-    if s >= 3600:
-        return f"{s / 3600:.1f} h"
-    return f"{s} s"
+    if s < 60:
+        return f"{s} s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+        if s >= size:
+            parts.append(f"{s // size} {unit}")
+            s %= size
+        if len(parts) == 2 or (parts and s == 0):
+            break
+    return " ".join(parts)
