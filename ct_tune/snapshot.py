@@ -128,7 +128,8 @@ def load(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise InputError(name, f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+        raise InputError(name, f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
+                         ) from None
     return validate(data, name)
 
 

@@ -1,0 +1,46 @@
+"""Shared fixtures: captured host trees and running the real CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ct_tune import facts
+from ct_tune.capture import apply_modes
+
+HOSTS = Path(__file__).parent / "hosts"
+ROOT = Path(__file__).parent.parent
+
+
+def materialize(name: str, dest: Path) -> facts.Roots:
+    """Copy a captured tree and restore its file modes (git keeps only +x)."""
+    target = dest / name
+    shutil.copytree(HOSTS / name, target)
+    apply_modes(target)
+    return facts.Roots(target / "proc", target / "sys")
+
+
+@pytest.fixture
+def tree(tmp_path: Path):
+    """tree('defaults-16g') -> Roots of a private copy of that captured host."""
+    return lambda name: materialize(name, tmp_path)
+
+
+def run_cli(*args: str, input: str | None = None, env: dict | None = None,
+            netns: str | None = None) -> subprocess.CompletedProcess:
+    """Run ct-tune as a user would (a separate process), optionally inside a netns."""
+    cmd = [sys.executable, "-m", "ct_tune", *args]
+    if netns:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, input=input, env=full_env,
+                          timeout=120, check=False)
+
+
+def tree_args(roots: facts.Roots) -> list[str]:
+    return ["--procfs", str(roots.procfs), "--sysfs", str(roots.sysfs)]

@@ -1,0 +1,50 @@
+"""Every file in tests/rule_cases/ is one case: facts in, findings out (sqlfluff-style)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from conftest import materialize
+
+from ct_tune import engine, facts, profiles, ruleset
+
+CASES = sorted((Path(__file__).parent / "rule_cases").glob("*.toml"))
+
+
+def load_case_facts(case: dict, tmp: Path) -> dict:
+    data = facts.collect(materialize(case["tree"], tmp))
+    for key, value in case.get("sysctl", {}).items():
+        data["sysctl"].setdefault(key, {"writable": True})["value"] = value
+    data["host"].update(case.get("host", {}))
+    data["conntrack"].update(case.get("conntrack", {}))
+    if case.get("counters"):
+        assert data["stat"] is not None, "counters need a tree with /proc/net/stat"
+        data["stat"]["counters"].update(case["counters"])
+    return data
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_rule_case(path: Path, tmp_path: Path):
+    case = tomllib.loads(path.read_text())
+    profile = profiles.get(profiles.load(), case.get("profile", "default"))
+    found = {f.rule: f for f in engine.evaluate(ruleset.load(), load_case_facts(case, tmp_path),
+                                                profile)}
+    for rule_id, want in case.get("expect", {}).items():
+        assert rule_id in found, f"{path.name}: no finding from {rule_id}"
+        got = found[rule_id]
+        if "severity" in want:
+            assert got.severity == want["severity"], got.summary
+        if "recommended" in want:
+            assert got.recommended == want["recommended"], got.explanation
+        for name, value in want.get("evidence", {}).items():
+            assert got.evidence[name] == value, f"evidence {name}: {got.evidence}"
+        if "summary_contains" in want:
+            assert want["summary_contains"] in got.summary
+    for rule_id in case.get("absent", {}).get("rules", []):
+        assert rule_id not in found, f"{path.name}: unexpected {rule_id}: {found[rule_id].summary}"
+
+
+def test_there_are_cases():
+    assert len(CASES) >= 5
