@@ -1,0 +1,52 @@
+"""Exit status, output streams and the JSON schema, as a monitoring system sees them."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import run_cli, tree_args
+
+FINDING_KEYS = {"rule", "severity", "parameter", "current", "recommended", "summary",
+                "explanation", "evidence"}
+
+
+def test_json_schema_fields(tree):
+    proc = run_cli("audit", "--format", "json", *tree_args(tree("keepalive-trap")))
+    report = json.loads(proc.stdout)
+    assert report["schema_version"] == 1
+    assert report["status"] == "warning"
+    assert set(report) >= {"schema_version", "status", "findings", "facts"}
+    for f in report["findings"]:
+        assert FINDING_KEYS <= set(f)
+        assert f["severity"] in ("ok", "info", "warning", "critical")
+        assert f["parameter"] is None or f["parameter"].startswith("net.")
+
+
+def test_usage_error_exits_3_not_2(tree):
+    """2 means CRITICAL to a monitoring system: a typo must not page anyone as critical."""
+    proc = run_cli("audit", "--format", "yaml", *tree_args(tree("defaults-16g")))
+    assert proc.returncode == 3
+    assert proc.stdout == ""
+    assert "Invalid value for '--format'" in proc.stderr
+
+
+def test_missing_facts_file(tmp_path):
+    proc = run_cli("audit", "--facts", str(tmp_path / "nope.json"))
+    assert proc.returncode == 3
+    assert proc.stderr.strip() == f"ct-tune: {tmp_path / 'nope.json'}: cannot read: " \
+                                  "No such file or directory"
+
+
+def test_table_output_and_status_line(tree):
+    proc = run_cli("audit", *tree_args(tree("nearly-full-drops")))
+    assert proc.returncode == 2
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["parameter", "current", "recommended", "severity", "why"]
+    # worst first
+    assert "critical" in lines[2]
+    assert lines[-1].startswith("status: CRITICAL")
+
+
+def test_version_and_module_entry_point():
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and "ct-tune" in proc.stdout
