@@ -23,7 +23,7 @@ HOST_ONLY_NOTE = "read-only in this network namespace: set it on the host"
 
 
 def build_context(facts: dict[str, Any], profile: Profile) -> dict[str, Any]:
-    """What every rule expression can read (documented in docs/rules.md)."""
+    """What every rule expression can read (documented in man/ct-tune-rules.5)."""
     sysctl, writable = NoneDict(), NoneDict()
     for key, entry in facts["sysctl"].items():
         name = short_name(key)

@@ -4,7 +4,7 @@ This is the only module that reads the host for the analyzer.  Every path goes
 through :class:`Roots`, so a tree captured elsewhere (``--procfs``/``--sysfs``,
 node_exporter's ``--path.procfs`` convention) replays that host exactly.  The
 result is a plain JSON-able dict whose layout is documented in
-docs of :mod:`ct_tune.snapshot` (schema version there).
+man/ct-tune-json.5 and validated by :mod:`ct_tune.snapshot`.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from ct_tune.ruleset import SEVERITIES
 
 @dataclass
 class Finding:
-    """One rule's conclusion; the JSON schema's ``findings[]`` item (see docs/json-schema.md)."""
+    """One rule's conclusion; the JSON schema's ``findings[]`` item (see man/ct-tune-json.5)."""
 
     rule: str
     title: str

@@ -1,7 +1,7 @@
 """Turn findings into what people and programs read: table, explanation, JSON.
 
 Pure functions from data to text; cli.py decides where the text goes.  The
-JSON layout is a documented contract (docs/json-schema.md, REPORT_SCHEMA_VERSION).
+JSON layout is a documented contract (man/ct-tune-json.5, REPORT_SCHEMA_VERSION).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def explain(findings: list[Finding]) -> str:
 
 def report(findings: list[Finding], facts: dict[str, Any], status: str,
            profile: str) -> dict[str, Any]:
-    """The --format json document (docs/json-schema.md)."""
+    """The --format json document (man/ct-tune-json.5)."""
     return {
         "schema_version": REPORT_SCHEMA_VERSION,
         "status": status,

@@ -3,7 +3,7 @@
 A fleet collects on every host and one machine audits, so the file is a
 contract: it carries a schema name and version, and is validated on load with
 an error that names the file, the field and what is wrong.  The layout is
-documented in docs/facts-schema.md (README links it); this module is its
+documented in man/ct-tune-json.5; this module is its
 executable definition (SPEC).
 """
 
