@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from ct_tune import __version__, engine, facts, findings, profiles, render, ruleset, snapshot
+from ct_tune import __version__, ctsource, engine, facts, findings, profiles, render, ruleset, snapshot
 from ct_tune.errors import EXIT_UNKNOWN, CtTuneError
 
 
@@ -49,6 +49,35 @@ _root_options = [
 ]
 
 
+_sample_options = [
+    click.option("--no-sample", is_flag=True, help="Do not read the conntrack table."),
+    click.option("--sample-limit", type=click.IntRange(min=1), metavar="N",
+                 help="Read at most N entries and scale counts to the table size."),
+]
+
+
+def sample_options(f: Any) -> Any:
+    for opt in reversed(_sample_options):
+        f = opt(f)
+    return f
+
+
+def gather(roots: facts.Roots, no_sample: bool, sample_limit: int | None) -> dict[str, Any]:
+    """Facts of this host, with the table sample unless told not to."""
+    from ct_tune import sampler
+
+    host = facts.collect(roots)
+    sampler.fill_missing_stat(roots, host)
+    dump = roots.proc("net/nf_conntrack")
+    # A captured tree without a table dump just has no sample; a live host says why.
+    if not no_sample and host["conntrack"]["loaded"] and (roots.live or dump.exists()):
+        try:
+            host["flows"] = sampler.sample(roots, host, sample_limit)
+        except ctsource.SourceError as e:
+            click.echo(f"ct-tune: warning: table not sampled: {e}", err=True)
+    return host
+
+
 def root_options(f: Any) -> Any:
     for opt in reversed(_root_options):
         f = opt(f)
@@ -74,13 +103,16 @@ def _ctx(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin: bool)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True)
 @click.option("--explain", is_flag=True, help="Show the arithmetic and evidence per finding.")
+@sample_options
 def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules: bool,
-          facts_file: str | None, profile: str, fmt: str, explain: bool) -> None:
+          facts_file: str | None, profile: str, fmt: str, explain: bool, no_sample: bool,
+          sample_limit: int | None) -> None:
     """Report findings about connection tracking; exit 0/1/2/3 = ok/warning/critical/unknown."""
     c = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules)
     prof = profiles.get(c.profiles(), profile)
     loaded_rules = c.rules()
-    host = snapshot.load(facts_file) if facts_file else facts.collect(c.roots)
+    host = (snapshot.load(facts_file) if facts_file
+            else gather(c.roots, no_sample, sample_limit))
     result = engine.evaluate(loaded_rules, host, prof)
     state = findings.status(result)
     if fmt == "json":
@@ -96,10 +128,12 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
 @cli.command()
 @root_options
 @click.option("-o", "--output", metavar="FILE", default="-", help="Write here (default stdout).")
+@sample_options
 def collect(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules: bool,
-            output: str) -> None:
+            output: str, no_sample: bool, sample_limit: int | None) -> None:
     """Write this host's facts as versioned JSON, for 'audit --facts' elsewhere."""
-    data = snapshot.dumps(facts.collect(facts.Roots(Path(procfs), Path(sysfs))))
+    roots = facts.Roots(Path(procfs), Path(sysfs))
+    data = snapshot.dumps(gather(roots, no_sample, sample_limit))
     if output == "-":
         click.echo(data, nl=False)
     else:

@@ -53,6 +53,11 @@ SPEC: dict[str, Any] = {
         "slab_object_size_source": STR + NULL,
     },
     "sysctl": ("mapping", _SYSCTL_ENTRY),
+    "flows": ("optional", ("nullable", {
+        "source": STR, "entries_read": INT, "entries_estimated": INT, "sampled": BOOL,
+        "malformed": INT, "by_l3": (dict,), "by_l4": (dict,), "by_flag": (dict,),
+        "top_dports": (list,), "classes": (dict,),
+    })),
     "stat": (
         "nullable",
         {"source": STR, "columns": (list,), "cpus": INT, "entries": INT, "counters": (dict,)},
@@ -71,6 +76,9 @@ def _check(value: Any, spec: Any, where: str, path: str) -> None:
     def fail(problem: str) -> None:
         raise InputError(path, problem, item=where)
 
+    if isinstance(spec, tuple) and spec and spec[0] == "optional":
+        _check(value, spec[1], where, path)
+        return
     if isinstance(spec, tuple) and spec and spec[0] == "nullable":
         if value is not None:
             _check(value, spec[1], where, path)
@@ -85,6 +93,8 @@ def _check(value: Any, spec: Any, where: str, path: str) -> None:
         if not isinstance(value, dict):
             fail(f"expected an object, found {_TYPE_NAMES.get(type(value), type(value).__name__)}")
         for key, sub in spec.items():
+            if key not in value and isinstance(sub, tuple) and sub and sub[0] == "optional":
+                continue
             if key not in value:
                 fail(f"missing field {key!r}")
             _check(value[key], sub, f"{where}.{key}" if where else key, path)
