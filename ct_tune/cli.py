@@ -16,7 +16,17 @@ from typing import Any
 
 import click
 
-from ct_tune import __version__, ctsource, engine, facts, findings, profiles, render, ruleset, snapshot
+from ct_tune import (
+    __version__,
+    ctsource,
+    engine,
+    facts,
+    findings,
+    profiles,
+    render,
+    ruleset,
+    snapshot,
+)
 from ct_tune.errors import EXIT_UNKNOWN, CtTuneError
 
 
@@ -53,6 +63,9 @@ _sample_options = [
     click.option("--no-sample", is_flag=True, help="Do not read the conntrack table."),
     click.option("--sample-limit", type=click.IntRange(min=1), metavar="N",
                  help="Read at most N entries and scale counts to the table size."),
+    click.option("--table-source", type=click.Choice(["auto", "procfs", "conntrack"]),
+                 default="auto", show_default=True,
+                 help="Read the table from /proc/net/nf_conntrack or 'conntrack -L'."),
 ]
 
 
@@ -62,7 +75,8 @@ def sample_options(f: Any) -> Any:
     return f
 
 
-def gather(roots: facts.Roots, no_sample: bool, sample_limit: int | None) -> dict[str, Any]:
+def gather(roots: facts.Roots, no_sample: bool, sample_limit: int | None,
+           table_source: str = "auto") -> dict[str, Any]:
     """Facts of this host, with the table sample unless told not to."""
     from ct_tune import sampler
 
@@ -70,9 +84,10 @@ def gather(roots: facts.Roots, no_sample: bool, sample_limit: int | None) -> dic
     sampler.fill_missing_stat(roots, host)
     dump = roots.proc("net/nf_conntrack")
     # A captured tree without a table dump just has no sample; a live host says why.
-    if not no_sample and host["conntrack"]["loaded"] and (roots.live or dump.exists()):
+    if not no_sample and host["conntrack"]["loaded"] and (
+            roots.live or dump.exists()):
         try:
-            host["flows"] = sampler.sample(roots, host, sample_limit)
+            host["flows"] = sampler.sample(roots, host, sample_limit, table_source)
         except ctsource.SourceError as e:
             click.echo(f"ct-tune: warning: table not sampled: {e}", err=True)
     return host
@@ -106,13 +121,13 @@ def _ctx(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin: bool)
 @sample_options
 def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules: bool,
           facts_file: str | None, profile: str, fmt: str, explain: bool, no_sample: bool,
-          sample_limit: int | None) -> None:
+          sample_limit: int | None, table_source: str) -> None:
     """Report findings about connection tracking; exit 0/1/2/3 = ok/warning/critical/unknown."""
     c = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules)
     prof = profiles.get(c.profiles(), profile)
     loaded_rules = c.rules()
     host = (snapshot.load(facts_file) if facts_file
-            else gather(c.roots, no_sample, sample_limit))
+            else gather(c.roots, no_sample, sample_limit, table_source))
     result = engine.evaluate(loaded_rules, host, prof)
     state = findings.status(result)
     if fmt == "json":
@@ -130,10 +145,11 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
 @click.option("-o", "--output", metavar="FILE", default="-", help="Write here (default stdout).")
 @sample_options
 def collect(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules: bool,
-            output: str, no_sample: bool, sample_limit: int | None) -> None:
+            output: str, no_sample: bool, sample_limit: int | None, table_source: str
+            ) -> None:
     """Write this host's facts as versioned JSON, for 'audit --facts' elsewhere."""
     roots = facts.Roots(Path(procfs), Path(sysfs))
-    data = snapshot.dumps(gather(roots, no_sample, sample_limit))
+    data = snapshot.dumps(gather(roots, no_sample, sample_limit, table_source))
     if output == "-":
         click.echo(data, nl=False)
     else:

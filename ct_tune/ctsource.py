@@ -10,6 +10,7 @@ in the facts so a reader knows where the numbers came from.
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,20 +26,23 @@ class SourceError(CtTuneError):
 
 
 @contextmanager
-def table_lines(roots: Roots, conntrack: str | None = None) -> Iterator[tuple[str, Iterator[str]]]:
-    """Yield (source description, line iterator) for the conntrack table."""
+def table_lines(roots: Roots, source: str = "auto") -> Iterator[tuple[str, Iterator[str]]]:
+    """Yield (source description, line iterator) for the conntrack table.
+
+    source: "auto" (procfs when present, else conntrack -L), "procfs" or "conntrack".
+    """
     path = roots.proc("net/nf_conntrack")
-    if path.exists():
+    if source == "procfs" or (source == "auto" and path.exists()):
         try:
-            f = open(path, encoding="utf-8", errors="replace", buffering=1 << 20)
+            f = open(path, encoding="utf-8", errors="replace", buffering=1 << 20)  # noqa: SIM115
         except OSError as e:
             raise SourceError(f"{path}: cannot read: {e.strerror}") from None
         with f:
             yield str(path), f
         return
-    if not roots.live:
+    if not roots.live and source == "auto":
         raise SourceError(f"{path}: not in the captured tree (capture it, or use --no-sample)")
-    exe = conntrack or shutil.which("conntrack")
+    exe = shutil.which("conntrack")
     if exe is None:
         raise SourceError(f"{path}: missing (kernel built without CONFIG_NF_CONNTRACK_PROCFS) "
                           "and conntrack(8) is not installed: install conntrack-tools, or use "
@@ -55,7 +59,8 @@ def table_lines(roots: Roots, conntrack: str | None = None) -> Iterator[tuple[st
         except subprocess.TimeoutExpired:
             proc.kill()
             raise SourceError(f"{exe} -L: no answer in {CONNTRACK_TIMEOUT} s") from None
-    if proc.returncode not in (0, None):
+    # -SIGPIPE: we stopped reading early (--sample-limit) and closed the pipe ourselves.
+    if proc.returncode not in (0, None, -signal.SIGPIPE):
         raise SourceError(f"{exe} -L: exit {proc.returncode}: {err.strip()[:200]}")
 
 

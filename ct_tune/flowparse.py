@@ -102,8 +102,8 @@ def parse_line(line: str) -> Flow:
 
 
 #: One anchored match for the fields before the flags: l3, l4, ttl, state, dst, dport.
-_SCAN = re.compile(r"(?:(ipv[46]) +\d+ +)?(\S+) +\d+ +(\d+) +(?:([A-Z][A-Z_0-9]*) +)?"
-                   r"src=\S+ dst=(\S+)(?: sport=\d+ dport=(\d+))?")
+_SCAN = re.compile(r"\s*(?:(ipv[46])\s+\d+\s+)?(\S+)\s+\d+\s+(\d+)\s+(?:([A-Z][A-Z_0-9]*)\s+)?"
+                   r"src=\S+\s+dst=(\S+)(?:\s+sport=\d+\s+dport=(\d+))?")
 
 
 def scan_line(line: str) -> tuple[str, str, str | None, int, str | None, str | None, int, int]:

@@ -25,11 +25,12 @@ def timeouts_of(facts: dict[str, Any]) -> dict[str, int]:
     return out
 
 
-def sample(roots: Roots, facts: dict[str, Any], limit: int | None = None) -> dict[str, Any]:
+def sample(roots: Roots, facts: dict[str, Any], limit: int | None = None,
+           source: str = "auto") -> dict[str, Any]:
     """Aggregate the table (at most `limit` entries, scaled to the count) into facts['flows']."""
     stats = FlowStats(timeouts_of(facts))
     start = time.monotonic()
-    with ctsource.table_lines(roots) as (source, lines):
+    with ctsource.table_lines(roots, source) as (source, lines):
         stats.feed(lines, limit=limit)
     elapsed = time.monotonic() - start
     count = facts["sysctl"].get("net.netfilter.nf_conntrack_count", {}).get("value")
