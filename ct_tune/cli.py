@@ -63,6 +63,11 @@ _sample_options = [
     click.option("--no-sample", is_flag=True, help="Do not read the conntrack table."),
     click.option("--sample-limit", type=click.IntRange(min=1), metavar="N",
                  help="Read at most N entries and scale counts to the table size."),
+    click.option("--duration", type=click.FloatRange(min=0), default=0, show_default=True,
+                 metavar="S", help="Also poll the count and counters for S seconds "
+                 "(0: one pass over the table and one read of the counters)."),
+    click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+                 metavar="I", help="Seconds between polls during --duration."),
     click.option("--table-source", type=click.Choice(["auto", "procfs", "conntrack"]),
                  default="auto", show_default=True,
                  help="Read the table from /proc/net/nf_conntrack or 'conntrack -L'."),
@@ -75,8 +80,16 @@ def sample_options(f: Any) -> Any:
     return f
 
 
+def _progress(elapsed: float, duration: float, count: int | None) -> None:
+    """A progress line on stderr, only when stderr is a terminal."""
+    if sys.stderr.isatty():
+        click.echo(f"\rsampling {elapsed:5.1f}/{duration:.0f} s, count {count}", err=True,
+                   nl=False)
+
+
 def gather(roots: facts.Roots, no_sample: bool, sample_limit: int | None,
-           table_source: str = "auto") -> dict[str, Any]:
+           table_source: str = "auto", duration: float = 0, interval: float = 1.0
+           ) -> dict[str, Any]:
     """Facts of this host, with the table sample unless told not to."""
     from ct_tune import sampler
 
@@ -90,6 +103,10 @@ def gather(roots: facts.Roots, no_sample: bool, sample_limit: int | None,
             host["flows"] = sampler.sample(roots, host, sample_limit, table_source)
         except ctsource.SourceError as e:
             click.echo(f"ct-tune: warning: table not sampled: {e}", err=True)
+    if not no_sample and duration > 0 and host["conntrack"]["loaded"]:
+        host["window"] = sampler.poll(roots, duration, interval, _progress)
+        if sys.stderr.isatty():
+            click.echo("", err=True)
     return host
 
 
@@ -121,13 +138,14 @@ def _ctx(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin: bool)
 @sample_options
 def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules: bool,
           facts_file: str | None, profile: str, fmt: str, explain: bool, no_sample: bool,
-          sample_limit: int | None, table_source: str) -> None:
+          sample_limit: int | None, duration: float, interval: float, table_source: str
+          ) -> None:
     """Report findings about connection tracking; exit 0/1/2/3 = ok/warning/critical/unknown."""
     c = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules)
     prof = profiles.get(c.profiles(), profile)
     loaded_rules = c.rules()
     host = (snapshot.load(facts_file) if facts_file
-            else gather(c.roots, no_sample, sample_limit, table_source))
+            else gather(c.roots, no_sample, sample_limit, table_source, duration, interval))
     result = engine.evaluate(loaded_rules, host, prof)
     state = findings.status(result)
     if fmt == "json":
@@ -145,11 +163,12 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
 @click.option("-o", "--output", metavar="FILE", default="-", help="Write here (default stdout).")
 @sample_options
 def collect(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules: bool,
-            output: str, no_sample: bool, sample_limit: int | None, table_source: str
-            ) -> None:
+            output: str, no_sample: bool, sample_limit: int | None, duration: float,
+            interval: float, table_source: str) -> None:
     """Write this host's facts as versioned JSON, for 'audit --facts' elsewhere."""
     roots = facts.Roots(Path(procfs), Path(sysfs))
-    data = snapshot.dumps(gather(roots, no_sample, sample_limit, table_source))
+    data = snapshot.dumps(gather(roots, no_sample, sample_limit, table_source, duration,
+                                interval))
     if output == "-":
         click.echo(data, nl=False)
     else:

@@ -44,6 +44,9 @@ def build_context(facts: dict[str, Any], profile: Profile) -> dict[str, Any]:
         "stat": stat,
         "counters": NoneDict(stat["counters"]) if stat else NoneDict(),
         "profile": prof,
+        # the table sample and the polling window, when collected (None otherwise)
+        "flows": facts.get("flows"),
+        "window": NoneDict(facts["window"]) if facts.get("window") else None,
     }
 
 

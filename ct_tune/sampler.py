@@ -45,3 +45,57 @@ def fill_missing_stat(roots: Roots, facts: dict[str, Any]) -> None:
     exe = shutil.which("conntrack")
     if facts.get("stat") is None and roots.live and facts["conntrack"]["loaded"] and exe:
         facts["stat"] = ctsource.conntrack_stats(exe)
+
+
+RATE_COUNTERS = ("drop", "early_drop", "insert_failed", "chaintoolong", "clash_resolve",
+                 "invalid")
+
+
+def window_summary(counts: list[int], first: dict[str, int] | None,
+                   last: dict[str, int] | None, seconds: float) -> dict[str, Any]:
+    """Peak/mean/growth of the count and per-second counter rates over a window (pure)."""
+    rates = {}
+    if first is not None and last is not None and seconds > 0:
+        rates = {f"{k}_per_s": round((last.get(k, 0) - first.get(k, 0)) / seconds, 3)
+                 for k in RATE_COUNTERS if k in last}
+    return {
+        "seconds": round(seconds, 3),
+        "polls": len(counts),
+        "peak": max(counts) if counts else None,
+        "mean": round(sum(counts) / len(counts), 1) if counts else None,
+        "growth": (counts[-1] - counts[0]) if counts else None,
+        "rates": rates,
+    }
+
+
+def poll(roots: Roots, duration: float, interval: float, progress: Any = None
+         ) -> dict[str, Any]:
+    """Poll nf_conntrack_count and the stat counters for `duration` seconds."""
+    from ct_tune import parsers
+
+    count_path = roots.proc("sys/net/netfilter/nf_conntrack_count")
+    stat_path = roots.proc("net/stat/nf_conntrack")
+
+    def read() -> tuple[int | None, dict[str, int] | None]:
+        try:
+            count = int(count_path.read_text())
+        except (OSError, ValueError):
+            count = None
+        try:
+            counters = parsers.parse_conntrack_stat(stat_path.read_text())["counters"]
+        except (OSError, ValueError):
+            counters = None
+        return count, counters
+
+    start = time.monotonic()
+    count, first = read()
+    counts = [count] if count is not None else []
+    last = first
+    while (elapsed := time.monotonic() - start) < duration:
+        time.sleep(min(interval, max(0.0, duration - elapsed)))
+        count, last = read()
+        if count is not None:
+            counts.append(count)
+        if progress:
+            progress(time.monotonic() - start, duration, count)
+    return window_summary(counts, first, last, time.monotonic() - start)

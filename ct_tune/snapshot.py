@@ -58,6 +58,8 @@ SPEC: dict[str, Any] = {
         "malformed": INT, "by_l3": (dict,), "by_l4": (dict,), "by_flag": (dict,),
         "top_dports": (list,), "classes": (dict,),
     })),
+    "window": ("optional", {"seconds": NUM, "polls": INT, "peak": INT + NULL,
+                            "mean": NUM + NULL, "growth": INT + NULL, "rates": (dict,)}),
     "stat": (
         "nullable",
         {"source": STR, "columns": (list,), "cpus": INT, "entries": INT, "counters": (dict,)},

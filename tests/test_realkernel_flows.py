@@ -8,11 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+import flowmix
 import pytest
 from conftest import run_cli
 from netns import namespace, write_sysctl
-
-import flowmix
 
 pytestmark = pytest.mark.root
 

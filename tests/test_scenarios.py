@@ -54,7 +54,7 @@ def test_keepalive_trap_is_flagged_and_fixed_above_the_window(tree):
     est = by_rule(report)["tcp-timeout-established"]
     assert est["severity"] == "warning"
     assert "keepalive window" in est["summary"]
-    assert est["evidence"]["window"] == 7875
+    assert est["evidence"]["ka_window"] == 7875
     assert est["recommended"] >= 7875
 
 

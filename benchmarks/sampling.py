@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Sampling benchmark (run as root): ct-tune against the kernel's own text generation.
+
+Builds a network namespace with a real conntrack table of N UDP entries (loopback
+only), then times, alternating in the same run, `ct-tune collect --duration 0`
+(a full sample) against `cat /proc/net/nf_conntrack > /dev/null`, and
+`ct-tune audit --no-sample` against `sysctl -a`.  Reports medians, their ratio,
+and ct-tune's peak RSS (ru_maxrss of the child) at each size.  A benchmark, not
+a test: it never fails on a slow machine.
+
+    sudo python3 benchmarks/sampling.py [--sizes 25000 250000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+
+FILL = """
+import socket, sys
+n = int(sys.argv[1]); s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); sent = 0
+for a in range(1, 255):
+    for port in range(1024, 65535):
+        if sent >= n: raise SystemExit
+        s.sendto(b"x", (f"127.0.0.{a}", port)); sent += 1
+"""
+NFT = ("table inet bench {\n chain out {\n  type filter hook output priority 0; policy accept;\n"
+       "  ct state established accept\n }\n}\n")
+
+
+def sh(*cmd: str, ns: str | None = None, **kw) -> subprocess.CompletedProcess:
+    full = ["ip", "netns", "exec", ns, *cmd] if ns else list(cmd)
+    return subprocess.run(full, check=True, **kw)
+
+
+def timed(cmd: list[str], ns: str) -> tuple[float, int]:
+    """Wall time and peak RSS (KiB) of one run of cmd inside ns."""
+    start = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.execvp("ip", ["ip", "netns", "exec", ns, *cmd])
+    _, status, usage = os.wait4(pid, 0)
+    elapsed = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"benchmark command failed: {cmd}")
+    return elapsed, usage.ru_maxrss
+
+
+def bench(size: int, rounds: int) -> dict:
+    ns = f"ctbench-{uuid.uuid4().hex[:6]}"
+    sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "link", "set", "lo", "up", ns=ns)
+        sh("nft", "-f", "-", ns=ns, input=NFT.encode())
+        sh("sh", "-c", "echo 3600 > /proc/sys/net/netfilter/nf_conntrack_udp_timeout", ns=ns)
+        sh(sys.executable, "-c", FILL, str(size), ns=ns)
+        count = int(sh("cat", "/proc/sys/net/netfilter/nf_conntrack_count", ns=ns,
+                       capture_output=True).stdout)
+        ct = [sys.executable, "-m", "ct_tune"]
+        pairs = {
+            "sample": ([*ct, "collect", "--duration", "0"],
+                       ["sh", "-c", "cat /proc/net/nf_conntrack > /dev/null"]),
+            "audit": ([*ct, "audit", "--no-sample"], ["sh", "-c", "sysctl -a > /dev/null"]),
+        }
+        out: dict = {"entries": count}
+        for name, (ours, base) in pairs.items():
+            t_ours, t_base, rss = [], [], []
+            for _ in range(rounds):  # alternate so drift hits both equally
+                t, r = timed(ours, ns)
+                t_ours.append(t)
+                rss.append(r)
+                t_base.append(timed(base, ns)[0])
+            m_ours, m_base = statistics.median(t_ours), statistics.median(t_base)
+            out[name] = {"ct_tune_s": round(m_ours, 3), "baseline_s": round(m_base, 3),
+                         "ratio": round(m_ours / m_base, 2),
+                         "peak_rss_mib": round(max(rss) / 1024, 1)}
+        return out
+    finally:
+        subprocess.run(["ip", "netns", "delete", ns], check=False)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[25000, 250000])
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: the benchmark builds a network namespace")
+    os.environ["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    print(f"{'entries':>8} {'what':<7} {'ct-tune':>8} {'baseline':>9} {'ratio':>6} "
+          f"{'peak RSS':>9}")
+    for size in args.sizes:
+        r = bench(size, args.rounds)
+        for name, base in (("sample", "cat /proc/net/nf_conntrack"), ("audit", "sysctl -a")):
+            x = r[name]
+            print(f"{r['entries']:>8} {name:<7} {x['ct_tune_s']:>7.3f}s {x['baseline_s']:>8.3f}s "
+                  f"{x['ratio']:>6.2f} {x['peak_rss_mib']:>7.1f}MiB   (baseline: {base})")
+
+
+if __name__ == "__main__":
+    main()
