@@ -20,8 +20,12 @@ SITE_RULES_DIR = Path("/etc/ct-tune/rules.d")
 
 
 def builtin_dir() -> Path:
-    """The rules/ folder shipped in the package (wheel, sdist and editable installs)."""
-    return Path(str(resources.files("ct_tune.rules")))
+    """The rules/ folder shipped in the package (wheel, sdist and editable installs), or
+    the checkout's top-level rules/ when ct_tune is run from source without installing."""
+    try:
+        return Path(str(resources.files("ct_tune.rules")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "rules"
 
 
 def search_path(extra: Sequence[str | Path] = (), builtin: bool = True,
