@@ -207,18 +207,3 @@ class FlowStats:
 
 def _sparse(hist: array, scale: float) -> dict[str, int]:
     return {str(i): round(c * scale) for i, c in enumerate(hist) if c}
-
-
-def idle_at_least(cls: Mapping[str, Any], seconds: int) -> int:
-    """From a summary class: entries idle at least `seconds` (to one idle bin)."""
-    first = max(0, math.ceil(seconds / cls["idle_bin_seconds"]))
-    return sum(c for b, c in cls["idle_histogram"].items() if int(b) >= first)
-
-
-def ports_idle_at_least(cls: Mapping[str, Any], seconds: int, k: int = 5) -> list[list]:
-    """From a summary class: top destination ports of entries idle at least `seconds`."""
-    first = max(0, math.ceil(seconds / cls["port_bin_seconds"]))
-    total: Counter[str] = Counter()
-    for b in cls["idle_ports"][first:]:
-        total.update(b)
-    return [[int(p), c] for p, c in total.most_common(k)]
