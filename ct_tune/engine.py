@@ -73,6 +73,8 @@ def _run(rule: Rule, base: dict[str, Any], planned: NoneDict) -> Finding | None:
     if isinstance(recommended, float) and recommended.is_integer():
         recommended = int(recommended)
     ctx["recommended"] = recommended
+    for name, expr in rule.outcomes:
+        ctx[name] = expr(ctx)
     case = next((c for c in rule.cases if c.condition(ctx)), None)
     if case is None:
         return None

@@ -16,7 +16,7 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateError, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from ct_tune import formulas
+from ct_tune import formulas, whatif
 
 
 class NoneDict(dict):
@@ -61,6 +61,10 @@ HELPERS: dict[str, Callable[..., Any]] = {
     "ceil": math.ceil,
     "floor": math.floor,
     "chaintoolong_min": formulas.CHAINTOOLONG_MIN,
+    # what-if projections from the table sample (None without one)
+    "whatif": whatif.whatif,
+    "occupancy": whatif.occupancy,
+    "class_share": whatif.share,
 }
 
 FILTERS: dict[str, Callable[..., Any]] = {
@@ -68,6 +72,7 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "duration": formulas.human_duration,
     "num": _fmt_num,
     "pct": _fmt_pct,
+    "whatif_text": whatif.describe,
 }
 
 _ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False,

@@ -23,7 +23,6 @@ from typing import Any
 from ct_tune.flowparse import scan_line
 
 IDLE_BINS = 1024
-PORT_BINS = 16          # coarse idle bins that remember destination ports (what-if)
 PORTS_PER_BIN = 64
 TOP_ADDRS_CAP = 4096
 TOP_K = 10
@@ -53,15 +52,18 @@ def class_of(l4: str, state: str | None, flags: int) -> tuple[str, str]:
 class _Class:
     """Histograms for one flow class (e.g. tcp/ESTABLISHED)."""
 
-    __slots__ = ("count", "idle", "port_bins", "port_width", "timeout", "width")
+    __slots__ = ("count", "idle", "port_bins", "timeout", "width")
 
     def __init__(self, timeout: int) -> None:
         self.timeout = max(1, timeout)
         self.width = max(1, math.ceil(self.timeout / IDLE_BINS))
-        self.port_width = max(1, math.ceil(self.timeout / PORT_BINS))
         self.count = 0
         self.idle = array("L", bytes(array("L").itemsize * (IDLE_BINS + 1)))
-        self.port_bins: list[Counter[str]] = [Counter() for _ in range(PORT_BINS + 1)]
+        # Ports per idle-time octave: bin k holds idle in [2**(k-1), 2**k) s (k=0: idle 0),
+        # so "which ports idle longer than T?" is answered to within a factor of two
+        # for any T from seconds to days.
+        self.port_bins: list[Counter[str]] = [
+            Counter() for _ in range(self.timeout.bit_length() + 1)]
 
     def add(self, ttl: int, dport: str | None) -> None:
         idle = self.timeout - ttl
@@ -72,7 +74,7 @@ class _Class:
         self.count += 1
         self.idle[idle // self.width] += 1
         if dport is not None:
-            c = self.port_bins[idle // self.port_width]
+            c = self.port_bins[idle.bit_length()]
             c[dport] += 1
             if len(c) > PORTS_PER_BIN * 2:
                 _prune(c, PORTS_PER_BIN)
@@ -183,7 +185,6 @@ class FlowStats:
                 "timeout": cls.timeout,
                 "idle_bin_seconds": cls.width,
                 "idle_histogram": _sparse(cls.idle, scale),
-                "port_bin_seconds": cls.port_width,
                 "idle_ports": [{str(p): est(c) for p, c in b.most_common(PORTS_PER_BIN)}
                                for b in cls.port_bins],
             }

@@ -26,6 +26,11 @@ TARGETS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "max_per_bucket": (int, "entries per hash bucket at a full table (kernel default 1)"),
     "min_max": (int, "never recommend a max below this"),
     "follow_kube_proxy": (bool, "recommend at least what kube-proxy would set, so they agree"),
+    "dominance_share": ((int, float),
+                        "a flow class (TIME_WAIT, CLOSE_WAIT, unreplied UDP) holding this share "
+                        "of the sampled table is reported"),
+    "dominance_min_usage": ((int, float),
+                            "... only once it holds at least this fraction of max"),
 }
 _KEYS = {"name", "description", "extends", "targets", "timeouts", "floors"}
 _TIMEOUT_KEYS = {"value", "reason", "source"}

@@ -25,8 +25,8 @@ ID_RE = re.compile(r"[a-z][a-z0-9-]*[a-z0-9]")
 PARAM_RE = re.compile(r"net\.[a-z0-9_.]+")
 NAME_RE = re.compile(r"[a-z_][a-z0-9_]*")
 
-_KEYS = {"id", "title", "parameter", "needs", "when", "let", "recommended", "severity",
-         "explanation", "evidence", "sources"}
+_KEYS = {"id", "title", "parameter", "needs", "when", "let", "recommended", "outcome",
+         "severity", "explanation", "evidence", "sources"}
 _CASE_KEYS = {"level", "if", "summary"}
 #: Names a rule's [let] may not shadow: they are the context every rule reads.
 RESERVED = {"sysctl", "writable", "host", "conntrack", "counters", "stat", "profile",
@@ -52,6 +52,8 @@ class Rule:
     when: Expr
     lets: tuple[tuple[str, Expr], ...]
     recommended: Expr | None
+    #: names computed once ``recommended`` is known (e.g. the what-if of that value)
+    outcomes: tuple[tuple[str, Expr], ...]
     cases: tuple[Case, ...]
     explanation: Text
     evidence: tuple[str, ...]
@@ -88,6 +90,18 @@ def _str_list(data: dict, key: str, path: Path, rid: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _names(data: dict, table: str, path: Path, rid: str, taken: set[str]) -> dict[str, Any]:
+    """A [let]/[outcome] table: identifiers, not reserved, not defined twice."""
+    raw = data.get(table, {})
+    _need(isinstance(raw, dict), path, rid, f"'{table}' must be a table of name = expression")
+    for name, src in raw.items():
+        _need(bool(NAME_RE.fullmatch(name)) and name not in RESERVED and name not in taken,
+              path, rid, f"'{table}.{name}': not a usable name (reserved, taken or not an "
+              "identifier)")
+        _need(isinstance(src, str), path, rid, f"'{table}.{name}' must be an expression string")
+    return raw
+
+
 def parse_rule(data: dict[str, Any], path: Path) -> Rule:
     """Validate one decoded rule file and compile its expressions."""
     rid = data.get("id")
@@ -105,19 +119,15 @@ def parse_rule(data: dict[str, Any], path: Path) -> Rule:
     explanation = data.get("explanation")
     _need(isinstance(explanation, str) and explanation.strip() != "", path, rid,
           "'explanation' is required")
-    lets_raw = data.get("let", {})
-    _need(isinstance(lets_raw, dict), path, rid, "'let' must be a table of name = expression")
-    for name, src in lets_raw.items():
-        _need(bool(NAME_RE.fullmatch(name)) and name not in RESERVED, path, rid,
-              f"'let.{name}': not a usable name (reserved or not an identifier)")
-        _need(isinstance(src, str), path, rid, f"'let.{name}' must be an expression string")
+    lets_raw = _names(data, "let", path, rid, taken=set())
+    outcomes_raw = _names(data, "outcome", path, rid, taken=set(lets_raw))
     cases_raw = data.get("severity")
     _need(isinstance(cases_raw, list) and len(cases_raw) > 0, path, rid,
           "'severity' needs at least one [[severity]] case")
     evidence = _str_list(data, "evidence", path, rid)
     for name in evidence:
-        _need(name in lets_raw or name in ("current", "recommended"), path, rid,
-              f"evidence '{name}' is not a [let] name")
+        _need(name in lets_raw or name in outcomes_raw or name in ("current", "recommended"),
+              path, rid, f"evidence '{name}' is not a [let] or [outcome] name")
 
     try:
         when = Expr(data.get("when", "true"))
@@ -128,6 +138,7 @@ def parse_rule(data: dict[str, Any], path: Path) -> Rule:
         _need(rec_src is None or param is not None, path, rid,
               "'recommended' needs a 'parameter' to recommend a value for")
         recommended = Expr(rec_src) if rec_src else None
+        outcomes = tuple((name, Expr(src)) for name, src in outcomes_raw.items())
         cases = []
         for n, case in enumerate(cases_raw, 1):
             _need(isinstance(case, dict), path, rid, f"severity case {n} must be a table")
@@ -146,7 +157,8 @@ def parse_rule(data: dict[str, Any], path: Path) -> Rule:
     return Rule(
         id=rid, title=title.strip(), parameter=param,
         needs=_str_list(data, "needs", path, rid), when=when, lets=lets,
-        recommended=recommended, cases=tuple(cases), explanation=text, evidence=evidence,
+        recommended=recommended, outcomes=outcomes, cases=tuple(cases), explanation=text,
+        evidence=evidence,
         sources=sources, path=str(path),
     )
 

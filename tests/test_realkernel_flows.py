@@ -89,3 +89,63 @@ def test_sample_limit_scales_to_the_count(mixed):
     total = sum(c["entries"] for c in flows["classes"].values())
     assert abs(total - 57) <= len(flows["classes"])  # rounding per class
     assert any(c["margin"] > 0 for c in flows["classes"].values())
+
+
+@pytest.fixture
+def idle_mix():
+    """The known mix with 100 s established/UDP timeouts, so idle time has 1 s bins."""
+    with namespace() as ns:
+        write_sysctl(ns, "net.netfilter.nf_conntrack_udp_timeout", 100)
+        write_sysctl(ns, "net.netfilter.nf_conntrack_tcp_timeout_established", 100)
+        mix = Mix(ns)
+        try:
+            time.sleep(3)  # every flow is now about 3 s idle
+            yield ns
+        finally:
+            mix.close()
+
+
+def test_whatif_counts_real_flows_idle_beyond_a_proposed_timeout(idle_mix):
+    from ct_tune import whatif
+
+    flows = collect(idle_mix)
+    key = "net.netfilter.nf_conntrack_tcp_timeout_established"
+    shorter = whatif.whatif(flows, key, 1)
+    assert shorter["entries"] == flowmix.N_TCP_EST
+    assert shorter["idle_beyond"] == flowmix.N_TCP_EST
+    assert shorter["top_dports"] == [[5432, flowmix.N_TCP_EST]]
+    assert shorter["projected"] == 0
+    longer = whatif.whatif(flows, key, 30)
+    assert longer["idle_beyond"] == 0
+    assert longer["projected"] == flowmix.N_TCP_EST
+
+
+SHORT_UDP_PROFILE = '''
+name = "short-udp"
+extends = "default"
+[targets]
+dominance_min_usage = 0.0
+[timeouts.nf_conntrack_udp_timeout]
+value = 1
+reason = "test: far below how long these flows have been idle"
+source = "tests/test_realkernel_flows.py"
+'''
+
+
+def test_audit_explains_what_a_timeout_would_forget_from_a_real_table(idle_mix, tmp_path):
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "short-udp.toml").write_text(SHORT_UDP_PROFILE)
+    proc = run_cli("audit", "--format", "json", "--rules-dir", str(tmp_path),
+                   "--profile", "short-udp", netns=idle_mix)
+    assert proc.returncode in (0, 1), proc.stderr
+    found = {f["rule"]: f for f in json.loads(proc.stdout)["findings"]}
+    udp = found["udp-timeout"]
+    assert udp["recommended"] == 1
+    n_udp = flowmix.N_UDP_UNREPLIED + flowmix.N_UDP_REPLIED
+    assert udp["evidence"]["whatif"]["idle_beyond"] == n_udp
+    assert f"{n_udp} of them (100.0%) have been idle longer than 1 s" in udp["explanation"]
+    dom = found["udp-unreplied-dominance"]
+    assert dom["evidence"]["uu"]["entries"] == flowmix.N_UDP_UNREPLIED
+    occ = found["timeout-projection"]["evidence"]["occ"]
+    assert occ["idle_beyond"] == n_udp
+    assert occ["projected"] == occ["entries"] - n_udp

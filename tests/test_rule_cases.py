@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import materialize
+from flowgen import summary as flow_summary
 
 from ct_tune import engine, facts, profiles, ruleset
 
@@ -22,7 +23,17 @@ def load_case_facts(case: dict, tmp: Path) -> dict:
     if case.get("counters"):
         assert data["stat"] is not None, "counters need a tree with /proc/net/stat"
         data["stat"]["counters"].update(case["counters"])
+    if case.get("flows"):
+        data["flows"] = flow_summary(case["flows"], data)
     return data
+
+
+def _at(evidence: dict, dotted: str):
+    """evidence["whatif.idle_beyond"] -> evidence["whatif"]["idle_beyond"]."""
+    value = evidence
+    for part in dotted.split("."):
+        value = value[int(part)] if isinstance(value, list) else value[part]
+    return value
 
 
 @pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
@@ -39,9 +50,14 @@ def test_rule_case(path: Path, tmp_path: Path):
         if "recommended" in want:
             assert got.recommended == want["recommended"], got.explanation
         for name, value in want.get("evidence", {}).items():
-            assert got.evidence[name] == value, f"evidence {name}: {got.evidence}"
+            assert _at(got.evidence, name) == value, f"evidence {name}: {got.evidence}"
+        for name, value in want.get("approx", {}).items():
+            assert _at(got.evidence, name) == pytest.approx(value, rel=0.02), (
+                f"evidence {name}: {got.evidence}")
         if "summary_contains" in want:
             assert want["summary_contains"] in got.summary
+        if "explanation_contains" in want:
+            assert want["explanation_contains"] in got.explanation, got.explanation
     for rule_id in case.get("absent", {}).get("rules", []):
         assert rule_id not in found, f"{path.name}: unexpected {rule_id}: {found[rule_id].summary}"
 

@@ -68,6 +68,10 @@ def test_no_builtin_rules_runs_only_user_rules(tmp_path, tree):
     (GOOD.format(id="no-src", level="ok", summary="s").replace('sources = ["test"]',
                                                                 'sources = []'),
      "'sources' must cite at least one source"),
+    (GOOD.format(id="twice", level="ok", summary="s") + '[let]\nx = "1"\n[outcome]\nx = "2"\n',
+     "'outcome.x': not a usable name (reserved, taken or not an identifier)"),
+    (GOOD.format(id="shadow", level="ok", summary="s") + '[outcome]\nplanned = "1"\n',
+     "'outcome.planned': not a usable name"),
 ])
 def test_malformed_rule_is_one_line_path_id_problem_exit_3(tmp_path, text, problem):
     d = tmp_path / "bad"

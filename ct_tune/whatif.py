@@ -1,0 +1,197 @@
+"""What-if projections from a table sample: what a different timeout would do.
+
+Pure functions over the ``flows`` summary (see flows.FlowStats.summary); rules
+call them through the expression sandbox.  Two questions matter before a
+timeout is lowered or raised:
+
+* Which tracked flows have been idle longer than the proposed timeout?  Under
+  it they would already have been forgotten: the pooled connection that dies
+  overnight behind a stateful firewall (shared/seeds/000).  The sample keeps
+  each class's idle histogram and the destination ports per coarse idle bin.
+* How full would the table be?  Little's law: entries = arrival rate x hold
+  time.  The entries of a class that reach idle age t arrive at the density of
+  the idle histogram at t, so the occupancy under a timeout T' is the number
+  of entries idle less than T' (lowering), or the current count plus the tail
+  density times the extra seconds (raising).  For classes whose entries always
+  sit out the full timeout (TIME_WAIT, unreplied UDP) the density is flat and
+  this is exactly rate x timeout.
+
+Idle histograms are binned (at most 1024 bins per class), so counts are exact
+to within one bin (every result says the bin width); the ports of idle flows
+are kept per idle octave, so they are exact to within a factor of two in time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from ct_tune.formulas import human_duration
+
+_PREFIX = "net.netfilter."
+#: Fraction of the idle range, at its old end, whose density extrapolates a raised timeout.
+TAIL = 0.1
+TAIL_BINS = 8
+
+
+def _short(key: str) -> str:
+    return key[len(_PREFIX):] if key.startswith(_PREFIX) else key
+
+
+def _classes(flows: Mapping[str, Any] | None, key: str) -> list[dict[str, Any]]:
+    if not flows:
+        return []
+    short = _short(key)
+    return [c for c in flows.get("classes", {}).values() if _short(c["timeout_key"]) == short]
+
+
+def _beyond(cls: Mapping[str, Any], seconds: float) -> float:
+    """Entries of one class idle longer than `seconds` (the straddling bin pro rata)."""
+    width = cls["idle_bin_seconds"]
+    total = 0.0
+    for idx, count in cls["idle_histogram"].items():
+        lo = int(idx) * width
+        hi = lo + width
+        if lo >= seconds:
+            total += count
+        elif hi > seconds:
+            total += count * (hi - seconds) / width
+    return total
+
+
+def _tail_rate(cls: Mapping[str, Any]) -> float:
+    """Entries per second reaching the old timeout: the idle density over its last bins.
+
+    The kernel prints whole seconds left, rounded down, so the bin at the timeout
+    holds a full bin's worth; the window is at least TAIL_BINS bins so a one-bin
+    rounding error costs at most 1/TAIL_BINS of the rate."""
+    width = cls["idle_bin_seconds"]
+    last = cls["timeout"] // width
+    nbins = min(last + 1, max(TAIL_BINS, math.ceil(TAIL * cls["timeout"] / width)))
+    hist = cls["idle_histogram"]
+    count = sum(hist.get(str(i), 0) for i in range(last - nbins + 1, last + 1))
+    return count / (nbins * width)
+
+
+def _held(cls: Mapping[str, Any], seconds: float) -> float:
+    """Little's-law occupancy of one class under a timeout of `seconds`."""
+    if seconds < cls["timeout"]:
+        return cls["entries"] - _beyond(cls, seconds)
+    return cls["entries"] + _tail_rate(cls) * (seconds - cls["timeout"])
+
+
+def _ports_beyond(classes: list[dict[str, Any]], seconds: float, k: int) -> list[list[Any]]:
+    """Top destination ports among entries idle longer than `seconds`.  Ports are kept
+    per idle octave (bin j: [2**(j-1), 2**j) s); in the octave that straddles `seconds`
+    they count in the share of that octave's entries the fine idle histogram puts
+    beyond `seconds`."""
+    ports: Counter[str] = Counter()
+    for cls in classes:
+        for j, bin_ports in enumerate(cls["idle_ports"]):
+            lo, hi = (0, 1) if j == 0 else (2 ** (j - 1), 2 ** j)
+            if hi <= seconds or not bin_ports:
+                continue
+            weight = 1.0
+            if lo < seconds:
+                in_octave = _beyond(cls, lo) - _beyond(cls, hi)
+                weight = (_beyond(cls, seconds) - _beyond(cls, hi)) / in_octave if (
+                    in_octave > 0) else 0.0
+            for port, n in bin_ports.items():
+                ports[port] += n * weight
+    return [[int(p), round(n)] for p, n in ports.most_common(k) if round(n) > 0]
+
+
+def whatif(flows: Mapping[str, Any] | None, key: str, seconds: float | None,
+           k: int = 5) -> dict[str, Any] | None:
+    """The sample's answer for one timeout key set to `seconds`; None without a sample,
+    without entries under that key, or without a value to try."""
+    classes = _classes(flows, key)
+    entries = sum(c["entries"] for c in classes)
+    if not entries or seconds is None:
+        return None
+    current = max(c["timeout"] for c in classes)
+    idle = sum(_beyond(c, seconds) for c in classes) if seconds < current else 0.0
+    return {
+        "entries": entries,
+        "timeout": current,
+        "proposed": seconds,
+        "idle_beyond": round(idle),
+        "idle_beyond_share": round(idle / entries, 4),
+        "top_dports": _ports_beyond(classes, seconds, k) if idle >= 0.5 else [],
+        "projected": round(sum(_held(c, seconds) for c in classes)),
+        "bin_seconds": max(c["idle_bin_seconds"] for c in classes),
+    }
+
+
+def occupancy(flows: Mapping[str, Any] | None,
+              planned: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The whole sampled table under every planned timeout (unplanned keys stay as
+    they are): entries now and projected, and the flows the changes would forget."""
+    if not flows or not flows.get("classes"):
+        return None
+    keys = sorted({_short(c["timeout_key"]) for c in flows["classes"].values()})
+    now = projected = forgotten = 0
+    changes = []
+    for key in keys:
+        classes = _classes(flows, key)
+        current = max(c["timeout"] for c in classes)
+        new = planned.get(key)
+        result = whatif(flows, key, new if isinstance(new, (int, float)) else current)
+        if result is None:
+            continue
+        now += result["entries"]
+        projected += result["projected"]
+        forgotten += result["idle_beyond"]
+        if result["proposed"] != current:
+            changes.append({"key": _PREFIX + key, **result})
+    # the sample may be scaled: say the total the estimate refers to
+    return {"entries": now, "projected": projected, "idle_beyond": forgotten,
+            "change": (projected - now) / now if now else 0.0, "changes": changes}
+
+
+def share(flows: Mapping[str, Any] | None, name: str) -> dict[str, Any] | None:
+    """One flow class's weight in the sampled table: entries, share, its timeout key and
+    value, the arrival rate Little's law implies (entries / timeout), its top ports."""
+    if not flows:
+        return None
+    cls = flows.get("classes", {}).get(name)
+    total = flows.get("entries_estimated") or 0
+    if not cls or not total:
+        return None
+    ports: Counter[str] = Counter()
+    for bin_ports in cls["idle_ports"]:
+        ports.update(bin_ports)
+    return {
+        "class": name,
+        "entries": cls["entries"],
+        "share": round(cls["entries"] / total, 4),
+        "timeout_key": cls["timeout_key"],
+        "timeout": cls["timeout"],
+        "rate": round(cls["entries"] / max(1, cls["timeout"]), 2),
+        "top_dports": [[int(p), n] for p, n in ports.most_common(5)],
+    }
+
+
+def describe(result: Mapping[str, Any] | None) -> str:
+    """One paragraph for an explanation: what the sample says about a proposed timeout."""
+    if not result:
+        return ""
+    new, old = result["proposed"], result["timeout"]
+    text = (f"Table sample: {result['entries']:,} entries are held by this timeout now "
+            f"({human_duration(old)}).")
+    if new < old:
+        text += (f" {result['idle_beyond']:,} of them ({result['idle_beyond_share']:.1%}) "
+                 f"have been idle longer than {human_duration(new)} and would already have "
+                 "been forgotten")
+        if result["top_dports"]:
+            ports = ", ".join(f"{p} x {n:,}" for p, n in result["top_dports"])
+            text += f" (top destination ports: {ports})"
+        text += "."
+    if new != old:
+        text += (f" Under {human_duration(new)} the table would hold about "
+                 f"{result['projected']:,} of them (Little's law: entries = arrival rate x "
+                 f"hold time, from the idle-time histogram at {result['bin_seconds']} s "
+                 "resolution).")
+    return text
