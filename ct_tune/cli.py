@@ -34,8 +34,8 @@ class Context:
     """Options shared by every subcommand (roots and the rule search path)."""
 
     def __init__(self, procfs: str, sysfs: str, rules_dirs: tuple[str, ...],
-                 builtin: bool) -> None:
-        self.roots = facts.Roots(Path(procfs), Path(sysfs))
+                 builtin: bool, root: str | None = None) -> None:
+        self.roots = facts.Roots(Path(procfs), Path(sysfs), Path(root) if root else None)
         self.rules_dirs = rules_dirs
         self.builtin = builtin
 
@@ -122,26 +122,49 @@ def cli() -> None:
     """Analyze and tune Linux connection tracking (nf_conntrack)."""
 
 
-def _ctx(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin: bool) -> Context:
-    return Context(procfs, sysfs, rules_dirs, not no_builtin)
+def _ctx(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin: bool,
+         root: str | None = None) -> Context:
+    return Context(procfs, sysfs, rules_dirs, not no_builtin, root)
+
+
+_root_dir_option = click.option(
+    "--root", metavar="DIR", type=click.Path(file_okay=False),
+    help="Where /etc, /run and /usr/lib are: sysctl.d, modules-load.d, modprobe.d "
+    "[default: / for this host, the capture's top directory with --procfs].")
+
+
+def _meta(host: dict[str, Any], profile: str, name: str) -> Any:
+    import datetime as dt
+
+    from ct_tune import fragments
+
+    return fragments.Meta(version=__version__, profile=profile, name=name,
+                          date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+                          hostname=host["host"].get("hostname"))
 
 
 @cli.command()
 @root_options
+@_root_dir_option
 @click.option("--facts", "facts_file", metavar="FILE",
               help="Audit a snapshot written by 'ct-tune collect' instead of this host.")
 @click.option("--profile", default="default", show_default=True,
               help="Targets to tune for (see 'ct-tune profiles list').")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "sysctl"]),
+              default="table", show_default=True,
+              help="sysctl: print only the sysctl.d fragment 'apply' would write.")
 @click.option("--explain", is_flag=True, help="Show the arithmetic and evidence per finding.")
+@click.option("--allow-lower", is_flag=True,
+              help="With --format sysctl: let the fragment lower nf_conntrack_max.")
+@click.option("--name", default="99-ct-tune.conf", show_default=True,
+              help="With --format sysctl: the fragment's file name (for its header).")
 @sample_options
 def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules: bool,
-          facts_file: str | None, profile: str, fmt: str, explain: bool, no_sample: bool,
-          sample_limit: int | None, duration: float, interval: float, table_source: str
-          ) -> None:
+          root: str | None, facts_file: str | None, profile: str, fmt: str, explain: bool,
+          allow_lower: bool, name: str, no_sample: bool, sample_limit: int | None,
+          duration: float, interval: float, table_source: str) -> None:
     """Report findings about connection tracking; exit 0/1/2/3 = ok/warning/critical/unknown."""
-    c = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules)
+    c = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules, root)
     prof = profiles.get(c.profiles(), profile)
     loaded_rules = c.rules()
     host = (snapshot.load(facts_file) if facts_file
@@ -150,12 +173,95 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
     state = findings.status(result)
     if fmt == "json":
         click.echo(json.dumps(render.report(result, host, state, prof.name), indent=2))
+    elif fmt == "sysctl":
+        from ct_tune import fragments, plan
+
+        p = plan.build(result, host, prof.targets, allow_lower)
+        meta = _meta(host, prof.name, name)
+        text = fragments.render(p, meta).get(fragments.sysctl_path(meta))
+        click.echo(text if text else "# ct-tune: nothing this host may set\n", nl=False)
+        for skip in p.skips:
+            click.echo(f"ct-tune: not in the fragment: {skip.key}: {skip.reason}", err=True)
     elif explain:
         click.echo(render.explain(result))
     else:
         click.echo(render.table(result))
         click.echo(f"\nstatus: {state.upper()} ({len(result)} findings, profile {prof.name})")
     sys.exit(findings.exit_code(state))
+
+
+@cli.command("apply")
+@root_options
+@_root_dir_option
+@click.option("--profile", default="default", show_default=True,
+              help="Targets to tune for (see 'ct-tune profiles list').")
+@click.option("--dry-run", is_flag=True,
+              help="Show the file diffs and live values that would change; change nothing.")
+@click.option("--live/--no-live", default=True, show_default=True,
+              help="Also write the live values under /proc/sys.")
+@click.option("--allow-lower", is_flag=True, help="Allow lowering nf_conntrack_max.")
+@click.option("--name", default="99-ct-tune.conf", show_default=True,
+              help="File name of the sysctl.d fragment (sorts after distribution files).")
+@click.option("--lock-wait", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              metavar="S", help="Wait this long for another apply/rollback, then exit 4.")
+@sample_options
+def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules: bool,
+              root: str | None, profile: str, dry_run: bool, live: bool, allow_lower: bool,
+              name: str, lock_wait: float, no_sample: bool, sample_limit: int | None,
+              duration: float, interval: float, table_source: str) -> None:
+    """Make the recommendations take effect now and at every boot, or change nothing."""
+    from ct_tune import apply, fragments, plan
+
+    if "/" in name or not name.endswith(".conf"):
+        raise click.BadParameter("must be a file name ending in .conf", param_hint="--name")
+    c = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules, root or "/")
+    target = c.roots.config_root
+    if not dry_run:
+        apply.require_root(target, live)
+    prof = profiles.get(c.profiles(), profile)
+    loaded_rules = c.rules()
+    with (apply.locked(target, lock_wait) if not dry_run else _nolock()):
+        host = gather(c.roots, no_sample, sample_limit, table_source, duration, interval)
+        result = engine.evaluate(loaded_rules, host, prof)
+        p = plan.build(result, host, prof.targets, allow_lower)
+        files = fragments.render(p, _meta(host, prof.name, name))
+        ch = apply.changes(p, files, target, c.roots.procfs, live)
+        click.echo(render.changes(ch, p.skips, target, dry_run))
+        if dry_run or ch.empty:
+            return
+        state = apply.execute(ch, target, c.roots.procfs, __version__)
+        click.echo(f"applied: {len(ch.live)} live value(s), {len(ch.files)} file(s); the "
+                   f"previous state is in {state}: 'ct-tune rollback' restores it")
+
+
+@cli.command("rollback")
+@click.option("--procfs", default="/proc", show_default=True, metavar="DIR")
+@_root_dir_option
+@click.option("--dry-run", is_flag=True, help="Show what would be restored; change nothing.")
+@click.option("--lock-wait", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              metavar="S", help="Wait this long for another apply/rollback, then exit 4.")
+def rollback_cmd(procfs: str, root: str | None, dry_run: bool, lock_wait: float) -> None:
+    """Restore the files and live values saved by the last apply that changed something."""
+    from ct_tune import apply
+
+    target = Path(root or "/")
+    if not dry_run:
+        apply.require_root(target, live=True)
+    with (apply.locked(target, lock_wait) if not dry_run else _nolock()):
+        ch = apply.rollback_changes(target, Path(procfs))
+        click.echo(render.changes(ch, (), target, dry_run, verb="restore"))
+        if dry_run:
+            return
+        apply.execute(ch, target, Path(procfs), __version__, save=False)
+        done = apply.finish_rollback(target)
+        click.echo(f"rolled back: {len(ch.live)} live value(s), {len(ch.files)} file(s); "
+                   f"the saved state is kept as {done}")
+
+
+def _nolock() -> Any:
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
 @cli.command()

@@ -12,6 +12,9 @@ EXIT_OK = 0
 EXIT_WARNING = 1
 EXIT_CRITICAL = 2
 EXIT_UNKNOWN = 3
+# apply / rollback only
+EXIT_BUSY = 4            # another apply or rollback holds the lock
+EXIT_RESTORE_FAILED = 5  # a change failed AND the previous state could not be fully restored
 
 
 class CtTuneError(Exception):

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import psutil
 
-from ct_tune import __version__, parsers
+from ct_tune import __version__, parsers, sysctld
 from ct_tune.errors import InputError
 
 T = TypeVar("T")
@@ -43,6 +43,15 @@ class Roots:
 
     procfs: Path = Path("/proc")
     sysfs: Path = Path("/sys")
+    #: where /etc, /run and /usr/lib are (sysctl.d and friends); None: "/" for the live
+    #: host, the capture's own top directory (procfs/..) for a captured tree
+    root: Path | None = None
+
+    @property
+    def config_root(self) -> Path:
+        if self.root is not None:
+            return self.root
+        return Path("/") if self.live else self.procfs.parent
 
     def proc(self, rel: str) -> Path:
         return self.procfs / rel
@@ -203,8 +212,16 @@ def _conntrack(roots: Roots, sysctls: dict[str, dict[str, Any]]) -> dict[str, An
             sysctls["net.netfilter.nf_conntrack_max"]["writable"]
             or roots.proc("sys/net/nf_conntrack_max").exists()
         )
+    # A loadable module has /sys/module/nf_conntrack/initstate; a built-in one does not
+    # (modules-load.d and modprobe.d options then do nothing).  None: cannot tell.
+    builtin: bool | None = None
+    if roots.sys("module/nf_conntrack/initstate").exists():
+        builtin = False
+    elif loaded and roots.live and roots.sys("module/nf_conntrack").exists():
+        builtin = True
     return {
         "loaded": loaded,
+        "builtin": builtin,
         "initial_netns": initial,
         "hashsize_param": hashsize,
         "slab_object_size": size,
@@ -218,6 +235,64 @@ def _stat_table(roots: Roots) -> dict[str, Any] | None:
     if parsed is None:
         return None
     return {"source": str(path), **parsed}
+
+
+#: Keys whose persistence ct-tune reports: the ones its rules read or recommend.
+PERSIST_PREFIXES = ("net.netfilter.nf_conntrack_", "net.nf_conntrack_max",
+                    "net.ipv4.tcp_keepalive_")
+
+
+def _conf_names(directory: Path) -> list[str]:
+    try:
+        return sorted(p.name for p in directory.iterdir() if p.name.endswith(".conf"))
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return []
+
+
+def _persistence(root: Path) -> dict[str, Any]:
+    """sysctl.d/sysctl.conf assignments of conntrack keys, in systemd's reading order, and
+    what loads nf_conntrack at boot (modules-load.d, /etc/modules, a udev rule)."""
+    files = sysctld.ordered({d: _conf_names(root / d) for d in sysctld.SYSCTL_DIRS})
+    files.append(sysctld.SYSCTL_CONF)
+    assignments, read = [], []
+    for rel in files:
+        text = _read(root / rel)
+        if text is None:
+            continue
+        # a link to /etc/sysctl.conf (Debian's 99-sysctl.conf) is read where it sorts
+        if rel == sysctld.SYSCTL_CONF and any(
+                (root / f).resolve() == (root / rel).resolve() for f in read):
+            continue
+        read.append(rel)
+        assignments += [a for a in sysctld.parse_sysctl(text, "/" + rel)
+                        if a.key.startswith(PERSIST_PREFIXES)]
+    early = []
+    loads = sysctld.ordered({d: _conf_names(root / d) for d in sysctld.MODULES_LOAD_DIRS})
+    for rel in [*loads, sysctld.ETC_MODULES]:
+        text = _read(root / rel)
+        if text and "nf_conntrack" in sysctld.parse_modules_load(text):
+            early.append({"module": "nf_conntrack", "file": "/" + rel})
+    modprobe: dict[str, Any] = {}
+    for rel in sysctld.ordered({d: _conf_names(root / d) for d in sysctld.MODPROBE_DIRS}):
+        text = _read(root / rel)
+        opts = sysctld.parse_modprobe_options(text, "nf_conntrack") if text else {}
+        for key, value in opts.items():
+            modprobe[key] = {"value": value, "file": "/" + rel}
+    udev = []
+    for d in sysctld.UDEV_DIRS:
+        for name in sorted(p.name for p in _listdir(root / d) if p.name.endswith(".rules")):
+            text = _read(root / d / name)
+            if text and sysctld.udev_reloads_sysctl(text):
+                udev.append(f"/{d}/{name}")
+    return {"root": str(root), **sysctld.persistence(assignments, ["/" + f for f in read],
+                                                       early, modprobe, udev)}
+
+
+def _listdir(directory: Path) -> list[Path]:
+    try:
+        return list(directory.iterdir())
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return []
 
 
 def collect(roots: Roots, now: _dt.datetime | None = None) -> dict[str, Any]:
@@ -243,4 +318,5 @@ def collect(roots: Roots, now: _dt.datetime | None = None) -> dict[str, Any]:
         "conntrack": _conntrack(roots, sysctls),
         "sysctl": sysctls,
         "stat": _stat_table(roots),
+        "persist": _persistence(roots.config_root),
     }

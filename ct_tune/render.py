@@ -92,3 +92,44 @@ def report(findings: list[Finding], facts: dict[str, Any], status: str,
 def rules_table(rules: list[Rule]) -> str:
     rows = [[r.id, r.max_level, r.parameter or "-", r.path] for r in rules]
     return tabulate(rows, headers=["id", "severity", "parameter", "file"], tablefmt="simple")
+
+
+def _diff(rel: str, old: str | None, new: str | None) -> str:
+    import difflib
+
+    lines = difflib.unified_diff(
+        (old or "").splitlines(keepends=True), (new or "").splitlines(keepends=True),
+        fromfile="/dev/null" if old is None else f"a/{rel}",
+        tofile="/dev/null" if new is None else f"b/{rel}")
+    return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+
+
+def changes(ch: Any, skips: Any, root: Any, dry_run: bool, verb: str = "apply") -> str:
+    """What an apply (or rollback) changes: file diffs, live values, skipped keys."""
+    out = []
+    would = "would " if dry_run else ""
+    for f in ch.files:
+        out.append(f"{f.action} {str(root).rstrip('/')}/{f.rel}:")
+        out.append(_diff(f.rel, f.old, f.new).rstrip("\n"))
+    if ch.live:
+        rows = [[c.key, c.old, c.new] for c in ch.live]
+        out.append(f"live values ({would}write, read back; in this order):")
+        out.append(tabulate(rows, headers=["key", "current", "new"], disable_numparse=True))
+    unchanged = []
+    if ch.unchanged_files:
+        unchanged.append(f"{len(ch.unchanged_files)} file(s) already say the same")
+    if ch.unchanged_live:
+        unchanged.append(f"{len(ch.unchanged_live)} live value(s) already as planned")
+    if unchanged:
+        out.append("unchanged: " + "; ".join(unchanged))
+    for s in skips:
+        out.append(f"skipped {s.key} ({_fmt_value(s.key, s.current)} -> "
+                   f"{_fmt_value(s.key, s.recommended)}): {s.reason}")
+    if ch.empty:
+        out.append(f"nothing to {verb}: every file and live value is already as planned"
+                   if verb == "apply" else "nothing to restore: files and live values already "
+                   "match the saved state")
+    elif dry_run:
+        out.append(f"dry run: nothing was changed ({len(ch.files)} file(s) and "
+                   f"{len(ch.live)} live value(s) would change)")
+    return "\n".join(out)

@@ -60,6 +60,11 @@ SPEC: dict[str, Any] = {
     })),
     "window": ("optional", {"seconds": NUM, "polls": INT, "peak": INT + NULL,
                             "mean": NUM + NULL, "growth": INT + NULL, "rates": (dict,)}),
+    # boot configuration (sysctl.d, modules-load.d, modprobe.d); optional so that
+    # snapshots from before it was collected still load
+    "persist": ("optional", {"root": STR, "files": (list,), "assignments": (list,),
+                             "sysctl": (dict,), "early_load": (list,), "modprobe": (dict,),
+                             "udev_sysctl_rules": (list,)}),
     "stat": (
         "nullable",
         {"source": STR, "columns": (list,), "cpus": INT, "entries": INT, "counters": (dict,)},

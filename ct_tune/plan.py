@@ -1,0 +1,128 @@
+"""From findings to the settings ct-tune would persist and write, with the safety policy.
+
+Pure: findings and facts in, settings and skips out.  The same plan feeds
+``audit --format sysctl`` (the fragment alone), ``apply --dry-run`` and
+``apply``, so what is shown is what is done.
+
+Safety (issue: "Applying"):
+* nf_conntrack_max is only raised unless --allow-lower; never below the
+  current count with the profile's headroom (count / target_usage); 0 is
+  unlimited, so any other value lowers it.
+* A key that is read-only here (container, non-initial network namespace) is
+  not written and not persisted here: it must be set on the host.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ct_tune.findings import Finding
+
+MAX_KEY = "net.netfilter.nf_conntrack_max"
+BUCKETS_KEY = "net.netfilter.nf_conntrack_buckets"
+HOST_ONLY = "read-only here (container or non-initial network namespace): must be set on the host"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One key ct-tune manages, with the reasons the fragment prints beside it."""
+
+    key: str
+    value: Any
+    current: Any
+    rule: str
+    title: str
+    summary: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    sources: tuple[str, ...] = ()
+
+    @property
+    def changes(self) -> bool:
+        return self.value != self.current
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A recommendation not acted on, and why (shown in dry-run and apply output)."""
+
+    key: str
+    current: Any
+    recommended: Any
+    reason: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    settings: tuple[Setting, ...]
+    skips: tuple[Skip, ...]
+    #: options nf_conntrack hashsize=N for modprobe.d, None when not needed or built in
+    hashsize: int | None
+    #: write modules-load.d so nf_conntrack is loaded before systemd-sysctl runs
+    load_module: bool
+    builtin: bool | None
+
+    def value(self, key: str) -> Any:
+        return next((s.value for s in self.settings if s.key == key), None)
+
+
+def max_floor(count: int | None, target_usage: float) -> int:
+    """The lowest max that keeps today's entries within the profile's headroom."""
+    if not count:
+        return 0
+    return math.ceil(count / target_usage) if target_usage > 0 else count
+
+
+def _max_skip(f: Finding, count: int | None, target_usage: float,
+              allow_lower: bool) -> Skip | None:
+    cur, rec = f.current, f.recommended
+    lowering = cur == 0 or (isinstance(cur, int) and rec < cur)
+    if lowering and not allow_lower:
+        return Skip(f.parameter, cur, rec, "would lower nf_conntrack_max"
+                    + (" from unlimited (0)" if cur == 0 else "")
+                    + ": only raised by default; pass --allow-lower to lower it")
+    floor = max_floor(count, target_usage)
+    if lowering and rec < floor:
+        return Skip(f.parameter, cur, rec, f"below the {count:,} entries in use now with the "
+                    f"profile's headroom ({floor:,}): not lowered even with --allow-lower")
+    return None
+
+
+def build(findings: Iterable[Finding], facts: dict[str, Any], targets: dict[str, Any],
+          allow_lower: bool = False) -> Plan:
+    """Settings to persist and write: every recommendation this host may set, after the
+    safety policy.  Unchanged recommendations are kept too, so the fragment pins them."""
+    count = facts["sysctl"].get("net.netfilter.nf_conntrack_count", {}).get("value")
+    settings: list[Setting] = []
+    skips: list[Skip] = []
+    for f in findings:
+        if f.parameter is None or f.recommended is None:
+            continue
+        if f.scope == "host":
+            skips.append(Skip(f.parameter, f.current, f.recommended, HOST_ONLY + (
+                "" if f.changes else " (it already has the recommended value)")))
+            continue
+        if f.parameter == MAX_KEY and f.changes:
+            skip = _max_skip(f, count, targets.get("target_usage", 1.0), allow_lower)
+            if skip:
+                skips.append(skip)
+                settings.append(Setting(f.parameter, f.current, f.current, f.rule, f.title,
+                                        f"kept: {skip.reason}", {}, tuple(f.sources)))
+                continue
+        settings.append(Setting(f.parameter, f.recommended, f.current, f.rule, f.title,
+                                f.summary, dict(f.evidence), tuple(f.sources)))
+    settings.sort(key=lambda s: s.key)
+    conntrack = facts.get("conntrack", {})
+    builtin = conntrack.get("builtin")
+    buckets = next((s.value for s in settings if s.key == BUCKETS_KEY), None)
+    # hashsize= alone makes the kernel set max = 8 x hashsize at load: only with max pinned
+    pinned_max = any(s.key == MAX_KEY for s in settings)
+    has_netfilter = any(s.key.startswith("net.netfilter.") for s in settings)
+    return Plan(
+        settings=tuple(settings), skips=tuple(skips),
+        hashsize=buckets if buckets and pinned_max and builtin is not True else None,
+        load_module=has_netfilter and builtin is not True,
+        builtin=builtin,
+    )
