@@ -36,6 +36,9 @@ from ct_tune.plan import Plan
 
 STATE_DIR = "var/lib/ct-tune"
 STATE_FILE = "rollback.json"
+#: the state of an apply in progress: it becomes STATE_FILE on success, is removed when a
+#: failure was fully undone, and is what rollback restores after a killed apply
+PENDING_FILE = "pending.json"
 LOCK_FILE = "lock"
 STATE_VERSION = 1
 
@@ -93,7 +96,7 @@ def sysctl_path(procfs: Path, key: str) -> Path:
 def _read_text(path: Path) -> str | None:
     try:
         return path.read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as e:
         raise CtTuneError(f"{path}: cannot read: {e.strerror or e}") from None
@@ -127,12 +130,12 @@ def changes(plan: Plan, files: dict[str, str], root: Path, procfs: Path,
     return out
 
 
-def require_root(root: Path, live: bool) -> None:
-    """Refuse before touching anything: only a scratch root without live writes is
-    open to an unprivileged user."""
+def require_root(root: Path, kernel: bool) -> None:
+    """Refuse before touching anything: only a scratch root, without writes to the running
+    kernel, is open to an unprivileged user."""
     if os.geteuid() == 0:
         return
-    if live or root.resolve() == Path("/"):
+    if kernel or root.resolve() == Path("/"):
         raise CtTuneError("apply and rollback change /etc and /proc/sys and must run as root "
                           "(to try it unprivileged: --root SCRATCH_DIR --no-live)")
 
@@ -221,7 +224,7 @@ def save_state(root: Path, ch: Changes, procfs: Path, version: str) -> Path:
         "files": [{"path": f.rel, "content": f.old} for f in ch.files],
         "live": [{"key": c.key, "path": c.path, "value": c.old} for c in ch.live],
     }
-    path = state / STATE_FILE
+    path = state / PENDING_FILE
     write_atomic(path, (json.dumps(doc, indent=2) + "\n").encode(), mode=0o600)
     return path
 
@@ -230,13 +233,14 @@ def execute(ch: Changes, root: Path, procfs: Path, version: str, save: bool = Tr
     """Run the transaction (the caller holds the lock); return the state file path.
     A rollback runs the same transaction without saving a new state."""
     _clean_stale_temps(root, ch.files)
-    state = save_state(root, ch, procfs, version) if save else None
+    pending = save_state(root, ch, procfs, version) if save else None
     done: list[LiveChange] = []
     for change in ch.live:
         try:
             _write_live(change.path, change.new)
         except OSError as e:
             restored, failed = _restore_live(done)
+            _drop(pending, failed)
             _fail(f"{change.path}: cannot set {change.key} = {change.new}: {e.strerror or e}",
                   restored, failed, files_note="no file was changed")
         done.append(change)
@@ -252,11 +256,23 @@ def execute(ch: Changes, root: Path, procfs: Path, version: str, save: bool = Tr
                 except (OSError, CtTuneError) as e2:
                     undo_failed.append(f"{root / w.rel}: {e2}")
             restored, failed = _restore_live(done)
+            _drop(pending, failed + undo_failed)
             _fail(f"{root / f.rel}: cannot write: {e}", restored, failed + undo_failed,
                   files_note=f"{len(written)} file(s) written before it were restored"
                   if written else "no file was changed")
         written.append(f)
-    return state
+    if pending is None:
+        return None
+    final = pending.with_name(STATE_FILE)
+    os.replace(pending, final)
+    return final
+
+
+def _drop(pending: Path | None, failed: list[str]) -> None:
+    """A failure fully undone leaves the earlier rollback state as it was."""
+    if pending is not None and not failed:
+        with contextlib.suppress(OSError):
+            pending.unlink()
 
 
 def _fail(what: str, restored: list[str], failed: list[str], files_note: str) -> None:
@@ -269,8 +285,14 @@ def _fail(what: str, restored: list[str], failed: list[str], files_note: str) ->
     raise CtTuneError(msg)
 
 
+def state_path(root: Path) -> Path:
+    """The state rollback restores: an interrupted apply's, else the last apply's."""
+    pending = root / STATE_DIR / PENDING_FILE
+    return pending if pending.exists() else root / STATE_DIR / STATE_FILE
+
+
 def load_state(root: Path) -> dict[str, Any]:
-    path = root / STATE_DIR / STATE_FILE
+    path = state_path(root)
     text = _read_text(path)
     if text is None:
         raise CtTuneError(f"{path}: no saved state: nothing to roll back")
@@ -305,7 +327,7 @@ def rollback_changes(root: Path, procfs: Path) -> Changes:
 
 def finish_rollback(root: Path) -> Path:
     """Retire the state once restored, so a second rollback does not run twice."""
-    path = root / STATE_DIR / STATE_FILE
+    path = state_path(root)
     done = path.with_name(f"rolled-back-{_dt.datetime.now(_dt.UTC):%Y%m%dT%H%M%SZ}.json")
     os.replace(path, done)
     return done

@@ -176,12 +176,13 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
     elif fmt == "sysctl":
         from ct_tune import fragments, plan
 
-        p = plan.build(result, host, prof.targets, allow_lower)
+        p = plan.build(result, host, prof, allow_lower)
         meta = _meta(host, prof.name, name)
         text = fragments.render(p, meta).get(fragments.sysctl_path(meta))
         click.echo(text if text else "# ct-tune: nothing this host may set\n", nl=False)
         for skip in p.skips:
             click.echo(f"ct-tune: not in the fragment: {skip.key}: {skip.reason}", err=True)
+        _warn_overrides(host, name, p)
     elif explain:
         click.echo(render.explain(result))
     else:
@@ -214,19 +215,20 @@ def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_r
 
     if "/" in name or not name.endswith(".conf"):
         raise click.BadParameter("must be a file name ending in .conf", param_hint="--name")
-    c = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules, root or "/")
+    c = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules, root)
     target = c.roots.config_root
     if not dry_run:
-        apply.require_root(target, live)
+        apply.require_root(target, live and c.roots.live)
     prof = profiles.get(c.profiles(), profile)
     loaded_rules = c.rules()
     with (apply.locked(target, lock_wait) if not dry_run else _nolock()):
         host = gather(c.roots, no_sample, sample_limit, table_source, duration, interval)
         result = engine.evaluate(loaded_rules, host, prof)
-        p = plan.build(result, host, prof.targets, allow_lower)
+        p = plan.build(result, host, prof, allow_lower)
         files = fragments.render(p, _meta(host, prof.name, name))
         ch = apply.changes(p, files, target, c.roots.procfs, live)
         click.echo(render.changes(ch, p.skips, target, dry_run))
+        _warn_overrides(host, name, p)
         if dry_run or ch.empty:
             return
         state = apply.execute(ch, target, c.roots.procfs, __version__)
@@ -246,7 +248,7 @@ def rollback_cmd(procfs: str, root: str | None, dry_run: bool, lock_wait: float)
 
     target = Path(root or "/")
     if not dry_run:
-        apply.require_root(target, live=True)
+        apply.require_root(target, kernel=Path(procfs) == Path("/proc"))
     with (apply.locked(target, lock_wait) if not dry_run else _nolock()):
         ch = apply.rollback_changes(target, Path(procfs))
         click.echo(render.changes(ch, (), target, dry_run, verb="restore"))
@@ -256,6 +258,17 @@ def rollback_cmd(procfs: str, root: str | None, dry_run: bool, lock_wait: float)
         done = apply.finish_rollback(target)
         click.echo(f"rolled back: {len(ch.live)} live value(s), {len(ch.files)} file(s); "
                    f"the saved state is kept as {done}")
+
+
+def _warn_overrides(host: dict[str, Any], name: str, p: Any) -> None:
+    """A file boot reads after ours that sets one of our keys wins at boot: say so."""
+    from ct_tune import sysctld
+
+    persist = host.get("persist") or {}
+    for a in sysctld.read_after(persist.get("assignments", []), name,
+                                [s.key for s in p.settings]):
+        click.echo(f"ct-tune: warning: {a['file']}:{a['line']} sets {a['key']} = {a['value']} "
+                   f"and is read after {name} at boot: it overrides ct-tune's value", err=True)
 
 
 def _nolock() -> Any:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ct_tune.findings import Finding
+from ct_tune.profiles import Profile
 
 MAX_KEY = "net.netfilter.nf_conntrack_max"
 BUCKETS_KEY = "net.netfilter.nf_conntrack_buckets"
@@ -90,10 +91,20 @@ def _max_skip(f: Finding, count: int | None, target_usage: float,
     return None
 
 
-def build(findings: Iterable[Finding], facts: dict[str, Any], targets: dict[str, Any],
+def _sources(f: Finding, profile: Profile) -> tuple[str, ...]:
+    """The rule's sources, and the profile's own reason and source when it set the value."""
+    spec = profile.timeouts.get(f.parameter.rsplit(".", 1)[-1])
+    extra = ()
+    if spec and spec["value"] == f.recommended:
+        extra = (f"profile {profile.name}: {spec['reason']} ({spec['source']})",)
+    return (*extra, *(s for s in f.sources if "the profile sets the value" not in s))
+
+
+def build(findings: Iterable[Finding], facts: dict[str, Any], profile: Profile,
           allow_lower: bool = False) -> Plan:
     """Settings to persist and write: every recommendation this host may set, after the
     safety policy.  Unchanged recommendations are kept too, so the fragment pins them."""
+    targets = profile.targets
     count = facts["sysctl"].get("net.netfilter.nf_conntrack_count", {}).get("value")
     settings: list[Setting] = []
     skips: list[Skip] = []
@@ -109,10 +120,10 @@ def build(findings: Iterable[Finding], facts: dict[str, Any], targets: dict[str,
             if skip:
                 skips.append(skip)
                 settings.append(Setting(f.parameter, f.current, f.current, f.rule, f.title,
-                                        f"kept: {skip.reason}", {}, tuple(f.sources)))
+                                        f"kept: {skip.reason}", {}, _sources(f, profile)))
                 continue
         settings.append(Setting(f.parameter, f.recommended, f.current, f.rule, f.title,
-                                f.summary, dict(f.evidence), tuple(f.sources)))
+                                f.summary, dict(f.evidence), _sources(f, profile)))
     settings.sort(key=lambda s: s.key)
     conntrack = facts.get("conntrack", {})
     builtin = conntrack.get("builtin")

@@ -122,3 +122,18 @@ def persistence(assignments: list[Assignment], files: list[str], early: list[dic
         "modprobe": dict(modprobe),
         "udev_sysctl_rules": udev,
     }
+
+
+def read_after(assignments: Iterable[Mapping[str, Any]], name: str,
+               keys: Iterable[str]) -> list[dict[str, Any]]:
+    """Assignments of `keys` that boot reads after a sysctl.d fragment called `name`:
+    they override it (a later name in any sysctl.d directory, or /etc/sysctl.conf,
+    read last by procps and through Debian's 99-sysctl.conf link)."""
+    wanted = set(keys)
+    out = []
+    for a in assignments:
+        base = a["file"].rsplit("/", 1)[-1]
+        if a["key"] in wanted and base != name and (
+                base > name or a["file"] == "/" + SYSCTL_CONF):
+            out.append(dict(a))
+    return out
