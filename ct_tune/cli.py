@@ -250,7 +250,10 @@ def rollback_cmd(procfs: str, root: str | None, dry_run: bool, lock_wait: float)
     if not dry_run:
         apply.require_root(target, kernel=Path(procfs) == Path("/proc"))
     with (apply.locked(target, lock_wait) if not dry_run else _nolock()):
+        state = apply.state_path(target)
         ch = apply.rollback_changes(target, Path(procfs))
+        if state.name == apply.PENDING_FILE:
+            click.echo(f"an apply was interrupted: restoring the state it saved in {state}")
         click.echo(render.changes(ch, (), target, dry_run, verb="restore"))
         if dry_run:
             return

@@ -206,6 +206,7 @@ def test_killed_during_the_file_write_leaves_the_old_file_and_rollback_recovers(
     # the interrupted apply's saved state lets rollback put everything back
     back = run_cli("rollback", "--root", str(tmp_path), netns=ns)
     assert back.returncode == 0, back.stderr
+    assert back.stdout.startswith("an apply was interrupted: restoring the state it saved in")
     assert netfilter_values(ns) == values
     assert (tmp_path / FRAGMENT).read_text() == old
     # and the next apply clears the dead temp file
