@@ -130,3 +130,13 @@ def test_read_only_tree_keys_are_reported_not_failed(tree, tmp_path):
     assert "skipped net.netfilter.nf_conntrack_max" in proc.stdout
     assert "must be set on the host" in proc.stdout
     assert not Path(tmp_path / "var").exists()  # a dry run takes no lock, writes nothing
+
+
+def test_no_live_writes_only_the_files(tree, tmp_path):
+    roots = tree("nearly-full-drops")
+    root = tmp_path / "root"
+    proc = run_cli("apply", "--no-live", *tree_args(roots), "--root", str(root), "--no-sample")
+    assert proc.returncode == 0, proc.stderr
+    assert "live values" not in proc.stdout
+    assert live(roots, MAX) == "262144"
+    assert f"\n{MAX} = 502272\n" in (root / "etc/sysctl.d/99-ct-tune.conf").read_text()
