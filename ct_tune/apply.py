@@ -285,6 +285,15 @@ def _fail(what: str, restored: list[str], failed: list[str], files_note: str) ->
     raise CtTuneError(msg)
 
 
+def refuse_if_interrupted(root: Path) -> None:
+    """An interrupted apply's saved state is the only record of what it changed: a new
+    apply must not overwrite it."""
+    pending = root / STATE_DIR / PENDING_FILE
+    if pending.exists():
+        raise CtTuneError(f"{pending}: an earlier apply was interrupted; run 'ct-tune rollback'"
+                          " first to restore what it saved (or remove the file)")
+
+
 def state_path(root: Path) -> Path:
     """The state rollback restores: an interrupted apply's, else the last apply's."""
     pending = root / STATE_DIR / PENDING_FILE

@@ -231,6 +231,7 @@ def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_r
         _warn_overrides(host, name, p)
         if dry_run or ch.empty:
             return
+        apply.refuse_if_interrupted(target)
         state = apply.execute(ch, target, c.roots.procfs, __version__)
         click.echo(f"applied: {len(ch.live)} live value(s), {len(ch.files)} file(s); the "
                    f"previous state is in {state}: 'ct-tune rollback' restores it")
@@ -238,7 +239,9 @@ def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_r
 
 @cli.command("rollback")
 @click.option("--procfs", default="/proc", show_default=True, metavar="DIR")
-@_root_dir_option
+@click.option("--root", metavar="DIR", type=click.Path(file_okay=False),
+              help="The --root the apply wrote to (its state is in DIR/var/lib/ct-tune) "
+              "[default: /].")
 @click.option("--dry-run", is_flag=True, help="Show what would be restored; change nothing.")
 @click.option("--lock-wait", type=click.FloatRange(min=0), default=5.0, show_default=True,
               metavar="S", help="Wait this long for another apply/rollback, then exit 4.")

@@ -203,6 +203,10 @@ def test_killed_during_the_file_write_leaves_the_old_file_and_rollback_recovers(
     assert [p.name for p in (tmp_path / "etc/sysctl.d").iterdir() if p.name.endswith(".conf")
             ] == ["99-ct-tune.conf"]
     assert read_sysctl(ns, UDP) == "60"  # the live values were already written
+    # a new apply must not overwrite the only record of what the killed one changed
+    refused = apply(ns, tmp_path)
+    assert refused.returncode == 3
+    assert "an earlier apply was interrupted; run 'ct-tune rollback' first" in refused.stderr
     # the interrupted apply's saved state lets rollback put everything back
     back = run_cli("rollback", "--root", str(tmp_path), netns=ns)
     assert back.returncode == 0, back.stderr
