@@ -6,6 +6,14 @@ Values are copied as read (procfs files cannot be copied with shutil: their
 size reads as 0), file modes are kept because they carry writability, and a
 ``MODES`` manifest repeats them for trees that travel through git, which keeps
 only the executable bit.  /proc/slabinfo is reduced to its nf_conntrack lines.
+
+The boot configuration the audit reads (sysctl.d, /etc/sysctl.conf, modules-load.d,
+/etc/modules, modprobe.d, udev rules that mention nf_conntrack) is copied beside them,
+at its own path (DIR/etc/sysctl.d/..., DIR/usr/lib/sysctl.d/...), where ``--procfs
+DIR/proc`` finds it.  A symlink stays a symlink (relative, so the tree can move), and
+the file it points to is copied at its own path too: the link's name decides the
+reading order (99-sysctl.conf -> ../sysctl.conf), the target is what the admin edits,
+and a link to /dev/null masks a file of the same name.
 """
 
 from __future__ import annotations
@@ -13,13 +21,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ct_tune.facts import KEEPALIVE_KEYS, NETFILTER_DIR, Roots
+from ct_tune import sysctld
+from ct_tune.facts import KEEPALIVE_KEYS, NETFILTER_DIR, Roots, in_root
 
 PROC_FILES = ["meminfo", "stat", "sys/kernel/arch", "sys/kernel/osrelease",
               "sys/kernel/hostname", "net/stat/nf_conntrack", "sys/net/nf_conntrack_max",
               *(f"sys/net/ipv4/{k}" for k in KEEPALIVE_KEYS)]
 SYS_FILES = ["devices/system/cpu/online", "module/nf_conntrack/parameters/hashsize",
-             "kernel/slab/nf_conntrack/slab_size", "kernel/slab/nf_conntrack/object_size"]
+             "kernel/slab/nf_conntrack/slab_size", "kernel/slab/nf_conntrack/object_size",
+             # present only for a loadable module: tells built-in from modular
+             "module/nf_conntrack/initstate"]
 
 
 def _copy(src: Path, dst: Path, keep: list[str], rel: str, filter_lines: str | None = None
@@ -54,8 +65,80 @@ def capture(roots: Roots, out: Path) -> int:
             _copy(Path(dirpath) / name, out / "proc" / rel, modes, f"proc/{rel}")
     for rel in SYS_FILES:
         _copy(roots.sys(rel), out / "sys" / rel, modes, f"sys/{rel}")
+    links = _capture_config(roots.config_root, out, modes)
     (out / "MODES").write_text("".join(f"{m}\n" for m in sorted(modes)))
-    return len(modes)
+    return len(modes) + links
+
+
+#: (directories, file suffix, only files that mention this) the facts read, see
+#: facts._persistence.
+CONFIG_DIRS = ((sysctld.SYSCTL_DIRS, ".conf", None),
+               (sysctld.MODULES_LOAD_DIRS, ".conf", None),
+               (sysctld.MODPROBE_DIRS, ".conf", None),
+               (sysctld.UDEV_DIRS, ".rules", "nf_conntrack"))
+CONFIG_FILES = (sysctld.SYSCTL_CONF, sysctld.ETC_MODULES)
+
+
+def config_files(root: Path) -> list[str]:
+    """The boot configuration files under root that ct-tune reads, relative to root.  A
+    directory that is a link to one already listed (/lib -> usr/lib) is skipped."""
+    rels: list[str] = []
+    dirs_seen: set[Path] = set()
+    for dirs, suffix, mention in CONFIG_DIRS:
+        for d in dirs:
+            real = in_root(root, d)
+            if real in dirs_seen or not real.is_dir():
+                continue
+            dirs_seen.add(real)
+            try:
+                names = sorted(p.name for p in real.iterdir() if p.name.endswith(suffix))
+            except OSError:
+                continue
+            for name in names:
+                if mention is not None:
+                    try:
+                        text = in_root(root, f"{d}/{name}").read_text(errors="replace")
+                    except OSError:
+                        continue
+                    if mention not in text:
+                        continue
+                rels.append(f"{d}/{name}")
+    rels += [rel for rel in CONFIG_FILES if (root / rel).exists() or (root / rel).is_symlink()]
+    return rels
+
+
+def _capture_config(root: Path, out: Path, modes: list[str]) -> int:
+    """Copy config_files(root) to out/REL; returns the number of symlinks made (copied
+    files are counted in modes)."""
+    rels = config_files(root)
+    is_link = {rel: (root / rel).is_symlink() for rel in rels}
+    # where each copied regular file really is, so a link to it can stay a link
+    copied = {in_root(root, rel): rel for rel in rels if not is_link[rel]}
+    made = 0
+    for rel in rels:
+        dst = out / rel
+        real = in_root(root, rel)
+        if not is_link[rel]:
+            _copy(real, dst, modes, rel)
+            continue
+        if real == root / "dev/null":
+            target = "/dev/null"
+        elif real in copied:
+            target = os.path.relpath(out / copied[real], dst.parent)
+        elif real.is_file() and real.relative_to(root).parts[0] not in ("proc", "sys"):
+            # the file the link names is part of the configuration: copy it where it is
+            copied[real] = real.relative_to(root).as_posix()
+            _copy(real, out / copied[real], modes, copied[real])
+            target = os.path.relpath(out / copied[real], dst.parent)
+        else:
+            _copy(real, dst, modes, rel)
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.is_symlink() or dst.exists():
+            dst.unlink()
+        os.symlink(target, dst)
+        made += 1
+    return made
 
 
 def apply_modes(tree: Path) -> None:

@@ -47,6 +47,8 @@ def build_context(facts: dict[str, Any], profile: Profile) -> dict[str, Any]:
         # the table sample and the polling window, when collected (None otherwise)
         "flows": facts.get("flows"),
         "window": NoneDict(facts["window"]) if facts.get("window") else None,
+        # the boot configuration (sysctl.d, modules-load.d); None for older snapshots
+        "persist": facts.get("persist"),
     }
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateError, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from ct_tune import formulas, whatif
+from ct_tune import drift, formulas, whatif
 
 
 class NoneDict(dict):
@@ -65,6 +65,9 @@ HELPERS: dict[str, Callable[..., Any]] = {
     "whatif": whatif.whatif,
     "occupancy": whatif.occupancy,
     "class_share": whatif.share,
+    # boot configuration against the running kernel (None/[] without persist facts)
+    "drift": drift.drift, "overridden": drift.overridden, "unpersisted": drift.unpersisted,
+    "boot_defaults": drift.boot_defaults, "early_load": drift.early_load,
 }
 
 FILTERS: dict[str, Callable[..., Any]] = {

@@ -249,43 +249,76 @@ def _conf_names(directory: Path) -> list[str]:
         return []
 
 
+def in_root(root: Path, rel: str) -> Path:
+    """root/rel with symlinks resolved inside root, as a chroot would: an absolute link
+    target (99-sysctl.conf -> /etc/sysctl.conf, a mask -> /dev/null) means root/target,
+    not this machine's file, and '..' stops at root."""
+    parts = [p for p in Path(rel).parts if p not in ("/", ".")]
+    here, hops = root, 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            here = here.parent if here != root else root
+            continue
+        nxt = here / part
+        if nxt.is_symlink() and hops < 40:
+            hops += 1
+            target = os.readlink(nxt)
+            if os.path.isabs(target):
+                here = root
+            parts = [p for p in Path(target).parts if p not in ("/", ".")] + parts
+            continue
+        here = nxt
+    return here
+
+
 def _persistence(root: Path) -> dict[str, Any]:
     """sysctl.d/sysctl.conf assignments of conntrack keys, in systemd's reading order, and
     what loads nf_conntrack at boot (modules-load.d, /etc/modules, a udev rule)."""
-    files = sysctld.ordered({d: _conf_names(root / d) for d in sysctld.SYSCTL_DIRS})
+    files = sysctld.ordered({d: _conf_names(in_root(root, d)) for d in sysctld.SYSCTL_DIRS})
     files.append(sysctld.SYSCTL_CONF)
-    assignments, read = [], []
+    assignments, read, seen = [], [], set()
+    links: dict[str, str] = {}
     for rel in files:
-        text = _read(root / rel)
-        if text is None:
-            continue
+        real = in_root(root, rel)
+        if real == root / "dev/null":
+            continue  # masked
+        text = _read(real)
         # a link to /etc/sysctl.conf (Debian's 99-sysctl.conf) is read where it sorts
-        if rel == sysctld.SYSCTL_CONF and any(
-                (root / f).resolve() == (root / rel).resolve() for f in read):
+        if text is None or (rel == sysctld.SYSCTL_CONF and real in seen):
             continue
+        seen.add(real)
         read.append(rel)
+        if real != root / rel:
+            links["/" + rel] = "/" + real.relative_to(root).as_posix()
         assignments += [a for a in sysctld.parse_sysctl(text, "/" + rel)
                         if a.key.startswith(PERSIST_PREFIXES)]
-    early = []
-    loads = sysctld.ordered({d: _conf_names(root / d) for d in sysctld.MODULES_LOAD_DIRS})
+    early, seen = [], set()
+    loads = sysctld.ordered({d: _conf_names(in_root(root, d)) for d in sysctld.MODULES_LOAD_DIRS})
     for rel in [*loads, sysctld.ETC_MODULES]:
-        text = _read(root / rel)
-        if text and "nf_conntrack" in sysctld.parse_modules_load(text):
-            early.append({"module": "nf_conntrack", "file": "/" + rel})
+        real = in_root(root, rel)
+        text = None if real in seen else _read(real)
+        seen.add(real)  # Debian links modules-load.d/modules.conf to /etc/modules
+        users = [m for m in sysctld.parse_modules_load(text or "") if sysctld.loads_conntrack(m)]
+        if users:
+            early.append({"module": users[0], "file": "/" + rel})
     modprobe: dict[str, Any] = {}
-    for rel in sysctld.ordered({d: _conf_names(root / d) for d in sysctld.MODPROBE_DIRS}):
-        text = _read(root / rel)
+    for rel in sysctld.ordered({d: _conf_names(in_root(root, d)) for d in sysctld.MODPROBE_DIRS}):
+        text = _read(in_root(root, rel))
         opts = sysctld.parse_modprobe_options(text, "nf_conntrack") if text else {}
         for key, value in opts.items():
             modprobe[key] = {"value": value, "file": "/" + rel}
-    udev = []
-    for d in sysctld.UDEV_DIRS:
-        for name in sorted(p.name for p in _listdir(root / d) if p.name.endswith(".rules")):
-            text = _read(root / d / name)
-            if text and sysctld.udev_reloads_sysctl(text):
-                udev.append(f"/{d}/{name}")
-    return {"root": str(root), **sysctld.persistence(assignments, ["/" + f for f in read],
-                                                       early, modprobe, udev)}
+    udev, rules = [], {}
+    for d in sysctld.UDEV_DIRS:  # a same-named rules file higher up masks one further down
+        for p in _listdir(in_root(root, d)):
+            if p.name.endswith(".rules"):
+                rules.setdefault(p.name, f"{d}/{p.name}")
+    for name in sorted(rules):
+        text = _read(in_root(root, rules[name]))
+        if text and sysctld.udev_reloads_sysctl(text):
+            udev.append("/" + rules[name])
+    return {"root": str(root), "links": links,
+            **sysctld.persistence(assignments, ["/" + f for f in read], early, modprobe, udev)}
 
 
 def _listdir(directory: Path) -> list[Path]:

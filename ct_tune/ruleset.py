@@ -31,7 +31,7 @@ _CASE_KEYS = {"level", "if", "summary"}
 #: Names a rule's [let] may not shadow: they are the context every rule reads.
 RESERVED = {"sysctl", "writable", "host", "conntrack", "counters", "stat", "profile",
             "planned", "current", "recommended", "parameter", "rule", "severity",
-            "flows", "window"}
+            "flows", "window", "persist"}
 
 
 @dataclass(frozen=True)

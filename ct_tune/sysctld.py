@@ -38,10 +38,15 @@ class Assignment(NamedTuple):
 
 
 def normalize_key(key: str) -> str:
-    """sysctl.d accepts '/' as the separator too (net/netfilter/x == net.netfilter.x)."""
+    """The dotted form of a key: sysctl.d accepts '/' as the separator too
+    (net/netfilter/x == net.netfilter.x).  As systemd's sysctl_normalize() does, only a
+    key whose first separator is '/' is in that form, and then dots and slashes swap
+    (net/ipv4/conf/eth0.100/rp_filter == net.ipv4.conf.eth0/100.rp_filter)."""
     key = key.strip()
-    if "/" in key.lstrip("-"):
-        key = key.replace("/", ".")
+    body = key.lstrip("-")
+    dashes = key[:len(key) - len(body)]
+    if next((c for c in body if c in "./"), None) == "/":
+        key = dashes + body.translate(str.maketrans("/.", "./"))
     return key
 
 
@@ -77,6 +82,20 @@ def effective(assignments: Iterable[Assignment]) -> dict[str, Assignment]:
     for a in assignments:
         out[a.key] = a
     return out
+
+
+#: Modules that depend on nf_conntrack (modinfo -F depends): loading one early loads
+#: nf_conntrack first, so its keys exist when systemd-sysctl runs.
+CONNTRACK_USERS_PREFIXES = ("nf_conntrack", "nf_nat")
+CONNTRACK_USERS = frozenset({"xt_conntrack", "xt_state", "xt_CT", "xt_nat", "xt_MASQUERADE",
+                             "ipt_MASQUERADE", "ip6t_MASQUERADE", "iptable_nat", "ip6table_nat",
+                             "nft_ct", "nft_nat", "nft_masq", "nft_redir", "openvswitch"})
+
+
+def loads_conntrack(module: str) -> bool:
+    """Whether loading `module` loads nf_conntrack (itself or a module that needs it)."""
+    name = module.replace("-", "_")
+    return name.startswith(CONNTRACK_USERS_PREFIXES) or name in CONNTRACK_USERS
 
 
 def parse_modules_load(text: str) -> list[str]:

@@ -14,8 +14,22 @@ from ct_tune import engine, facts, profiles, ruleset
 CASES = sorted((Path(__file__).parent / "rule_cases").glob("*.toml"))
 
 
+def _under(top: Path, rel: str) -> Path:
+    """top/rel for a case's [files]/[links] path, which must stay inside the tree."""
+    path = top / rel
+    assert not Path(rel).is_absolute() and path.resolve().is_relative_to(top.resolve()), rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def load_case_facts(case: dict, tmp: Path) -> dict:
-    data = facts.collect(materialize(case["tree"], tmp))
+    roots = materialize(case["tree"], tmp)
+    top = roots.procfs.parent  # the tree's config root: its etc/, usr/lib/, ...
+    for rel, text in case.get("files", {}).items():
+        _under(top, rel).write_text(text)
+    for rel, target in case.get("links", {}).items():
+        _under(top, rel).symlink_to(target)
+    data = facts.collect(roots)
     for key, value in case.get("sysctl", {}).items():
         data["sysctl"].setdefault(key, {"writable": True})["value"] = value
     data["host"].update(case.get("host", {}))

@@ -1,0 +1,298 @@
+"""Drift between the boot configuration and the running kernel, as pure functions.
+
+The audit compares three things: what sysctl.d and /etc/sysctl.conf will set at
+the next boot (``facts["persist"]``, see :mod:`ct_tune.sysctld`), what the
+kernel holds now (``sysctl``), and what the kernel would hold after a reboot if
+no file set a key (its compiled-in default, :data:`KERNEL_DEFAULTS` and
+:func:`boot_defaults`).  A configured value that is not live means the
+configuration did not apply (or someone changed it by hand since); a live value
+that is neither the default nor configured is lost at the next reboot.
+
+These are the helpers rule files call (registered in :mod:`ct_tune.expr`); they
+do no I/O, and answer None or an empty list for snapshots without ``persist``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ct_tune import formulas
+
+#: Compiled-in defaults of the keys whose default does not depend on the host, by the
+#: short name rules use.  Every group cites where the kernel sets it; keys whose default
+#: moved between releases are in :func:`boot_defaults`, keys not listed are never judged.
+KERNEL_DEFAULTS: dict[str, int] = {
+    # net/netfilter/nf_conntrack_proto_tcp.c, tcp_timeouts[]: SYN_SENT 2 MINS, SYN_RECV 60 SECS,
+    # ESTABLISHED 5 DAYS, FIN_WAIT 2 MINS, CLOSE_WAIT 60 SECS, LAST_ACK 30 SECS,
+    # TIME_WAIT 2 MINS, CLOSE 10 SECS, RETRANS 5 MINS, UNACK 5 MINS
+    "nf_conntrack_tcp_timeout_syn_sent": 120,
+    "nf_conntrack_tcp_timeout_syn_recv": 60,
+    "nf_conntrack_tcp_timeout_established": 432000,
+    "nf_conntrack_tcp_timeout_fin_wait": 120,
+    "nf_conntrack_tcp_timeout_close_wait": 60,
+    "nf_conntrack_tcp_timeout_last_ack": 30,
+    "nf_conntrack_tcp_timeout_time_wait": 120,
+    "nf_conntrack_tcp_timeout_close": 10,
+    "nf_conntrack_tcp_timeout_max_retrans": 300,
+    "nf_conntrack_tcp_timeout_unacknowledged": 300,
+    # nf_conntrack_proto_tcp.c, nf_conntrack_tcp_init_net(): tcp_loose = 1,
+    # tcp_be_liberal = 0, tcp_ignore_invalid_rst = 0, tcp_max_retrans = 3
+    "nf_conntrack_tcp_loose": 1,
+    "nf_conntrack_tcp_be_liberal": 0,
+    "nf_conntrack_tcp_ignore_invalid_rst": 0,
+    "nf_conntrack_tcp_max_retrans": 3,
+    # nf_conntrack_proto_udp.c, udp_timeouts[UDP_CT_UNREPLIED] = 30*HZ (the stream timeout
+    # changed between releases: see boot_defaults)
+    "nf_conntrack_udp_timeout": 30,
+    # nf_conntrack_proto_icmp.c / nf_conntrack_proto_icmpv6.c: 30*HZ
+    "nf_conntrack_icmp_timeout": 30,
+    "nf_conntrack_icmpv6_timeout": 30,
+    # nf_conntrack_proto_generic.c: nf_ct_generic_timeout = 600*HZ
+    "nf_conntrack_generic_timeout": 600,
+    # nf_conntrack_proto_gre.c, gre_timeouts[]: UNREPLIED 30*HZ, REPLIED 180*HZ
+    "nf_conntrack_gre_timeout": 30,
+    "nf_conntrack_gre_timeout_stream": 180,
+    # nf_conntrack_standalone.c, nf_conntrack_pernet_init(): sysctl_checksum = 1;
+    # log_invalid is zero-initialised
+    "nf_conntrack_checksum": 1,
+    "nf_conntrack_log_invalid": 0,
+    # include/net/tcp.h: TCP_KEEPALIVE_TIME (120*60*HZ), TCP_KEEPALIVE_INTVL (75*HZ),
+    # TCP_KEEPALIVE_PROBES 9 (tcp(7) documents the same)
+    "tcp_keepalive_time": 7200,
+    "tcp_keepalive_intvl": 75,
+    "tcp_keepalive_probes": 9,
+}
+
+#: Keys that are global (0444 outside the initial network namespace,
+#: nf_conntrack_standalone.c): only the host's configuration and reboot decide them.
+GLOBAL_KEYS = ("nf_conntrack_max", "nf_conntrack_buckets", "nf_conntrack_expect_max")
+
+#: The table-size keys: a reboot that loses them resizes the table.
+TABLE_KEYS = ("nf_conntrack_max", "nf_conntrack_buckets")
+
+#: udp_timeouts[UDP_CT_REPLIED] is 120*HZ in current kernels and was 180*HZ in 5.18 and
+#: before; ct-tune has not pinned the release in between, so 5.19 is not judged.
+UDP_STREAM_120_SINCE = (6, 0)
+UDP_STREAM_180_UNTIL = (5, 18)
+
+
+def _short(key: str) -> str:
+    from ct_tune.ruleset import short_name  # ruleset imports expr, which imports us
+
+    return short_name(key)
+
+
+def _full(short: str) -> str:
+    """The sysctl key a short name stands for (tcp_keepalive_* live under net.ipv4)."""
+    return f"net.ipv4.{short}" if short.startswith("tcp_keepalive_") else f"net.netfilter.{short}"
+
+
+def normalize(value: Any) -> int | str:
+    """A value as the kernel compares it: an integer when it reads as one, else the text
+    with runs of whitespace collapsed (multi-value keys are written tab-separated)."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    text = " ".join(str(value).split())
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def same(a: Any, b: Any) -> bool:
+    """Whether a configured and a live value are the same setting."""
+    return normalize(a) == normalize(b)
+
+
+def _assignments(persist: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
+    return list(persist.get("assignments") or []) if persist else []
+
+
+def _winners(persist: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
+    """The assignment boot applies for each key: the last one read."""
+    out: dict[str, Mapping[str, Any]] = {}
+    for a in _assignments(persist):
+        out[a["key"]] = a
+    return out
+
+
+def where(persist: Mapping[str, Any] | None, a: Mapping[str, Any]) -> dict[str, Any]:
+    """Where an assignment is, as the admin edits it: Debian's and RHEL's
+    /etc/sysctl.d/99-sysctl.conf is a link to /etc/sysctl.conf, so the line is in
+    /etc/sysctl.conf, read ``via`` the link (None when the file is no link)."""
+    target = ((persist or {}).get("links") or {}).get(a["file"])
+    return {"file": target or a["file"], "line": a["line"], "via": a["file"] if target else None}
+
+
+def drift(persist: Mapping[str, Any] | None, sysctl: Mapping[str, Any],
+          writable: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Keys whose value at boot (the winning assignment) is not the live value.
+
+    Either someone changed the key by hand since boot, or the file did not apply:
+    the module was not loaded yet, the value was refused, or the file was added
+    after boot and never loaded.  Keys that do not exist live (module not loaded,
+    a key this kernel lacks) are skipped: there is nothing to compare.
+    """
+    out = []
+    for key, a in sorted(_winners(persist).items()):
+        short = _short(key)
+        live = sysctl.get(short)
+        if live is None or same(a["value"], live):
+            continue
+        out.append({"key": key, "live": live, "configured": normalize(a["value"]),
+                    **where(persist, a),
+                    "writable": None if writable is None else writable.get(short)})
+    return out
+
+
+def overridden(persist: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """Keys assigned different values by more than one line: the last one read wins at
+    boot and the others are dead configuration that misleads whoever reads them."""
+    by_key: dict[str, list[Mapping[str, Any]]] = {}
+    for a in _assignments(persist):
+        by_key.setdefault(a["key"], []).append(a)
+    out = []
+    for key, seq in sorted(by_key.items()):
+        win = seq[-1]
+        lose = [a for a in seq[:-1] if not same(a["value"], win["value"])]
+        if not lose:
+            continue
+        out.append({
+            "key": key,
+            "wins": {"value": normalize(win["value"]), **where(persist, win)},
+            "loses": [{"value": normalize(a["value"]), **where(persist, a)} for a in lose],
+        })
+    return out
+
+
+def _version(host: Mapping[str, Any]) -> tuple[int, ...] | None:
+    v = host.get("kernel_version")
+    return tuple(int(x) for x in v[:2]) if v else None
+
+
+def _module_option(persist: Mapping[str, Any] | None, conntrack: Mapping[str, Any],
+                   name: str) -> str | None:
+    """An ``options nf_conntrack NAME=...`` value that applies at the next load; a built-in
+    nf_conntrack reads the kernel command line instead, which ct-tune does not see."""
+    if conntrack.get("builtin") is True:
+        return None
+    entry = ((persist or {}).get("modprobe") or {}).get(name)
+    return None if entry is None else str(entry.get("value", ""))
+
+
+def _int_option(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _bool_option(text: str | None) -> int | None:
+    if text is None:
+        return None
+    return 1 if text.strip().lower() in ("1", "y", "yes", "on", "true") else 0
+
+
+def boot_defaults(host: Mapping[str, Any], conntrack: Mapping[str, Any],
+                  persist: Mapping[str, Any] | None,
+                  sysctl: Mapping[str, Any]) -> dict[str, int]:
+    """What each key would be after a reboot if no sysctl file set it, where ct-tune can
+    ground it: :data:`KERNEL_DEFAULTS`, the UDP stream timeout by release, and the table
+    sizes nf_conntrack_init_start() derives from RAM and the module options in modprobe.d
+    (hashsize=, expect_hashsize=, acct=, tstamp=).
+
+    Table sizes are left out when they cannot be known: RAM, pointer size or kernel
+    release unknown, or the live table shows max = 8 x buckets (hashsize= given at load)
+    while no persisted option explains it (the kernel command line, an initramfs).
+    """
+    out = dict(KERNEL_DEFAULTS)
+    version = _version(host)
+    if version is not None and version >= UDP_STREAM_120_SINCE:
+        out["nf_conntrack_udp_timeout_stream"] = 120
+    elif version is not None and version <= UDP_STREAM_180_UNTIL:
+        out["nf_conntrack_udp_timeout_stream"] = 180
+    # nf_conntrack_acct.c / nf_conntrack_timestamp.c: sysctl_acct = nf_ct_acct and
+    # sysctl_tstamp = nf_ct_tstamp, module parameters that default to false
+    out["nf_conntrack_acct"] = _bool_option(_module_option(persist, conntrack, "acct")) or 0
+    out["nf_conntrack_timestamp"] = _bool_option(
+        _module_option(persist, conntrack, "tstamp")) or 0
+
+    mem, ptr = host.get("mem_total_bytes"), host.get("pointer_size")
+    hashsize = _int_option(_module_option(persist, conntrack, "hashsize")) or None
+    live_max, live_buckets = sysctl.get("nf_conntrack_max"), sysctl.get("nf_conntrack_buckets")
+    unseen_hashsize = (hashsize is None and isinstance(live_max, int)
+                       and isinstance(live_buckets, int) and live_buckets > 0
+                       and live_max == 8 * live_buckets)
+    if mem and ptr and version is not None and not unseen_hashsize:
+        # nf_conntrack_core.c sizes from totalram_pages() (MemTotal, highmem included)
+        buckets = (formulas.round_buckets(hashsize, ptr) if hashsize
+                   else formulas.kernel_default_buckets(mem, ptr, version))
+        out["nf_conntrack_buckets"] = buckets
+        out["nf_conntrack_max"] = formulas.kernel_default_max(mem, ptr, version, hashsize)
+        # nf_conntrack_expect.c, nf_conntrack_expect_init(): expect_hsize = buckets / 256
+        # (at least 1) unless expect_hashsize= is given; expect_max = expect_hsize * 4
+        expect_hsize = _int_option(_module_option(persist, conntrack, "expect_hashsize"))
+        out["nf_conntrack_expect_max"] = 4 * (expect_hsize or max(1, buckets // 256))
+    return out
+
+
+def unpersisted(sysctl: Mapping[str, Any], persist: Mapping[str, Any] | None,
+                host: Mapping[str, Any], conntrack: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Live values a reboot would lose: not the kernel default, and no file sets the key.
+
+    ``shrinks`` marks a table-size key whose default is smaller than the live value
+    (0 is "no limit"): after the reboot the table refuses connections it holds today.
+    Global keys are skipped outside the initial network namespace (the host owns them),
+    and keys are skipped when no file could set them: nothing persisted (None).
+    """
+    if persist is None:
+        return []
+    configured = {_short(k) for k in _winners(persist)}
+    defaults = boot_defaults(host, conntrack, persist, sysctl)
+    out = []
+    for short, default in defaults.items():
+        live = sysctl.get(short)
+        if live is None or short in configured or same(live, default):
+            continue
+        if short in GLOBAL_KEYS and conntrack.get("initial_netns") is False:
+            continue
+        value = normalize(live)
+        # max = 0 is "no limit": any default is smaller
+        shrinks = short in TABLE_KEYS and isinstance(value, int) and (value == 0
+                                                                      or default < value)
+        out.append({"key": _full(short), "live": value, "default": default,
+                    "shrinks": bool(shrinks)})
+    return sorted(out, key=lambda d: d["key"])
+
+
+#: Keys that exist only while nf_conntrack is loaded (nf_conntrack_standalone.c), so a
+#: systemd-sysctl run before the module loads skips them.
+MODULE_KEY_PREFIXES = ("net.netfilter.", "net.nf_conntrack_max")
+
+
+def early_load(persist: Mapping[str, Any] | None,
+               conntrack: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Whether nf_conntrack exists when systemd-sysctl applies the configured keys.
+
+    systemd-sysctl runs early in boot; a loadable nf_conntrack usually appears later
+    (the firewall, Docker or kube-proxy load it) and the net.netfilter keys do not
+    exist yet, so they are skipped with only a debug message (systemd issue #1113).
+    ``configured`` lists those keys; ``missing`` is True when there are some, the module
+    is not built in, and neither modules-load.d (or /etc/modules) nor a udev rule makes
+    them apply.  ``by`` names what loads it early (keys apply), field names avoid dict
+    method names so templates can write ``el.configured``.
+    """
+    if persist is None:
+        return None
+    keys = sorted(k for k in _winners(persist) if k.startswith(MODULE_KEY_PREFIXES))
+    by: list[str] = [e["file"] for e in persist.get("early_load") or []]
+    by += list(persist.get("udev_sysctl_rules") or [])
+    builtin = conntrack.get("builtin")
+    return {"configured": keys, "by": by, "builtin": builtin,
+            "missing": bool(keys) and builtin is not True and not by}
+
