@@ -9,18 +9,28 @@ class histograms of remaining TTL and idle time with at most IDLE_BINS bins.
 Idle time is the class timeout minus the seconds left: an entry's TTL is
 reset to the class timeout on every packet, so this is the time since its
 last packet (capped at the timeout).
+
+Two ways in, one result: :meth:`FlowStats.feed` takes lines one at a time, and
+:meth:`FlowStats.feed_blocks` takes blocks of lines, counting each block's
+lines per distinct (protocol, state, TTL, flags) key and its addresses and
+ports with C-level Counter updates.  The capped tables are lossy, so their
+contents depend on the order entries arrive in; feed_blocks keeps that order
+and prunes at exactly the entries where feed would, so both give the same
+summary for the same text (a property test checks it).
 """
 
 from __future__ import annotations
 
+import gc
 import heapq
 import math
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
-from ct_tune.flowparse import scan_line
+from ct_tune.flowparse import FLAG_BITS, FLAGS, Columns, block_lines, scan_block, scan_line
 
 IDLE_BINS = 1024
 PORT_BINS = 16          # coarse idle bins that remember destination ports (what-if)
@@ -79,10 +89,40 @@ class _Class:
 
 
 def _prune(counter: Counter, keep: int) -> None:
-    """Lossy counting: keep the `keep` largest, dropping the tail (bounded memory)."""
-    top = heapq.nlargest(keep, counter.items(), key=lambda kv: kv[1])
+    """Lossy counting: keep the `keep` largest, dropping the tail (bounded memory).
+
+    A stable sort, so equal counts keep their order: what heapq.nlargest gives
+    (documented as sorted(..., reverse=True)[:keep]), at a fraction of the cost
+    for the ~2*keep items pruned here thousands of times per sample.
+    """
+    top = sorted(counter.items(), key=itemgetter(1), reverse=True)[:keep]
     counter.clear()
-    counter.update(dict(top))
+    dict.update(counter, top)
+
+
+def _count_in_order(counter: Counter, items: Sequence[str], keep: int) -> bool:
+    """``counter[x] += 1`` for each item in order, pruning to `keep` each time it grows past
+    2 * keep entries, as feed does entry by entry; True if it pruned.
+
+    Runs of items go through Counter.update in C: a run of k items adds at most k
+    keys, so a run that fits below the threshold cannot hold a prune, and only
+    an item arriving at the threshold is taken alone.
+    """
+    limit = 2 * keep
+    pruned = False
+    i, n = 0, len(items)
+    while i < n:
+        room = limit - len(counter)
+        if room > 0:
+            counter.update(items[i:i + room])
+            i += room
+        else:
+            counter[items[i]] += 1
+            i += 1
+            if len(counter) > limit:
+                _prune(counter, keep)
+                pruned = True
+    return pruned
 
 
 class FlowStats:
@@ -119,9 +159,43 @@ class FlowStats:
 
     def feed(self, lines: Iterable[str], limit: int | None = None) -> None:
         """Aggregate lines (stopping after `limit` entries); malformed lines are counted."""
+        flag_counts = [0] * 16
+        self._feed_lines(lines, limit, flag_counts)
+        self._add_flag_counts(flag_counts)
+
+    def feed_blocks(self, blocks: Iterable[str], limit: int | None = None) -> None:
+        """Aggregate blocks of whole lines (the last may lack its newline) exactly as feed
+        would aggregate their lines, at a fraction of the cost per line.
+
+        A block scan_block cannot vouch for (a malformed line, an odd one) goes
+        through feed's line-by-line path, so malformed lines are still counted
+        and quoted in order.
+        """
+        flag_counts = [0] * 16
+        # Each block makes thousands of short-lived tuples and no reference cycles: the
+        # cyclic collector would only walk them (about a tenth of the time), so it waits.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for block in blocks:
+                if limit is not None and self.entries >= limit:
+                    break
+                cols = scan_block(block)
+                if cols is not None and limit is not None and (
+                        self.entries + len(cols.l4) > limit):
+                    keep = limit - self.entries
+                    cols = Columns(*(c if c is None else c[:keep] for c in cols))
+                if cols is None or not self._add_columns(cols, flag_counts):
+                    self._feed_lines(block_lines(block), limit, flag_counts)
+        finally:
+            if collecting:
+                gc.enable()
+        self._add_flag_counts(flag_counts)
+
+    def _feed_lines(self, lines: Iterable[str], limit: int | None, flag_counts: list[int]
+                    ) -> None:
         by_l3, by_l4, by_zone, addrs, ports = (self.by_l3, self.by_l4, self.by_zone,
                                                self.addrs, self.ports)
-        flag_counts = [0] * 16
         n = self.entries
         for line in lines:
             if limit is not None and n >= limit:
@@ -148,8 +222,69 @@ class FlowStats:
                 self.addrs_pruned = True
             self._class(l4, state, flags).add(ttl, dport)
         self.entries = n
+
+    def _add_columns(self, cols: Columns, flag_counts: list[int]) -> bool:
+        """Aggregate a scanned block; False, having changed nothing, when a line has a
+        port feed would reject (it counts that line as malformed)."""
+        dports = Counter(cols.dport)
+        dports.pop("", None)
+        nums = list(map(int, dports))
+        if nums and max(nums) > 65535:
+            return False
+        ports = self.ports
+        for port, c in zip(nums, dports.values(), strict=True):
+            ports[port] += c
+        self.entries += len(cols.l4)
+        if cols.zone is not None:
+            for zone_text, c in Counter(cols.zone).items():
+                zone = int(zone_text)
+                if zone:
+                    self.by_zone[zone] += c
+        if _count_in_order(self.addrs, cols.dst, TOP_ADDRS_CAP):
+            self.addrs_pruned = True
+        # One pass per distinct key, in order of first appearance, so every Counter and
+        # the classes get their keys in the order feed would insert them.
+        keys = list(zip(cols.l3, cols.l4, cols.state, cols.ttl, cols.flag1, cols.flag2,
+                        strict=True))
+        by_l3, by_l4 = self.by_l3, self.by_l4
+        bin_of: dict[tuple[str, ...], int] = {}
+        bins: list[Counter[str]] = []
+        bin_index: dict[int, int] = {}   # id of a class's port bin -> its index in bins
+        for key, c in Counter(keys).items():
+            l3, l4, state, ttl, flag1, flag2 = key
+            flags = FLAG_BITS.get(flag1, 0) | FLAG_BITS.get(flag2, 0)
+            by_l3[l3] += c
+            by_l4[l4] += c
+            flag_counts[flags] += c
+            cls = self._class(l4, state or None, flags)
+            idle = min(max(cls.timeout - int(ttl), 0), cls.timeout)
+            cls.count += c
+            cls.idle[idle // cls.width] += c
+            port_bin = cls.port_bins[idle // cls.port_width]
+            i = bin_index.get(id(port_bin))
+            if i is None:
+                i = bin_index[id(port_bin)] = len(bins)
+                bins.append(port_bin)
+            bin_of[key] = i
+        if not dports:
+            return True
+        # Ports per (class, idle bin) table, each in line order.
+        if len(bins) == 1:
+            runs = [cols.dport if "" not in cols.dport else tuple(filter(None, cols.dport))]
+        else:
+            runs = [[] for _ in bins]
+            add = [r.append for r in runs]
+            for i, dport in zip(map(bin_of.__getitem__, keys), cols.dport,
+                                strict=True):
+                if dport:
+                    add[i](dport)
+        for port_bin, run in zip(bins, runs, strict=True):
+            _count_in_order(port_bin, run, PORTS_PER_BIN)
+        return True
+
+    def _add_flag_counts(self, flag_counts: list[int]) -> None:
         for bits, c in enumerate(flag_counts):
-            for i, name in enumerate(("UNREPLIED", "ASSURED", "OFFLOAD", "HW_OFFLOAD")):
+            for i, name in enumerate(FLAGS):
                 if bits & (1 << i):
                     self.by_flag[name] += c
 
