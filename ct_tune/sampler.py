@@ -30,8 +30,8 @@ def sample(roots: Roots, facts: dict[str, Any], limit: int | None = None,
     """Aggregate the table (at most `limit` entries, scaled to the count) into facts['flows']."""
     stats = FlowStats(timeouts_of(facts))
     start = time.monotonic()
-    with ctsource.table_lines(roots, source) as (source, lines):
-        stats.feed(lines, limit=limit)
+    with ctsource.table_blocks(roots, source) as (source, blocks):
+        stats.feed_blocks(blocks, limit=limit)
     elapsed = time.monotonic() - start
     count = facts["sysctl"].get("net.netfilter.nf_conntrack_count", {}).get("value")
     summary = stats.summary(total=count if limit is not None else None)
