@@ -12,22 +12,17 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ct_tune import (
-    __version__,
-    ctsource,
-    engine,
-    facts,
-    findings,
-    profiles,
-    render,
-    ruleset,
-    snapshot,
-)
+# Only what every command needs: the rest (jinja2 through the rule engine, tabulate,
+# the table readers) is imported by the commands that use it, to keep startup short.
+from ct_tune import __version__, facts
 from ct_tune.errors import EXIT_UNKNOWN, CtTuneError
+
+if TYPE_CHECKING:
+    from ct_tune import profiles, ruleset
 
 
 class Context:
@@ -40,9 +35,13 @@ class Context:
         self.builtin = builtin
 
     def rules(self) -> list[ruleset.Rule]:
+        from ct_tune import ruleset
+
         return ruleset.load(self.rules_dirs, builtin=self.builtin)
 
     def profiles(self) -> dict[str, profiles.Profile]:
+        from ct_tune import profiles
+
         # Profiles always include the shipped ones: --no-builtin-rules is about rules.
         return profiles.load(self.rules_dirs, builtin=True)
 
@@ -91,7 +90,7 @@ def gather(roots: facts.Roots, no_sample: bool, sample_limit: int | None,
            table_source: str = "auto", duration: float = 0, interval: float = 1.0
            ) -> dict[str, Any]:
     """Facts of this host, with the table sample unless told not to."""
-    from ct_tune import sampler
+    from ct_tune import ctsource, sampler
 
     host = facts.collect(roots)
     sampler.fill_missing_stat(roots, host)
@@ -141,6 +140,8 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
           sample_limit: int | None, duration: float, interval: float, table_source: str
           ) -> None:
     """Report findings about connection tracking; exit 0/1/2/3 = ok/warning/critical/unknown."""
+    from ct_tune import engine, findings, profiles, render, snapshot
+
     c = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules)
     prof = profiles.get(c.profiles(), profile)
     loaded_rules = c.rules()
@@ -166,6 +167,8 @@ def collect(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rul
             output: str, no_sample: bool, sample_limit: int | None, duration: float,
             interval: float, table_source: str) -> None:
     """Write this host's facts as versioned JSON, for 'audit --facts' elsewhere."""
+    from ct_tune import snapshot
+
     roots = facts.Roots(Path(procfs), Path(sysfs))
     data = snapshot.dumps(gather(roots, no_sample, sample_limit, table_source, duration,
                                 interval))
@@ -201,6 +204,8 @@ def rules_group() -> None:
 def rules_list(procfs: str, sysfs: str, rules_dirs: tuple[str, ...],
                no_builtin_rules: bool) -> None:
     """Each rule's id, worst severity, parameter and the file it came from."""
+    from ct_tune import render
+
     click.echo(render.rules_table(_ctx(procfs, sysfs, rules_dirs, no_builtin_rules).rules()))
 
 
@@ -229,6 +234,8 @@ def profiles_group() -> None:
 def profiles_list(rules_dirs: tuple[str, ...]) -> None:
     """Each profile's name, description and file."""
     from tabulate import tabulate
+
+    from ct_tune import profiles
 
     rows = [[p.name, p.description, p.path]
             for p in profiles.load(rules_dirs).values()]
