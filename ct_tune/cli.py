@@ -90,7 +90,7 @@ def gather(roots: facts.Roots, no_sample: bool, sample_limit: int | None,
            table_source: str = "auto", duration: float = 0, interval: float = 1.0
            ) -> dict[str, Any]:
     """Facts of this host, with the table sample unless told not to."""
-    from ct_tune import ctsource, sampler
+    from ct_tune import sampler
 
     host = facts.collect(roots)
     sampler.fill_missing_stat(roots, host)
@@ -98,6 +98,8 @@ def gather(roots: facts.Roots, no_sample: bool, sample_limit: int | None,
     # A captured tree without a table dump just has no sample; a live host says why.
     if not no_sample and host["conntrack"]["loaded"] and (
             roots.live or dump.exists()):
+        from ct_tune import ctsource
+
         try:
             host["flows"] = sampler.sample(roots, host, sample_limit, table_source)
         except ctsource.SourceError as e:
