@@ -27,7 +27,8 @@ import math
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from operator import itemgetter
+from itertools import repeat
+from operator import floordiv, itemgetter, sub
 from typing import Any
 
 from ct_tune.flowparse import FLAG_BITS, FLAGS, Columns, block_lines, scan_block, scan_line
@@ -86,6 +87,33 @@ class _Class:
             c[dport] += 1
             if len(c) > PORTS_PER_BIN * 2:
                 _prune(c, PORTS_PER_BIN)
+
+    def add_rows(self, ttls: Sequence[str], dports: Sequence[str]) -> None:
+        """add() for each row in order, TTLs as decimal text and "" for no port: the
+        arithmetic once per distinct TTL, the counting in C."""
+        counts = Counter(ttls)
+        texts = list(counts)
+        idle = list(map(sub, repeat(self.timeout), map(int, texts)))
+        if min(idle) < 0:  # a TTL above the timeout: the timeout was lowered since
+            idle = [max(i, 0) for i in idle]
+        hist = self.idle
+        for b, c in zip(map(floordiv, idle, repeat(self.width)), counts.values(), strict=True):
+            hist[b] += c
+        self.count += len(ttls)
+        bins = list(map(floordiv, idle, repeat(self.port_width)))
+        if min(bins) == max(bins):
+            run = dports if "" not in dports else tuple(filter(None, dports))
+            _count_in_order(self.port_bins[bins[0]], run, PORTS_PER_BIN)
+            return
+        runs: list[list[str]] = [[] for _ in self.port_bins]
+        add = [r.append for r in runs]
+        for b, dport in zip(map(dict(zip(texts, bins, strict=True)).__getitem__, ttls), dports,
+                            strict=True):
+            if dport:
+                add[b](dport)
+        for counter, run in zip(self.port_bins, runs, strict=True):
+            if run:
+                _count_in_order(counter, run, PORTS_PER_BIN)
 
 
 def _prune(counter: Counter, keep: int) -> None:
@@ -226,13 +254,13 @@ class FlowStats:
     def _add_columns(self, cols: Columns, flag_counts: list[int]) -> bool:
         """Aggregate a scanned block; False, having changed nothing, when a line has a
         port feed would reject (it counts that line as malformed)."""
-        dports = Counter(cols.dport)
-        dports.pop("", None)
-        nums = list(map(int, dports))
+        port_counts = Counter(cols.dport)
+        port_counts.pop("", None)
+        nums = list(map(int, port_counts))
         if nums and max(nums) > 65535:
             return False
         ports = self.ports
-        for port, c in zip(nums, dports.values(), strict=True):
+        for port, c in zip(nums, port_counts.values(), strict=True):
             ports[port] += c
         self.entries += len(cols.l4)
         if cols.zone is not None:
@@ -242,44 +270,36 @@ class FlowStats:
                     self.by_zone[zone] += c
         if _count_in_order(self.addrs, cols.dst, TOP_ADDRS_CAP):
             self.addrs_pruned = True
-        # One pass per distinct key, in order of first appearance, so every Counter and
+        # One pass per distinct class key, in order of first appearance, so the Counters and
         # the classes get their keys in the order feed would insert them.
-        keys = list(zip(cols.l3, cols.l4, cols.state, cols.ttl, cols.flag1, cols.flag2,
-                        strict=True))
+        heads = list(zip(cols.l3, cols.l4, cols.state, cols.flag1, cols.flag2, strict=True))
         by_l3, by_l4 = self.by_l3, self.by_l4
-        bin_of: dict[tuple[str, ...], int] = {}
-        bins: list[Counter[str]] = []
-        bin_index: dict[int, int] = {}   # id of a class's port bin -> its index in bins
-        for key, c in Counter(keys).items():
-            l3, l4, state, ttl, flag1, flag2 = key
+        classes: list[_Class] = []
+        slot: dict[int, int] = {}                  # id of a class -> its index in classes
+        index_of: dict[tuple[str, ...], int] = {}  # class key -> index in classes
+        for head, c in Counter(heads).items():
+            l3, l4, state, flag1, flag2 = head
             flags = FLAG_BITS.get(flag1, 0) | FLAG_BITS.get(flag2, 0)
             by_l3[l3] += c
             by_l4[l4] += c
             flag_counts[flags] += c
             cls = self._class(l4, state or None, flags)
-            idle = min(max(cls.timeout - int(ttl), 0), cls.timeout)
-            cls.count += c
-            cls.idle[idle // cls.width] += c
-            port_bin = cls.port_bins[idle // cls.port_width]
-            i = bin_index.get(id(port_bin))
-            if i is None:
-                i = bin_index[id(port_bin)] = len(bins)
-                bins.append(port_bin)
-            bin_of[key] = i
-        if not dports:
+            i = index_of[head] = slot.setdefault(id(cls), len(classes))
+            if i == len(classes):
+                classes.append(cls)
+        if len(classes) == 1:
+            classes[0].add_rows(cols.ttl, cols.dport)
             return True
-        # Ports per (class, idle bin) table, each in line order.
-        if len(bins) == 1:
-            runs = [cols.dport if "" not in cols.dport else tuple(filter(None, cols.dport))]
-        else:
-            runs = [[] for _ in bins]
-            add = [r.append for r in runs]
-            for i, dport in zip(map(bin_of.__getitem__, keys), cols.dport,
-                                strict=True):
-                if dport:
-                    add[i](dport)
-        for port_bin, run in zip(bins, runs, strict=True):
-            _count_in_order(port_bin, run, PORTS_PER_BIN)
+        ttls: list[list[str]] = [[] for _ in classes]
+        dports: list[list[str]] = [[] for _ in classes]
+        add_ttl = [t.append for t in ttls]
+        add_dport = [d.append for d in dports]
+        for i, ttl, dport in zip(map(index_of.__getitem__, heads), cols.ttl, cols.dport,
+                                 strict=True):
+            add_ttl[i](ttl)
+            add_dport[i](dport)
+        for cls, cls_ttls, cls_dports in zip(classes, ttls, dports, strict=True):
+            cls.add_rows(cls_ttls, cls_dports)
         return True
 
     def _add_flag_counts(self, flag_counts: list[int]) -> None:
