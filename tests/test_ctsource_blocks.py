@@ -1,4 +1,4 @@
-"""ctsource.table_blocks: the table read in blocks (through cat(1) when there is one) is
+"""ctsource.table_blocks: the table read in blocks (through dd(1) when there is one) is
 exactly the text a text-mode file gives, and stopping early leaves nothing behind."""
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ ODD = (b"ipv4 2 udp 17 5 src=1.1.1.1 dst=2.2.2.2 sport=1 dport=2 mark=0 use=1\r\
        b"bad \xff\xfe line\rnext\r\n\xe2\x82\n")
 
 
-@pytest.mark.parametrize("with_cat", [True, False])
-def test_table_blocks_give_the_text_mode_text(tmp_path, monkeypatch, with_cat):
-    if not with_cat:
+@pytest.mark.parametrize("with_dd", [True, False])
+def test_table_blocks_give_the_text_mode_text(tmp_path, monkeypatch, with_dd):
+    if not with_dd:
         real_which = shutil.which
         monkeypatch.setattr(ctsource.shutil, "which",
-                            lambda name: None if name == "cat" else real_which(name))
-    elif shutil.which("cat") is None:
-        pytest.skip("no cat(1)")
+                            lambda name: None if name == "dd" else real_which(name))
+    elif shutil.which("dd") is None:
+        pytest.skip("no dd(1)")
     monkeypatch.setattr(ctsource, "BLOCK_CHARS", 50)
     data = kernel_like_table(300, seed=3).encode() + ODD * 3 + b"tail without newline"
     roots = write_table(tmp_path, data)
