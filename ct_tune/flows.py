@@ -309,7 +309,7 @@ class FlowStats:
                     self.by_flag[name] += c
 
     def top_ports(self, k: int = TOP_K) -> list[tuple[int, int]]:
-        return [(p, c) for p, c in heapq.nlargest(k, enumerate(self.ports), key=lambda x: x[1])
+        return [(p, c) for p, c in heapq.nlargest(k, enumerate(self.ports), key=itemgetter(1))
                 if c]
 
     def summary(self, total: int | None = None) -> dict[str, Any]:
