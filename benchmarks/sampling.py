@@ -8,6 +8,11 @@ only), then times, alternating in the same run, `ct-tune collect --duration 0`
 and ct-tune's peak RSS (ru_maxrss of the child) at each size.  A benchmark, not
 a test: it never fails on a slow machine.
 
+Run it with no other large conntrack table on the host: every read of
+/proc/net/nf_conntrack walks the kernel's one hash table, entries of all
+namespaces included (and reaps expired ones it meets), so a leftover table
+elsewhere slows both sides and skews the ratio.
+
     sudo .venv/bin/python benchmarks/sampling.py [--sizes 25000 250000] [--rounds 5]
 """
 

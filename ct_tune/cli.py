@@ -12,22 +12,17 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ct_tune import (
-    __version__,
-    ctsource,
-    engine,
-    facts,
-    findings,
-    profiles,
-    render,
-    ruleset,
-    snapshot,
-)
+# Only what every command needs: the rest (jinja2 through the rule engine, tabulate,
+# the table readers) is imported by the commands that use it, to keep startup short.
+from ct_tune import __version__, facts
 from ct_tune.errors import EXIT_UNKNOWN, CtTuneError
+
+if TYPE_CHECKING:
+    from ct_tune import profiles, ruleset
 
 
 class Context:
@@ -40,9 +35,13 @@ class Context:
         self.builtin = builtin
 
     def rules(self) -> list[ruleset.Rule]:
+        from ct_tune import ruleset
+
         return ruleset.load(self.rules_dirs, builtin=self.builtin)
 
     def profiles(self) -> dict[str, profiles.Profile]:
+        from ct_tune import profiles
+
         # Profiles always include the shipped ones: --no-builtin-rules is about rules.
         return profiles.load(self.rules_dirs, builtin=True)
 
@@ -99,6 +98,8 @@ def gather(roots: facts.Roots, no_sample: bool, sample_limit: int | None,
     # A captured tree without a table dump just has no sample; a live host says why.
     if not no_sample and host["conntrack"]["loaded"] and (
             roots.live or dump.exists()):
+        from ct_tune import ctsource
+
         try:
             host["flows"] = sampler.sample(roots, host, sample_limit, table_source)
         except ctsource.SourceError as e:
@@ -164,6 +165,8 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
           allow_lower: bool, name: str, no_sample: bool, sample_limit: int | None,
           duration: float, interval: float, table_source: str) -> None:
     """Report findings about connection tracking; exit 0/1/2/3 = ok/warning/critical/unknown."""
+    from ct_tune import engine, findings, profiles, render, snapshot
+
     c = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules, root)
     prof = profiles.get(c.profiles(), profile)
     loaded_rules = c.rules()
@@ -211,7 +214,7 @@ def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_r
               name: str, lock_wait: float, no_sample: bool, sample_limit: int | None,
               duration: float, interval: float, table_source: str) -> None:
     """Make the recommendations take effect now and at every boot, or change nothing."""
-    from ct_tune import apply, fragments, plan
+    from ct_tune import apply, engine, fragments, plan, profiles, render
 
     if "/" in name or not name.endswith(".conf"):
         raise click.BadParameter("must be a file name ending in .conf", param_hint="--name")
@@ -247,7 +250,7 @@ def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_r
               metavar="S", help="Wait this long for another apply/rollback, then exit 4.")
 def rollback_cmd(procfs: str, root: str | None, dry_run: bool, lock_wait: float) -> None:
     """Restore the files and live values saved by the last apply that changed something."""
-    from ct_tune import apply
+    from ct_tune import apply, render
 
     target = Path(root or "/")
     if not dry_run:
@@ -291,6 +294,8 @@ def collect(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rul
             output: str, no_sample: bool, sample_limit: int | None, duration: float,
             interval: float, table_source: str) -> None:
     """Write this host's facts as versioned JSON, for 'audit --facts' elsewhere."""
+    from ct_tune import snapshot
+
     roots = facts.Roots(Path(procfs), Path(sysfs))
     data = snapshot.dumps(gather(roots, no_sample, sample_limit, table_source, duration,
                                 interval))
@@ -326,6 +331,8 @@ def rules_group() -> None:
 def rules_list(procfs: str, sysfs: str, rules_dirs: tuple[str, ...],
                no_builtin_rules: bool) -> None:
     """Each rule's id, worst severity, parameter and the file it came from."""
+    from ct_tune import render
+
     click.echo(render.rules_table(_ctx(procfs, sysfs, rules_dirs, no_builtin_rules).rules()))
 
 
@@ -354,6 +361,8 @@ def profiles_group() -> None:
 def profiles_list(rules_dirs: tuple[str, ...]) -> None:
     """Each profile's name, description and file."""
     from tabulate import tabulate
+
+    from ct_tune import profiles
 
     rows = [[p.name, p.description, p.path]
             for p in profiles.load(rules_dirs).values()]

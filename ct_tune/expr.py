@@ -9,6 +9,7 @@ functions they can call are the named, unit-tested helpers registered here.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -84,6 +85,14 @@ _ENV.globals.update(HELPERS)
 _ENV.filters.update(FILTERS)
 
 
+# The same source compiles to the same code, and compiled expressions and templates keep
+# no state between calls: rule files repeat many ("true", shared summaries), so each
+# distinct one is compiled once per process.  Failures are not cached (they raise).
+_compile_expression = functools.lru_cache(maxsize=4096)(
+    functools.partial(_ENV.compile_expression, undefined_to_none=False))
+_compile_template = functools.lru_cache(maxsize=4096)(_ENV.from_string)
+
+
 class ExprError(ValueError):
     """An expression or template failed to compile or evaluate."""
 
@@ -94,7 +103,7 @@ class Expr:
     def __init__(self, source: str) -> None:
         self.source = source
         try:
-            self._fn = _ENV.compile_expression(source, undefined_to_none=False)
+            self._fn = _compile_expression(source)
         except TemplateError as e:
             raise ExprError(f"invalid expression {source!r}: {e}") from None
 
@@ -116,7 +125,7 @@ class Text:
     def __init__(self, source: str) -> None:
         self.source = source
         try:
-            self._tpl = _ENV.from_string(source)
+            self._tpl = _compile_template(source)
         except TemplateError as e:
             raise ExprError(f"invalid template: {e}") from None
 

@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import psutil
-
 from ct_tune import __version__, parsers, sysctld
 from ct_tune.errors import InputError
 
@@ -169,6 +167,8 @@ def _uptime(roots: Roots) -> int | None:
     """
     if not roots.proc("stat").exists():
         return None
+    import psutil  # here, not at the top: only this reads through it
+
     saved = psutil.PROCFS_PATH
     try:
         psutil.PROCFS_PATH = str(roots.procfs)

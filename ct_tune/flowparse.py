@@ -7,10 +7,17 @@ Two entry points over one format:
   that needs the whole entry.
 * :func:`scan_line` extracts only what the aggregates need, with C-level string
   operations, because it runs once per entry on tables of a million entries.
+* :func:`scan_block` gives the same fields for a whole block of lines at once,
+  one regex pass in C with no Python code per line, or None when any line of
+  the block is not in the plain form it can vouch for (the caller then falls
+  back to scan_line line by line).  Even scan_line's per-line call costs more
+  than the kernel takes to print the line.
 
 The property tests check that scan_line agrees with parse_line on every line
-they generate, so the fast path cannot drift from the full one.  Both raise
-ValueError on a malformed line; callers count those, never stop on them.
+they generate, and that a block scanned at once aggregates exactly like its
+lines one by one, so the fast paths cannot drift from the full one.
+parse_line and scan_line raise ValueError on a malformed line; callers count
+those, never stop on them.
 
 Format (procfs; ``conntrack -L`` lacks the leading "ipv4 2")::
 
@@ -124,3 +131,86 @@ def scan_line(line: str) -> tuple[str, str, str | None, int, str | None, str | N
     z = line.find(" zone=")
     zone = int(line[z + 6:line.find(" ", z + 6)]) if z >= 0 else 0
     return (l3 or _l3_of(dst), l4, st, int(ttl), dst, dport, flags, zone)
+
+
+FLAG_BITS = {"[UNREPLIED]": 1, "[ASSURED]": 2, "[OFFLOAD]": 4, "[HW_OFFLOAD]": 8}
+
+
+class Columns(NamedTuple):
+    """scan_line's fields for every line of a block, one tuple per field, in line order.
+
+    Missing values are "" where scan_line gives None (state, dport) or 0 (flag
+    tokens); flag1/flag2 hold the bracketed flag tokens of a line (FLAG_BITS
+    maps them to scan_line's bits, an unknown token to none); ttl and zone are
+    decimal strings; zone is None when every line of the block is in zone 0.
+    """
+
+    l3: tuple[str, ...]
+    l4: tuple[str, ...]
+    state: tuple[str, ...]
+    ttl: tuple[str, ...]
+    dst: tuple[str, ...]
+    dport: tuple[str, ...]
+    flag1: tuple[str, ...]
+    flag2: tuple[str, ...]
+    zone: tuple[str, ...] | None
+
+
+#: The ASCII characters that \s matches besides " " and "\n" (str.isspace() agrees).
+_ODD_SPACE = "\t\x0b\x0c\r\x1c\x1d\x1e\x1f"
+
+# _SCAN for a block of lines: the part in (?>...) is _SCAN with \s written as " ".  scan_block
+# only runs it on ASCII blocks whose only whitespace is " " and "\n", where \S and \d mean
+# what they mean on a single line, \s can only be " " (no \s of a successful _SCAN match can
+# take a line's final "\n": each one is followed by something that is not whitespace), and
+# nothing can cross into the next line; the atomic group keeps _SCAN's first match, so what
+# follows can fail a line but never re-split it.  The rest: the flag tokens where the kernel
+# and conntrack(8) print them ([UNREPLIED] after the original tuple, the one before mark=),
+# then " use=" and the end of the line.  scan_block checks that the flags captured are all
+# the "[" of the block, so the flag substrings scan_line looks for anywhere in a line are
+# exactly these tokens; a block where that fails is scanned line by line.
+_HEAD = (r"^(?> *(?:(ipv[46]) +\d+ +)?(\S+) +\d+ +(\d+) +(?:([A-Z][A-Z_0-9]*) +)?"
+         r"src=\S+ +dst=(\S+)(?: +sport=\d+ +dport=(\d+))?)"
+         r"(?:(?: (?:type|code|id|srckey|dstkey|packets|bytes)=\w+)* (\[UNREPLIED\]))?"
+         r"(?:.* (\[[A-Z_]+\]) mark=)?")
+_BLOCK = re.compile(_HEAD + r".* use=.*\n", re.M)
+# The same, also taking the value of the last " zone=" (scan_block checks it is the only one
+# of its line, so it is the first, as scan_line takes), for blocks with zones other than 0.
+_BLOCK_ZONE = re.compile(_HEAD + r".* zone=(\d+)(?= ).* use=.*\n", re.M)
+_ZONE_NOT_0 = re.compile(r" zone=(?!0 )")
+
+
+def scan_block(block: str) -> Columns | None:
+    """scan_line of every line of `block` (whole lines, each ending in a newline) in one
+    pass, or None unless every line is in the plain form this can vouch for."""
+    if (not block.endswith("\n") or not block.isascii()
+            or any(c in block for c in _ODD_SPACE)):
+        return None
+    # Every " zone=" followed by "0 ": scan_line reads zone 0 from each line.
+    zoned = _ZONE_NOT_0.search(block) is not None
+    rows = (_BLOCK_ZONE if zoned else _BLOCK).findall(block)
+    if not rows or len(rows) != block.count("\n"):
+        return None
+    cols = list(zip(*rows, strict=True))
+    flag1, flag2 = cols[6], cols[7]
+    if block.count("[") != 2 * len(rows) - flag1.count("") - flag2.count(""):
+        return None
+    zone = None
+    if zoned:
+        zone = cols[8]
+        if block.count(" zone=") != len(rows):
+            return None
+    l3, dst = cols[0], cols[4]
+    if "" in l3:  # conntrack -L prints no layer 3 name: scan_line takes it from dst
+        l3 = tuple(a or _l3_of(d) for a, d in zip(l3, dst, strict=True))
+    return Columns(l3, cols[1], cols[3], cols[2], dst, cols[5], flag1, flag2, zone)
+
+
+def block_lines(block: str) -> list[str]:
+    """The lines of a block as a text file gives them: split after each newline only."""
+    lines = block.split("\n")
+    last = lines.pop()
+    out = [line + "\n" for line in lines]
+    if last:
+        out.append(last)
+    return out

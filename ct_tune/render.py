@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tabulate import tabulate
-
 from ct_tune.findings import Finding
 from ct_tune.formulas import human_duration
 from ct_tune.ruleset import SEVERITIES, Rule
@@ -40,6 +38,8 @@ def by_severity(findings: list[Finding]) -> list[Finding]:
 
 def table(findings: list[Finding]) -> str:
     """parameter | current | recommended | severity | why."""
+    from tabulate import tabulate  # here: ~10 ms to import, and json/explain never need it
+
     rows = []
     for f in by_severity(findings):
         rows.append([
@@ -90,6 +90,8 @@ def report(findings: list[Finding], facts: dict[str, Any], status: str,
 
 
 def rules_table(rules: list[Rule]) -> str:
+    from tabulate import tabulate
+
     rows = [[r.id, r.max_level, r.parameter or "-", r.path] for r in rules]
     return tabulate(rows, headers=["id", "severity", "parameter", "file"], tablefmt="simple")
 
@@ -106,6 +108,8 @@ def _diff(rel: str, old: str | None, new: str | None) -> str:
 
 def changes(ch: Any, skips: Any, root: Any, dry_run: bool, verb: str = "apply") -> str:
     """What an apply (or rollback) changes: file diffs, live values, skipped keys."""
+    from tabulate import tabulate
+
     out = []
     would = "would " if dry_run else ""
     for f in ch.files:

@@ -10,9 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ct_tune import ctsource
 from ct_tune.facts import Roots
-from ct_tune.flows import FlowStats
 
 
 def timeouts_of(facts: dict[str, Any]) -> dict[str, int]:
@@ -28,10 +26,14 @@ def timeouts_of(facts: dict[str, Any]) -> dict[str, int]:
 def sample(roots: Roots, facts: dict[str, Any], limit: int | None = None,
            source: str = "auto") -> dict[str, Any]:
     """Aggregate the table (at most `limit` entries, scaled to the count) into facts['flows']."""
+    # Imported here: audit --no-sample and the counter polls never need the parsers.
+    from ct_tune import ctsource
+    from ct_tune.flows import FlowStats
+
     stats = FlowStats(timeouts_of(facts))
     start = time.monotonic()
-    with ctsource.table_lines(roots, source) as (source, lines):
-        stats.feed(lines, limit=limit)
+    with ctsource.table_blocks(roots, source) as (source, blocks):
+        stats.feed_blocks(blocks, limit=limit)
     elapsed = time.monotonic() - start
     count = facts["sysctl"].get("net.netfilter.nf_conntrack_count", {}).get("value")
     summary = stats.summary(total=count if limit is not None else None)
@@ -44,6 +46,8 @@ def fill_missing_stat(roots: Roots, facts: dict[str, Any]) -> None:
 
     exe = shutil.which("conntrack")
     if facts.get("stat") is None and roots.live and facts["conntrack"]["loaded"] and exe:
+        from ct_tune import ctsource
+
         facts["stat"] = ctsource.conntrack_stats(exe)
 
 
