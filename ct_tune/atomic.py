@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -23,8 +24,28 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace path with data atomically, leaving it with the given mode."""
+def write_atomic(path: Path, data: bytes, mode: int = 0o644, into_special: bool = False
+                 ) -> None:
+    """Replace path with data atomically, leaving it with the given mode.
+
+    A target that is not a regular file (/dev/null, a FIFO, /dev/stdout, or a link to
+    one, such as a sysctl.d mask) is never replaced: renaming over it would destroy a
+    device node.  With `into_special` the data is written into it (``collect -o
+    /dev/stdout``); otherwise it is an error naming the file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        if not into_special:
+            raise InputError(str(path), "not a regular file (a device, FIFO or a link to "
+                             "one, e.g. a mask to /dev/null): not replacing it")
+        try:
+            with open(path, "wb") as f:
+                f.write(data)
+        except OSError as e:
+            raise InputError(str(path), f"cannot write: {e.strerror or e}") from None
+        return
     directory = path.parent if str(path.parent) else Path(".")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)

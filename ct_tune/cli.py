@@ -304,7 +304,7 @@ def collect(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rul
     else:
         from ct_tune.atomic import write_atomic
 
-        write_atomic(Path(output), data.encode(), mode=0o644)
+        write_atomic(Path(output), data.encode(), mode=0o644, into_special=True)
 
 
 @cli.command()

@@ -50,3 +50,22 @@ def test_table_output_and_status_line(tree):
 def test_version_and_module_entry_point():
     proc = run_cli("--version")
     assert proc.returncode == 0 and "ct-tune" in proc.stdout
+
+
+def test_collect_into_a_fifo_writes_into_it_and_leaves_it_a_fifo(tmp_path, tree):
+    # collect -o /dev/null once replaced the device node with a regular file: a FIFO
+    # stands in for any non-regular target without touching the host's /dev.
+    import os
+    import stat
+    import threading
+
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    proc = run_cli("collect", "--no-sample", "-o", str(fifo), *tree_args(tree("defaults-16g")))
+    reader.join(timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert json.loads(got[0])["schema"] == "ct-tune/facts"
