@@ -13,7 +13,6 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from ct_tune import sysctld
 from ct_tune.plan import MAX_KEY, Plan
 
 #: Sorts after the distributions' files (10-*, 50-*, 99-protect-links sorts later
@@ -79,8 +78,3 @@ def content(text: str | None) -> list[str]:
         if stripped and stripped[0] not in "#;":
             out.append(" ".join(stripped.split()))
     return out
-
-
-def settings_in(text: str) -> dict[str, str]:
-    """key -> value of a sysctl fragment (for comparing with live values)."""
-    return {a.key: a.value for a in sysctld.parse_sysctl(text, "")}

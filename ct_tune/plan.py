@@ -40,10 +40,6 @@ class Setting:
     evidence: dict[str, Any] = field(default_factory=dict)
     sources: tuple[str, ...] = ()
 
-    @property
-    def changes(self) -> bool:
-        return self.value != self.current
-
 
 @dataclass(frozen=True)
 class Skip:
