@@ -221,28 +221,43 @@ def test_killed_during_the_file_write_leaves_the_old_file_and_rollback_recovers(
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
-def unprivileged_python() -> list[str]:
-    """An interpreter an unprivileged user can run with ct-tune and its dependencies
-    importable (this one, or the system's of the same version when ours is under a
-    private home)."""
-    import sysconfig
+@pytest.fixture
+def unprivileged_python(tmp_path_factory):
+    """An interpreter line an unprivileged user can run ct-tune with.  The checkout and
+    the virtualenv may sit in a directory only root can enter (a fresh mktemp clone), so
+    ct-tune, its rules and its dependencies are copied to a world-readable directory;
+    the system Python of the same version stands in when ours is under a private home."""
+    import importlib.util
+    import shutil
+    import tempfile
 
-    path = f"{ROOT}:{sysconfig.get_paths()['purelib']}"
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    for exe in (sys.executable, f"/usr/bin/{version}"):
-        cmd = [*NOBODY, "env", f"PYTHONPATH={path}", "HOME=/tmp", exe]
-        probe = sh(*cmd, "-c", "import ct_tune.cli", check=False)
-        if probe.returncode == 0:
-            return cmd
-    pytest.skip("no Python interpreter here that an unprivileged user can run ct-tune with")
+    shared = Path(tempfile.mkdtemp(prefix="ct-tune-nobody-"))
+    try:
+        for name in ("ct_tune", "click", "jinja2", "markupsafe", "tabulate", "psutil"):
+            origin = Path(importlib.util.find_spec(name).origin)
+            src = origin.parent if origin.name == "__init__.py" else origin
+            dst = shared / src.name
+            (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+        shutil.copytree(ROOT / "rules", shared / "rules")
+        for p in [shared, *shared.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+        for exe in (sys.executable, f"/usr/bin/{version}"):
+            cmd = [*NOBODY, "env", f"PYTHONPATH={shared}", "HOME=/tmp", exe]
+            if sh(*cmd, "-c", "import ct_tune.cli", check=False).returncode == 0:
+                yield cmd
+                return
+        pytest.skip("no Python interpreter here that an unprivileged user can run")
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
 
 
-def test_not_root_is_refused_before_anything_is_touched(ns, tmp_path):
+def test_not_root_is_refused_before_anything_is_touched(ns, tmp_path, unprivileged_python):
     if not Path("/usr/bin/setpriv").exists():
         pytest.skip("needs setpriv (util-linux) to drop privileges")
     os.chmod(tmp_path, 0o777)
     values = netfilter_values(ns)
-    proc = sh(*unprivileged_python(), "-m", "ct_tune", "apply", "--root", str(tmp_path),
+    proc = sh(*unprivileged_python, "-m", "ct_tune", "apply", "--root", str(tmp_path),
               "--no-sample", ns=ns, check=False)
     assert proc.returncode == 3, proc.stderr
     assert proc.stderr.strip().startswith("ct-tune: apply and rollback change /etc and "
