@@ -24,7 +24,7 @@ from pathlib import Path
 from ct_tune import sysctld
 from ct_tune.facts import KEEPALIVE_KEYS, NETFILTER_DIR, Roots, in_root
 
-PROC_FILES = ["meminfo", "stat", "sys/kernel/arch", "sys/kernel/osrelease",
+PROC_FILES = ["meminfo", "uptime", "sys/kernel/arch", "sys/kernel/osrelease",
               "sys/kernel/hostname", "net/stat/nf_conntrack", "sys/net/nf_conntrack_max",
               *(f"sys/net/ipv4/{k}" for k in KEEPALIVE_KEYS)]
 SYS_FILES = ["devices/system/cpu/online", "module/nf_conntrack/parameters/hashsize",

@@ -9,15 +9,20 @@ functions they can call are the named, unit-tested helpers registered here.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, Undefined
+import jinja2
+from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError, Undefined, nodes
+from jinja2.bccache import Bucket
+from jinja2.environment import TemplateExpression
+from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from ct_tune import drift, formulas, whatif
+from ct_tune import __version__, cache, drift, formulas, whatif
 
 
 class NoneDict(dict):
@@ -85,12 +90,62 @@ _ENV.globals.update(HELPERS)
 _ENV.filters.update(FILTERS)
 
 
+def _expression_tree(source: str) -> nodes.Template:
+    """The template ``result = <source>``, as Environment.compile_expression builds it,
+    so the code can go through the bytecode cache (compile_expression never does)."""
+    parser = Parser(_ENV, source, state="variable")
+    expr = parser.parse_expression()
+    if not parser.stream.eos:
+        raise TemplateSyntaxError("chunk after expression", parser.stream.current.lineno,
+                                  None, None)
+    expr.set_environment(_ENV)
+    return nodes.Template([nodes.Assign(nodes.Name("result", "store"), expr, lineno=1)],
+                          lineno=1)
+
+
+def cache_name(kind: str, source: str) -> str:
+    """The bytecode cache's name for source (Jinja2 hashes it into the file name)."""
+    return f"ct-tune {__version__} jinja2 {jinja2.__version__} {kind}\n{source}"
+
+
+def _load(kind: str, source: str) -> Template:
+    """Compiled code for source, from the bytecode cache when a safe one has it.
+
+    The cache key names this ct-tune and Jinja2 version, so an upgrade never runs code
+    compiled by another version; a cache entry that cannot be read is compiled again.
+    """
+    bcc = cache.bytecode_cache()
+    bucket = None
+    if bcc is not None:
+        # BytecodeCache.get_bucket, except that an entry that cannot be read (truncated,
+        # corrupt, I/O error) is compiled and written again rather than raising
+        name = cache_name(kind, source)
+        bucket = Bucket(_ENV, bcc.get_cache_key(name), bcc.get_source_checksum(source))
+        try:
+            bcc.load_bytecode(bucket)
+        except Exception:  # of any kind: the entry is only ever a shortcut
+            bucket.reset()
+    code = bucket.code if bucket is not None else None
+    if code is None:
+        code = _ENV.compile(_expression_tree(source) if kind == "expr" else source)
+        if bucket is not None:
+            bucket.code = code
+            with contextlib.suppress(OSError):  # full or read-only: compile again next time
+                bcc.set_bucket(bucket)
+    return _ENV.template_class.from_code(_ENV, code, _ENV.make_globals(None), None)
+
+
 # The same source compiles to the same code, and compiled expressions and templates keep
 # no state between calls: rule files repeat many ("true", shared summaries), so each
-# distinct one is compiled once per process.  Failures are not cached (they raise).
-_compile_expression = functools.lru_cache(maxsize=4096)(
-    functools.partial(_ENV.compile_expression, undefined_to_none=False))
-_compile_template = functools.lru_cache(maxsize=4096)(_ENV.from_string)
+# distinct one is loaded once per process.  Failures are not cached (they raise).
+@functools.lru_cache(maxsize=4096)
+def _compile_expression(source: str) -> TemplateExpression:
+    return TemplateExpression(_load("expr", source), undefined_to_none=False)
+
+
+@functools.lru_cache(maxsize=4096)
+def _compile_template(source: str) -> Template:
+    return _load("text", source)
 
 
 class ExprError(ValueError):
@@ -105,7 +160,8 @@ class Expr:
         try:
             self._fn = _compile_expression(source)
         except TemplateError as e:
-            raise ExprError(f"invalid expression {source!r}: {e}") from None
+            # the bare message: a syntax error's str() would add a "line 1" line
+            raise ExprError(f"invalid expression {source!r}: {e.message or e}") from None
 
     def __call__(self, ctx: Mapping[str, Any]) -> Any:
         try:

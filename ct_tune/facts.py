@@ -160,24 +160,13 @@ def _host(roots: Roots) -> dict[str, Any]:
 
 
 def _uptime(roots: Roots) -> int | None:
-    """Seconds since boot, so since-boot counter totals can be read as rates.
+    """Whole seconds since boot, so since-boot counter totals can be read as rates.
 
-    psutil.boot_time() honours psutil.PROCFS_PATH, which is set to our root
-    for the call and restored (it is process-global).
+    The first field of /proc/uptime: a captured tree keeps the uptime it was
+    captured at (a boot time would make a replay's uptime grow by the day).
     """
-    if not roots.proc("stat").exists():
-        return None
-    import psutil  # here, not at the top: only this reads through it
-
-    saved = psutil.PROCFS_PATH
-    try:
-        psutil.PROCFS_PATH = str(roots.procfs)
-        boot = psutil.boot_time()
-    except (OSError, RuntimeError, ValueError):
-        return None
-    finally:
-        psutil.PROCFS_PATH = saved
-    return max(0, int(_dt.datetime.now(_dt.UTC).timestamp() - boot))
+    path = roots.proc("uptime")
+    return _parse(path, _read(path), parsers.parse_uptime)
 
 
 def _slab_object_size(roots: Roots) -> tuple[int | None, str | None]:

@@ -8,6 +8,7 @@ a live host.
 
 from __future__ import annotations
 
+import math
 import re
 
 #: Column names in /proc/net/stat/nf_conntrack mapped to the names conntrack -S
@@ -46,6 +47,18 @@ def parse_int(text: str) -> int:
     except ValueError:
         shown = value if len(value) <= 40 else value[:37] + "..."
         raise ValueError(f"expected an integer, found {shown!r}") from None
+
+
+def parse_uptime(text: str) -> int:
+    """/proc/uptime ("350735.47 234388.90"): whole seconds since boot."""
+    fields = text.split()
+    try:
+        seconds = float(fields[0])
+    except (IndexError, ValueError):
+        raise ValueError(f"expected seconds since boot, got {text.strip()[:40]!r}") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"expected seconds since boot, got {fields[0]!r}")
+    return int(seconds)
 
 
 def parse_meminfo(text: str) -> dict[str, int]:

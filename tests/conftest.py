@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,12 @@ from ct_tune.capture import apply_modes
 
 HOSTS = Path(__file__).parent / "hosts"
 ROOT = Path(__file__).parent.parent
+
+# The tests' own expression cache, never the host's /var/cache/ct-tune: set before any
+# ct-tune code runs, and inherited by every ct-tune process the tests start.
+_CACHE = tempfile.mkdtemp(prefix="ct-tune-test-cache-")
+os.environ["CT_TUNE_CACHE_DIR"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 
 def materialize(name: str, dest: Path) -> facts.Roots:

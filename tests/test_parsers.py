@@ -84,3 +84,10 @@ def test_slabinfo_object_size():
             "nf_conntrack 10 16 256 16 1 : tunables 0 0 0 : slabdata 1 1 0\n")
     assert p.parse_slabinfo(text) == 256
     assert p.parse_slabinfo("slabinfo - version: 2.1\n") is None
+
+
+def test_uptime_whole_seconds_and_corrupt_input():
+    assert p.parse_uptime("350735.97 234388.90\n") == 350735
+    for bad in ("", "x 1.0", "-5.0 1.0", "nan 1.0", "inf 2"):
+        with pytest.raises(ValueError, match="seconds since boot"):
+            p.parse_uptime(bad)

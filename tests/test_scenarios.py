@@ -191,3 +191,12 @@ def test_nat_gateway_profile_keeps_udp_mappings_longer(tree):
     assert f["udp-timeout"]["recommended"] == 60
     assert f["udp-timeout-stream"]["recommended"] == 180
     assert f["tcp-timeout-established"]["recommended"] == 21600
+
+
+def test_corrupt_uptime_names_the_file(tree):
+    roots = tree("defaults-16g")
+    (roots.procfs / "uptime").write_text("soon 12.0\n")
+    proc = run_cli("audit", *tree_args(roots))
+    assert proc.returncode == 3 and proc.stdout == ""
+    assert proc.stderr.strip() == (f"ct-tune: {roots.procfs / 'uptime'}: "
+                                   "expected seconds since boot, got 'soon 12.0'")
