@@ -233,7 +233,7 @@ def unprivileged_python(tmp_path_factory):
 
     shared = Path(tempfile.mkdtemp(prefix="ct-tune-nobody-"))
     try:
-        for name in ("ct_tune", "click", "jinja2", "markupsafe", "tabulate", "psutil"):
+        for name in ("ct_tune", "click", "jinja2", "markupsafe", "tabulate"):
             origin = Path(importlib.util.find_spec(name).origin)
             src = origin.parent if origin.name == "__init__.py" else origin
             dst = shared / src.name
