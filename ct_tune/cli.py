@@ -22,7 +22,8 @@ from ct_tune import __version__, facts
 from ct_tune.errors import EXIT_UNKNOWN, CtTuneError
 
 if TYPE_CHECKING:
-    from ct_tune import profiles, ruleset
+    from ct_tune import plan, profiles, ruleset
+    from ct_tune.findings import Finding
 
 
 class Context:
@@ -177,9 +178,9 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
     if fmt == "json":
         click.echo(json.dumps(render.report(result, host, state, prof.name), indent=2))
     elif fmt == "sysctl":
-        from ct_tune import fragments, plan
+        from ct_tune import fragments
 
-        p = plan.build(result, host, prof, allow_lower)
+        p = _plan(loaded_rules, host, prof, allow_lower, result)
         meta = _meta(host, prof.name, name)
         text = fragments.render(p, meta).get(fragments.sysctl_path(meta))
         click.echo(text if text else "# ct-tune: nothing this host may set\n", nl=False)
@@ -192,6 +193,22 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
         click.echo(render.table(result))
         click.echo(f"\nstatus: {state.upper()} ({len(result)} findings, profile {prof.name})")
     sys.exit(findings.exit_code(state))
+
+
+def _plan(loaded_rules: list[ruleset.Rule], host: dict[str, Any], prof: profiles.Profile,
+          allow_lower: bool, result: list[Finding]) -> plan.Plan:
+    """The plan apply carries out and --format sysctl shows.  When it keeps a value its
+    rule would change (max only raised; a host-only key), the rules run again with that
+    value kept, so buckets and the memory budget are sized for what stays, not for a
+    max that is never written."""
+    from ct_tune import engine
+    from ct_tune import plan as planning
+
+    p = planning.build(result, host, prof, allow_lower)
+    if p.kept:
+        p = planning.build(engine.evaluate(loaded_rules, host, prof, keep=p.kept), host, prof,
+                           allow_lower)
+    return p
 
 
 @cli.command("apply")
@@ -214,7 +231,7 @@ def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_r
               name: str, lock_wait: float, no_sample: bool, sample_limit: int | None,
               duration: float, interval: float, table_source: str) -> None:
     """Make the recommendations take effect now and at every boot, or change nothing."""
-    from ct_tune import apply, engine, fragments, plan, profiles, render
+    from ct_tune import apply, engine, fragments, profiles, render
 
     if "/" in name or not name.endswith(".conf"):
         raise click.BadParameter("must be a file name ending in .conf", param_hint="--name")
@@ -226,8 +243,7 @@ def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_r
     loaded_rules = c.rules()
     with (apply.locked(target, lock_wait) if not dry_run else _nolock()):
         host = gather(c.roots, no_sample, sample_limit, table_source, duration, interval)
-        result = engine.evaluate(loaded_rules, host, prof)
-        p = plan.build(result, host, prof, allow_lower)
+        p = _plan(loaded_rules, host, prof, allow_lower, engine.evaluate(loaded_rules, host, prof))
         files = fragments.render(p, _meta(host, prof.name, name))
         ch = apply.changes(p, files, target, c.roots.procfs, live)
         click.echo(render.changes(ch, p.skips, target, dry_run))

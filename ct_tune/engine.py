@@ -4,13 +4,15 @@ Rules run in dependency order.  Each sees the host's facts, the profile, and
 ``planned``: every parameter's value as the rules so far recommend it (or its
 current value), which is how the buckets and memory rules size themselves from
 the *recommended* max rather than the current one, keeping the recommendations
-consistent with one another.
+consistent with one another.  A caller that will not act on a recommendation
+(apply keeps nf_conntrack_max unless --allow-lower) passes it in ``keep``, so the
+rules after it size themselves from the value that stays.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ct_tune.errors import InputError
@@ -95,8 +97,14 @@ def _run(rule: Rule, base: dict[str, Any], planned: NoneDict) -> Finding | None:
     )
 
 
-def evaluate(rules: Iterable[Rule], facts: dict[str, Any], profile: Profile) -> list[Finding]:
-    """Run every rule against the facts; a rule that fails to evaluate is a rule error."""
+def evaluate(rules: Iterable[Rule], facts: dict[str, Any], profile: Profile,
+             keep: Mapping[str, Any] | None = None) -> list[Finding]:
+    """Run every rule against the facts; a rule that fails to evaluate is a rule error.
+
+    keep: parameters (full sysctl keys) that stay at the given value whatever their rule
+    recommends; their findings still show the recommendation.
+    """
+    keep = keep or {}
     base = build_context(facts, profile)
     planned = NoneDict(base["sysctl"])
     findings: list[Finding] = []
@@ -107,7 +115,9 @@ def evaluate(rules: Iterable[Rule], facts: dict[str, Any], profile: Profile) -> 
             raise InputError(rule.path, str(e), item=rule.id) from None
         if finding is None:
             continue
-        if finding.parameter and finding.recommended is not None:
+        if finding.parameter in keep:
+            planned[rule.short_parameter] = keep[finding.parameter]
+        elif finding.parameter and finding.recommended is not None:
             planned[rule.short_parameter] = finding.recommended
         findings.append(finding)
     return findings

@@ -64,6 +64,11 @@ class Plan:
     def value(self, key: str) -> Any:
         return next((s.value for s in self.settings if s.key == key), None)
 
+    @property
+    def kept(self) -> dict[str, Any]:
+        """Recommendations not acted on: each key stays at its current value."""
+        return {s.key: s.current for s in self.skips}
+
 
 def max_floor(count: int | None, target_usage: float) -> int:
     """The lowest max that keeps today's entries within the profile's headroom."""

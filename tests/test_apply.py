@@ -12,7 +12,7 @@ from pathlib import Path
 
 from conftest import run_cli, tree_args
 
-from ct_tune import engine, facts, fragments, plan, profiles, ruleset
+from ct_tune import engine, facts, formulas, fragments, plan, profiles, ruleset
 
 MAX = "net.netfilter.nf_conntrack_max"
 
@@ -36,6 +36,21 @@ def test_max_is_only_raised_unless_allow_lower(tree, tmp_path):
     assert lower.returncode == 0, lower.stderr
     assert live(roots, MAX) == "96768"
     assert f"\n{MAX} = 96768\n" in (root / "etc/sysctl.d/99-ct-tune.conf").read_text()
+
+
+def test_buckets_are_sized_for_the_max_that_stays(tree, tmp_path):
+    """Without --allow-lower the 2,000,000 max stays: the buckets written must keep its
+    chains short, not be sized for the 96,768 max that is never written."""
+    roots = tree("tiny-memory-huge-max")
+    buckets = "net.netfilter.nf_conntrack_buckets"
+    assert live(roots, buckets) == "131072"  # chains of 30 at a full 2,000,000 table
+    kept = run_cli("audit", *tree_args(roots), "--no-sample", "--format", "sysctl").stdout
+    assert f"\n{MAX} = 2000000\n" in kept
+    assert f"\n{buckets} = {formulas.buckets_for_max(2_000_000, 8, 1)}\n" in kept
+    lowered = run_cli("audit", *tree_args(roots), "--no-sample", "--format", "sysctl",
+                      "--allow-lower").stdout
+    assert f"\n{MAX} = 96768\n" in lowered
+    assert f"\n{buckets} = 131072\n" in lowered  # already enough for 96,768: only raised
 
 
 def _plan_for(roots: facts.Roots, count: int, allow_lower: bool) -> plan.Plan:
