@@ -270,7 +270,10 @@ def rollback_cmd(procfs: str, root: str | None, dry_run: bool, lock_wait: float)
 
     target = Path(root or "/")
     if not dry_run:
-        apply.require_root(target, kernel=Path(procfs) == Path("/proc"))
+        # the running kernel is written only when the apply wrote live values
+        # (an unprivileged 'apply --root SCRATCH --no-live' rolls back unprivileged)
+        apply.require_root(target, kernel=Path(procfs) == Path("/proc")
+                           and bool(apply.load_state(target)["live"]))
     with (apply.locked(target, lock_wait) if not dry_run else _nolock()):
         state = apply.state_path(target)
         ch = apply.rollback_changes(target, Path(procfs))

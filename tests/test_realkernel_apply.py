@@ -264,3 +264,30 @@ def test_not_root_is_refused_before_anything_is_touched(ns, tmp_path, unprivileg
                                           "/proc/sys and must run as root")
     assert list(tmp_path.iterdir()) == []
     assert netfilter_values(ns) == values
+
+
+def test_unprivileged_scratch_apply_without_live_values_rolls_back_unprivileged(
+        ns, unprivileged_python):
+    if not Path("/usr/bin/setpriv").exists():
+        pytest.skip("needs setpriv (util-linux) to drop privileges")
+    import shutil
+    import tempfile
+
+    # a scratch root the unprivileged user can reach (pytest's tmp_path is root's 0700)
+    scratch = Path(tempfile.mkdtemp(prefix="ct-tune-scratch-"))
+    try:
+        os.chmod(scratch, 0o777)
+        values = netfilter_values(ns)
+        run = [*unprivileged_python, "-m", "ct_tune"]
+        applied = sh(*run, "apply", "--root", str(scratch), "--no-live", "--no-sample",
+                     ns=ns, check=False)
+        assert applied.returncode == 0, applied.stderr
+        fragment = scratch / "etc/sysctl.d/99-ct-tune.conf"
+        assert fragment.stat().st_uid == 65534
+        back = sh(*run, "rollback", "--root", str(scratch), ns=ns, check=False)
+        assert back.returncode == 0, back.stderr
+        assert "rolled back: 0 live value(s), 1 file(s)" in back.stdout
+        assert not fragment.exists()
+        assert netfilter_values(ns) == values
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
