@@ -108,8 +108,9 @@ def _same(live: str, wanted: Any) -> bool:
 
 def changes(plan: Plan, files: dict[str, str], root: Path, procfs: Path,
             live: bool = True) -> Changes:
-    """What would change: file contents (by their settings, not their comments) and live
-    values that differ from the plan."""
+    """What would change: file contents (by their settings, not their comments), module
+    files an earlier plan wrote and this one no longer needs, and live values that differ
+    from the plan."""
     out = Changes()
     for rel, text in sorted(files.items()):
         old = _read_text(root / rel)
@@ -117,6 +118,10 @@ def changes(plan: Plan, files: dict[str, str], root: Path, procfs: Path,
             out.unchanged_files.append(rel)
         else:
             out.files.append(FileChange(rel, old, text))
+    for rel in fragments.MODULE_FILES:
+        old = _read_text(root / rel)
+        if rel not in files and fragments.written_by_ct_tune(old):
+            out.files.append(FileChange(rel, old, None))
     if live:
         for s in plan.settings:
             path = sysctl_path(procfs, s.key)

@@ -21,6 +21,9 @@ DEFAULT_NAME = "99-ct-tune.conf"
 SYSCTL_DIR = "etc/sysctl.d"
 MODULES_LOAD = "etc/modules-load.d/ct-tune.conf"
 MODPROBE = "etc/modprobe.d/ct-tune.conf"
+#: Files only a plan that needs them writes: one left from an earlier plan is removed
+#: (a stale hashsize= alone makes the kernel set max = 8 x hashsize at the next boot).
+MODULE_FILES = (MODULES_LOAD, MODPROBE)
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,13 @@ def render(plan: Plan, meta: Meta) -> dict[str, str]:
         files[MODPROBE] = _ENV.get_template("modprobe.conf.j2").render(
             path="/" + MODPROBE, hashsize=plan.hashsize, max=plan.value(MAX_KEY), **common)
     return files
+
+
+def written_by_ct_tune(text: str | None) -> bool:
+    """Whether a file carries the header every template starts with: only such a file is
+    ever removed, never one an admin wrote under the same name."""
+    first = (text or "").split("\n", 1)[0]
+    return first.startswith("# /") and ": written by ct-tune " in first
 
 
 def content(text: str | None) -> list[str]:

@@ -101,6 +101,42 @@ def test_module_hashsize_and_max_are_persisted_together(tree, tmp_path):
     assert live(roots, "net.netfilter.nf_conntrack_buckets") == "502272"
 
 
+def test_module_options_no_longer_needed_are_removed_and_rolled_back(tree, tmp_path):
+    roots = tree("nearly-full-drops")
+    root = tmp_path / "root"
+    args = ("apply", *tree_args(roots), "--root", str(root), "--no-sample", "--no-live")
+    assert run_cli(*args).returncode == 0
+    modprobe, load = root / "etc/modprobe.d/ct-tune.conf", root / "etc/modules-load.d/ct-tune.conf"
+    before = modprobe.read_text()
+    assert "hashsize=502272" in before
+    # max and buckets become read-only here (the host moved them into a container's view):
+    # max is no longer pinned, and hashsize= alone would mean max = 8 x hashsize at boot
+    for key in ("nf_conntrack_max", "nf_conntrack_buckets"):
+        (roots.procfs / "sys/net/netfilter" / key).chmod(0o444)
+    (root / "etc/modprobe.d/admin.conf").write_text("options nf_conntrack hashsize=4096\n")
+    dry = run_cli(*args, "--dry-run")
+    assert f"remove {modprobe}" in dry.stdout
+    assert modprobe.read_text() == before  # a dry run changes nothing
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert not modprobe.exists()
+    assert load.exists()  # still needed for the timeouts
+    assert (root / "etc/modprobe.d/admin.conf").exists()  # not ours: never touched
+    assert run_cli("rollback", "--root", str(root), "--procfs", str(roots.procfs)).returncode == 0
+    assert modprobe.read_text() == before
+
+
+def test_a_file_of_the_same_name_not_written_by_ct_tune_is_kept(tree, tmp_path):
+    roots = tree("container-netns")  # max read-only: no hashsize= to write
+    root = tmp_path / "root"
+    mine = root / "etc/modprobe.d/ct-tune.conf"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("# my own\noptions nf_conntrack hashsize=65536\n")
+    proc = run_cli("apply", *tree_args(roots), "--root", str(root), "--no-sample", "--no-live")
+    assert proc.returncode == 0, proc.stderr
+    assert mine.read_text() == "# my own\noptions nf_conntrack hashsize=65536\n"
+
+
 def test_audit_format_sysctl_is_the_fragment_apply_writes(tree, tmp_path):
     roots = tree("nearly-full-drops")
     root = tmp_path / "root"
