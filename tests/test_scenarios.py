@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from conftest import run_cli, tree_args
+
+from ct_tune import formulas
 
 
 def audit_json(roots, *extra: str) -> tuple[dict, int]:
@@ -200,3 +203,17 @@ def test_corrupt_uptime_names_the_file(tree):
     assert proc.returncode == 3 and proc.stdout == ""
     assert proc.stderr.strip() == (f"ct-tune: {roots.procfs / 'uptime'}: "
                                    "expected seconds since boot, got 'soon 12.0'")
+
+
+def test_32_bit_kernel_default_is_sized_from_all_ram_not_lowmem(tree):
+    """nf_conntrack_init_start sizes its default from totalram_pages(): highmem counts."""
+    roots = tree("i686-lowmem")
+    shutil.rmtree(roots.procfs / "sys/net/netfilter")  # module not loaded
+    report, _ = audit_json(roots)
+    host = report["facts"]["host"]
+    ram, low = host["mem_total_bytes"], host["low_total_bytes"]
+    version = host["kernel_version"]
+    evidence = by_rule(report)["module-loaded"]["evidence"]
+    assert evidence["default_buckets"] == formulas.kernel_default_buckets(ram, 4, version)
+    assert evidence["default_max"] == formulas.kernel_default_max(ram, 4, version)
+    assert evidence["default_max"] != formulas.kernel_default_max(low, 4, version)
