@@ -14,10 +14,11 @@ do no I/O, and answer None or an empty list for snapshots without ``persist``.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from typing import Any
 
-from ct_tune import formulas
+from ct_tune import facts, formulas
 
 #: Compiled-in defaults of the keys whose default does not depend on the host, by the
 #: short name rules use.  Every group cites where the kernel sets it; keys whose default
@@ -296,3 +297,90 @@ def early_load(persist: Mapping[str, Any] | None,
     return {"configured": keys, "by": by, "builtin": builtin,
             "missing": bool(keys) and builtin is not True and not by}
 
+
+
+#: systemd sysctl.d(5) keys may be glob patterns: they set whatever matches, and a pattern that
+#: matches nothing is no error, so a pattern is never "unknown".
+GLOB_CHARS = frozenset("*?[")
+
+#: How close a name must be to be offered as "did you mean" (difflib ratio, on the part after
+#: the family prefix): typos score 0.85 and above, unrelated names of one family below 0.7.
+SUGGEST_CUTOFF = 0.8
+
+#: The common prefix of each family of names; compared whole, every nf_conntrack_* name is
+#: "close" to every other (nf_conntrack_helper to nf_conntrack_events: 0.79).
+_FAMILIES = ("nf_conntrack_", "tcp_keepalive_")
+
+
+def _live_keys(sysctl: Mapping[str, Any]) -> set[str]:
+    """The full names the live table has, from the short names rules use.
+
+    net.nf_conntrack_max counts as live whenever nf_conntrack_max is.  nf_conntrack registers
+    the alias in the initial network namespace only (nf_conntrack_standalone.c); elsewhere
+    it is absent, but it names the same global setting as net.netfilter.nf_conntrack_max,
+    which is 0444 there.  The name is right and the place is wrong, which sysctl-drift and
+    netns-readonly report; "did you mean net.netfilter.nf_conntrack_max" would send the
+    admin to a key the container cannot write either.  (The rule context folds both into
+    the short name nf_conntrack_max, so the alias could not be told apart anyway.)
+    """
+    keys = {_full(short) for short in sysctl}
+    if "nf_conntrack_max" in sysctl:
+        keys.add("net.nf_conntrack_max")
+    return keys
+
+
+def _judged(key: str, live: set[str]) -> bool:
+    """Whether the snapshot can tell that `key` is missing.  The collector reads all of
+    net.netfilter but only the three tcp_keepalive_* keys of net.ipv4 (all the kernel has,
+    net/ipv4/sysctl_net_ipv4.c), and none of them when net.ipv4 could not be read."""
+    if GLOB_CHARS & set(key) or not key.startswith(facts.PERSIST_PREFIXES):
+        return False
+    return not key.startswith("net.ipv4.") or any(k.startswith("net.ipv4.") for k in live)
+
+
+def _family(short: str) -> str:
+    return next((f for f in _FAMILIES if short.startswith(f)), "")
+
+
+def _suggest(key: str, sysctl: Mapping[str, Any]) -> str | None:
+    """The live key `key` was most likely meant to be, or None when nothing is close.
+
+    Names are compared without their family prefix, among live keys of the same family,
+    so a removed key (nf_conntrack_helper) gets no suggestion instead of a random sibling.
+    """
+    short = _short(key)
+    family = _family(short)
+    names = {s[len(family):]: s for s in sysctl if _family(s) == family}
+    close = difflib.get_close_matches(short[len(family):], list(names), n=1,
+                                      cutoff=SUGGEST_CUTOFF)
+    return _full(names[close[0]]) if close else None
+
+
+def unknown(persist: Mapping[str, Any] | None, sysctl: Mapping[str, Any],
+            conntrack: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Configured keys the running kernel does not have: a typo, or a key a newer kernel
+    removed (nf_conntrack_helper in 6.0).  systemd-sysctl cannot write them, logs it and
+    goes on, so the setting silently never applies.
+
+    Every assignment is reported, not only the winning one.  systemd-sysctl writes only the
+    winner, but procps ``sysctl --system`` writes every line, and either way each line
+    naming a missing key is dead configuration the admin has to fix or remove: reporting
+    only the winner would hide an earlier misspelt line until the later one is fixed.  Each
+    keeps its own ``optional`` ('-' prefix: the admin accepted that it may not exist).
+
+    Empty when nf_conntrack is not loaded: every net.netfilter key is missing then, and the
+    module-loaded rule says why.  Glob patterns and keys the snapshot cannot judge (see
+    :func:`_judged`) are skipped; net.nf_conntrack_max never counts as missing (see
+    :func:`_live_keys`).  In reading order, so the first is the first line boot reads.
+    """
+    if not conntrack.get("loaded"):
+        return []
+    live = _live_keys(sysctl)
+    out = []
+    for a in _assignments(persist):
+        key = a["key"]
+        if key in live or not _judged(key, live):
+            continue
+        out.append({"key": key, "configured": normalize(a["value"]), **where(persist, a),
+                    "optional": bool(a.get("optional")), "suggestion": _suggest(key, sysctl)})
+    return out

@@ -74,6 +74,7 @@ HELPERS: dict[str, Callable[..., Any]] = {
     # boot configuration against the running kernel (None/[] without persist facts)
     "drift": drift.drift, "overridden": drift.overridden, "unpersisted": drift.unpersisted,
     "boot_defaults": drift.boot_defaults, "early_load": drift.early_load,
+    "unknown": drift.unknown,
 }
 
 FILTERS: dict[str, Callable[..., Any]] = {

@@ -7,20 +7,21 @@ import json
 import pytest
 from conftest import run_cli
 
-from ct_tune import drift, engine, facts, profiles, ruleset
+from ct_tune import drift, engine, expr, facts, profiles, ruleset
 
 MAX = "net.netfilter.nf_conntrack_max"
 EST = "net.netfilter.nf_conntrack_tcp_timeout_established"
-PERSIST_RULES = ("sysctl-drift", "not-persisted", "conntrack-early-load", "sysctl-override")
+PERSIST_RULES = ("sysctl-drift", "not-persisted", "conntrack-early-load", "sysctl-override",
+                 "sysctl-unknown-key")
 
 HOST = {"kernel_version": [6, 18, 44], "mem_total_bytes": 16 * 1024**3, "pointer_size": 8}
 MODULE = {"builtin": False, "initial_netns": True, "loaded": True}
 
 
-def persist(*assignments: tuple[str, str, str, int], **extra) -> dict:
-    """A persist fact from (key, value, file, line) in reading order."""
-    rows = [{"key": k, "value": v, "file": f, "line": n, "optional": False}
-            for k, v, f, n in assignments]
+def persist(*assignments: tuple, **extra) -> dict:
+    """A persist fact from (key, value, file, line[, optional]) in reading order."""
+    rows = [{"key": k, "value": v, "file": f, "line": n, "optional": bool(rest and rest[0])}
+            for k, v, f, n, *rest in assignments]
     return {"root": "/", "files": sorted({r["file"] for r in rows}), "assignments": rows,
             "sysctl": {r["key"]: r for r in rows}, "early_load": [], "modprobe": {},
             "udev_sysctl_rules": [], "links": {}, **extra}
@@ -193,6 +194,96 @@ def test_keepalive_keys_do_not_need_the_module():
     assert drift.early_load(None, MODULE) is None
 
 
+# --- unknown ---------------------------------------------------------------------------------
+
+CONF = "/etc/sysctl.d/90-ct.conf"
+
+
+def _unknown(*assignments: tuple, conntrack: dict = MODULE, sysctl: dict | None = None,
+             **extra) -> list[dict]:
+    return drift.unknown(persist(*assignments, **extra), live() if sysctl is None else sysctl,
+                         conntrack)
+
+
+def test_unknown_names_a_typo_with_the_live_key_it_was_meant_to_be():
+    got = _unknown((MAX, "524288", CONF, 1),
+                   ("net.netfilter.nf_conntrack_tcp_timeout_establised", " 7440", CONF, 2))
+    assert got == [{"key": "net.netfilter.nf_conntrack_tcp_timeout_establised",
+                    "configured": 7440, "file": CONF, "line": 2, "via": None,
+                    "optional": False, "suggestion": EST}]
+
+
+@pytest.mark.parametrize("key", ["net.netfilter.nf_conntrack_helper",
+                                 "net.netfilter.nf_conntrack_events_retry_timeout",
+                                 "net.netfilter.nf_conntrack_dccp_timeout_request"])
+def test_a_removed_key_gets_no_suggestion(key):
+    # compared whole, nf_conntrack_helper is 0.79 close to nf_conntrack_events: the shared
+    # prefix must not count
+    sysctl = live(nf_conntrack_events=1, nf_conntrack_count=0, nf_conntrack_generic_timeout=600)
+    (u,) = _unknown((key, "1", CONF, 1), sysctl=sysctl)
+    assert (u["key"], u["suggestion"]) == (key, None)
+
+
+def test_unknown_reports_every_assignment_in_reading_order_where_the_admin_edits_it():
+    typo = "net.netfilter.nf_conntrack_udp_timeout_strem"
+    got = _unknown((typo, "60", "/etc/sysctl.d/10-a.conf", 3),
+                   (typo, "90", "/etc/sysctl.d/99-sysctl.conf", 7),
+                   links={"/etc/sysctl.d/99-sysctl.conf": "/etc/sysctl.conf"})
+    assert [(u["file"], u["line"], u["via"], u["configured"]) for u in got] == [
+        ("/etc/sysctl.d/10-a.conf", 3, None, 60),
+        ("/etc/sysctl.conf", 7, "/etc/sysctl.d/99-sysctl.conf", 90)]
+    assert {u["suggestion"] for u in got} == {"net.netfilter.nf_conntrack_udp_timeout_stream"}
+
+
+def test_unknown_keeps_the_optional_mark_of_each_line():
+    helper = "net.netfilter.nf_conntrack_helper"
+    got = _unknown((helper, "0", CONF, 1, True), (helper, "0", CONF, 2))
+    assert [u["optional"] for u in got] == [True, False]
+
+
+def test_glob_patterns_are_never_unknown():
+    got = _unknown(("net.netfilter.nf_conntrack_tcp_timeout_*", "60", CONF, 1),
+                   ("net.netfilter.nf_conntrack_dccp_timeout_?", "60", CONF, 2),
+                   ("net.netfilter.nf_conntrack_sctp_[ab]", "60", CONF, 3))
+    assert got == []
+
+
+def test_unknown_is_empty_while_the_module_is_not_loaded():
+    typo = ("net.netfilter.nf_conntrack_tcp_timeout_establised", "7440", CONF, 1)
+    assert _unknown(typo, conntrack={**MODULE, "loaded": False},
+                    sysctl={"tcp_keepalive_time": 7200}) == []
+    assert _unknown(typo, conntrack={}, sysctl={}) == []
+    assert drift.unknown(None, live(), MODULE) == []
+
+
+@pytest.mark.parametrize("initial", [True, False, None])
+def test_net_nf_conntrack_max_is_never_unknown(initial):
+    # absent outside the initial namespace, but the same (read-only) global setting there:
+    # not a misspelling, and net.netfilter.nf_conntrack_max would not be writable either
+    conntrack = {**MODULE, "initial_netns": initial}
+    assert _unknown(("net.nf_conntrack_max", "262144", CONF, 1), conntrack=conntrack) == []
+    (u,) = _unknown(("net.nf_conntrack_maxx", "262144", CONF, 1), conntrack=conntrack)
+    assert u["suggestion"] == MAX
+
+
+def test_keepalive_keys_are_looked_up_under_net_ipv4():
+    assert _unknown(("net.ipv4.tcp_keepalive_time", "600", CONF, 1)) == []
+    (u,) = _unknown(("net.ipv4.tcp_keepalive_tme", "600", CONF, 1))
+    assert u["suggestion"] == "net.ipv4.tcp_keepalive_time"
+    # a snapshot without net.ipv4 (not read) cannot tell
+    no_ipv4 = {k: v for k, v in live().items() if not k.startswith("tcp_")}
+    assert _unknown(("net.ipv4.tcp_keepalive_tme", "600", CONF, 1), sysctl=no_ipv4) == []
+
+
+def test_a_live_key_whose_value_could_not_be_parsed_still_exists():
+    assert _unknown(("net.netfilter.nf_conntrack_x", "1", CONF, 1),
+                    sysctl=live(nf_conntrack_x=None)) == []
+
+
+def test_unknown_is_a_rule_helper():
+    assert expr.HELPERS["unknown"] is drift.unknown
+
+
 # --- rules -----------------------------------------------------------------------------------
 
 def _findings(data: dict) -> dict:
@@ -233,6 +324,8 @@ def test_live_host_audit_agrees_with_collect():
     assert "sysctl-override" not in found
     assert ("conntrack-early-load" in found) == bool(module_keys)
     assert ("sysctl-drift" in found) == bool(loaded and configured)
+    assert ("sysctl-unknown-key" in found) == bool(loaded and p["files"])
+    assert found.get("sysctl-unknown-key", {}).get("severity", "ok") == "ok"
     if loaded:
         ctx = engine.build_context(collected, profiles.get(profiles.load(), "default"))
         lost = drift.unpersisted(ctx["sysctl"], p, ctx["host"], ctx["conntrack"])
