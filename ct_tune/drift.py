@@ -18,7 +18,7 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
-from ct_tune import facts, formulas
+from ct_tune import formulas, sysctld
 
 #: Compiled-in defaults of the keys whose default does not depend on the host, by the
 #: short name rules use.  Every group cites where the kernel sets it; keys whose default
@@ -298,7 +298,6 @@ def early_load(persist: Mapping[str, Any] | None,
             "missing": bool(keys) and builtin is not True and not by}
 
 
-
 #: systemd sysctl.d(5) keys may be glob patterns: they set whatever matches, and a pattern that
 #: matches nothing is no error, so a pattern is never "unknown".
 GLOB_CHARS = frozenset("*?[")
@@ -333,7 +332,7 @@ def _judged(key: str, live: set[str]) -> bool:
     """Whether the snapshot can tell that `key` is missing.  The collector reads all of
     net.netfilter but only the three tcp_keepalive_* keys of net.ipv4 (all the kernel has,
     net/ipv4/sysctl_net_ipv4.c), and none of them when net.ipv4 could not be read."""
-    if GLOB_CHARS & set(key) or not key.startswith(facts.PERSIST_PREFIXES):
+    if GLOB_CHARS & set(key) or not key.startswith(sysctld.PERSIST_PREFIXES):
         return False
     return not key.startswith("net.ipv4.") or any(k.startswith("net.ipv4.") for k in live)
 

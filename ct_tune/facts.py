@@ -226,11 +226,6 @@ def _stat_table(roots: Roots) -> dict[str, Any] | None:
     return {"source": str(path), **parsed}
 
 
-#: Keys whose persistence ct-tune reports: the ones its rules read or recommend.
-PERSIST_PREFIXES = ("net.netfilter.nf_conntrack_", "net.nf_conntrack_max",
-                    "net.ipv4.tcp_keepalive_")
-
-
 def _conf_names(directory: Path) -> list[str]:
     try:
         return sorted(p.name for p in directory.iterdir() if p.name.endswith(".conf"))
@@ -281,7 +276,7 @@ def _persistence(root: Path) -> dict[str, Any]:
         if real != root / rel:
             links["/" + rel] = "/" + real.relative_to(root).as_posix()
         assignments += [a for a in sysctld.parse_sysctl(text, "/" + rel)
-                        if a.key.startswith(PERSIST_PREFIXES)]
+                        if a.key.startswith(sysctld.PERSIST_PREFIXES)]
     early, seen = [], set()
     loads = sysctld.ordered({d: _conf_names(in_root(root, d)) for d in sysctld.MODULES_LOAD_DIRS})
     for rel in [*loads, sysctld.ETC_MODULES]:
