@@ -417,7 +417,9 @@ class Fuzzer:
                 ex.corrupt = (where.startswith(("host.mem_total_bytes", "host.cpus_online",
                                                 "conntrack.loaded", "schema_version",
                                                 "host.pointer_size"))
-                              and desc != "null") or where in ("sysctl", "host")
+                              and desc != "null") or where in ("sysctl", "host") or (
+                                  where.startswith("sysctl.")
+                                  and integer_file(where.split(".value")[0].rsplit(".", 1)[-1]))
         elif kind == "sysctl":
             key = rng.choice([k for k in doc["sysctl"] if integer_file(k.rsplit(".", 1)[-1])])
             doc["sysctl"][key]["value"], desc = self._bad_value(rng, numeric=True)
@@ -486,6 +488,10 @@ class Fuzzer:
         kind = rng.choice(["newline", "newline", "expr", "number", "deep", "type",
                            "truncate", "duplicate", "bytes"])
         if kind == "newline":
+            # a rule that sets a key on this host, so its texts reach the fragment
+            src = RULES / rng.choice(["conntrack-max.toml", "hash-buckets.toml",
+                                      "tcp-timeout-established.toml"])
+            text = src.read_text()
             field_ = rng.choice(["summary", "title", "parameter", "recommended", "sources"])
             text, n = self._inject_field(text, field_)
             ex.what.append(f"{src.name}: newline + sysctl line in {field_} ({n})")
@@ -536,7 +542,7 @@ class Fuzzer:
             ex.corrupt = True
         (rules / src.name).write_text(text, encoding="latin-1" if kind == "bytes" else "utf-8")
         ex.watch.append(rules)
-        self._tree_commands(ex, self.base, ["--rules-dir", str(rules)], real=True)
+        self._tree_commands(ex, self.base, ["--rules-dir", str(rules)], real=False)
 
     @staticmethod
     def _inject_field(text: str, name: str) -> tuple[str, int]:
@@ -549,7 +555,7 @@ class Fuzzer:
                            'recommended = "\'1' + payload.replace("\\", "\\\\") + '\'"',
                            text, count=1)
         return re.subn(rf'(?m)^({name} = ")', r"\g<1>" + payload.replace("\\", "\\\\"),
-                       text, count=-1 if name == "summary" else 1)
+                       text, count=0 if name == "summary" else 1)
 
     # (d) profile files
     def _profiles(self, rng: random.Random, ex: Example, d: Path) -> None:
@@ -598,7 +604,7 @@ class Fuzzer:
         (rules / "profiles" / src.name).write_text(text)
         ex.watch.append(rules)
         self._tree_commands(ex, self.base, ["--rules-dir", str(rules), "--profile", name],
-                            real=True)
+                            real=False)
 
     # (e) rollback state files
     def _state(self, rng: random.Random, ex: Example, d: Path) -> None:
@@ -762,19 +768,22 @@ def warm_up() -> None:
     from ct_tune import cli
 
     argv, out, err = sys.argv, sys.stdout, sys.stderr
-    sys.argv = ["ct-tune", "audit", "--procfs", str(HOST / "proc"), "--sysfs",
-                str(HOST / "sys")]
-    sys.stdout, sys.stderr = io.StringIO(), io.StringIO()
+    host = ["--procfs", str(HOST / "proc"), "--sysfs", str(HOST / "sys")]
     try:
-        with contextlib.suppress(SystemExit):
-            cli.main()
+        with tempfile.TemporaryDirectory() as scratch:
+            for args in (["audit", *host], ["audit", "--format", "sysctl", *host],
+                         ["apply", "--dry-run", "--no-live", "--root", scratch, *host]):
+                sys.argv = ["ct-tune", *args]
+                sys.stdout, sys.stderr = io.StringIO(), io.StringIO()
+                with contextlib.suppress(SystemExit):
+                    cli.main()
     finally:
         sys.argv, sys.stdout, sys.stderr = argv, out, err
 
 
 def fuzz(examples: int, seed: int, timeout: float, categories: list[str],
-         only: list[int] | None = None, progress: Callable[[str], None] | None = None
-         ) -> dict[str, Any]:
+         only: dict[str, list[int]] | None = None,
+         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="ct-tune-fuzz-"))
     os.environ.setdefault("CT_TUNE_CACHE_DIR", str(work / "cache"))
     try:
@@ -784,7 +793,7 @@ def fuzz(examples: int, seed: int, timeout: float, categories: list[str],
         for cat in categories:
             counts = dict.fromkeys(("examples", *CHECKS), 0)
             failures: list[dict[str, Any]] = []
-            indices = only if only is not None else range(examples)
+            indices = only[cat] if only and cat in only else range(examples)
             for i in indices:
                 v = judge(fz, fz.example(cat, i))
                 counts["examples"] += 1
@@ -820,18 +829,24 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=20.0, help="seconds per command")
     ap.add_argument("--category", default=",".join(CATEGORIES))
     ap.add_argument("--replay", metavar="I,J", help="run only these examples (indices)")
+    ap.add_argument("--pick", action="append", default=[], metavar="CATEGORY=I,J",
+                    help="run only these examples of CATEGORY (repeatable; implies its "
+                    "category)")
     ap.add_argument("--json", action="store_true", help="counts and failures as JSON")
     ap.add_argument("--show", type=int, default=3, metavar="N",
                     help="print up to N failing examples per category and check")
     a = ap.parse_args()
-    cats = [c for c in a.category.split(",") if c]
+    picks = {c: [int(i) for i in idx.split(",")]
+             for c, idx in (p.split("=", 1) for p in a.pick)}
+    cats = list(picks) if picks else [c for c in a.category.split(",") if c]
     unknown = set(cats) - set(CATEGORIES)
     if unknown:
         ap.error(f"unknown category: {', '.join(sorted(unknown))}")
     started = time.monotonic()
     tty = sys.stderr.isatty()
-    only = [int(i) for i in a.replay.split(",")] if a.replay else None
-    results = fuzz(a.examples, a.seed, a.timeout, cats, only,
+    if a.replay:
+        picks = {c: [int(i) for i in a.replay.split(",")] for c in cats}
+    results = fuzz(a.examples, a.seed, a.timeout, cats, picks,
                    (lambda s: print(f"\r{s}   ", end="", file=sys.stderr)) if tty else None)
     if tty:
         print(file=sys.stderr)
