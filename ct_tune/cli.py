@@ -52,7 +52,7 @@ def _out(text: str = "", nl: bool = True) -> None:
 
 def _flush_stdout() -> None:
     """Flush stdout now, so a write error is reported while stderr can still say so."""
-    stream = sys.stdout
+    stream = getattr(sys.stdout, "wrapped", sys.stdout)
     if stream is None:
         return
     try:
@@ -60,6 +60,18 @@ def _flush_stdout() -> None:
     except OSError as e:
         _discard_stdout()
         raise OutputError(e) from None
+
+
+def _from_click_echo(e: BaseException) -> bool:
+    """Whether e was raised writing click's own output (--help, --version, usage)."""
+    tb = e.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "echo" and code.co_filename.endswith(os.path.join("click",
+                                                                             "utils.py")):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _discard_stdout() -> None:
@@ -465,6 +477,12 @@ def _run(argv: list[str] | None) -> int:
         code = rv if isinstance(rv, int) else EXIT_OK
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else 1)
+        if hasattr(sys.stdout, "wrapped"):
+            # click met a broken pipe in its own output (--help): it wrapped stdout to
+            # ignore it and exits 1, which reads as WARNING
+            _discard_stdout()
+            _err(f"ct-tune: {OutputError(OSError(errno.EPIPE, os.strerror(errno.EPIPE)))}")
+            code = EXIT_UNKNOWN
     except CtTuneError as e:
         _err(f"ct-tune: {e}")
         code = e.exit_code
@@ -478,6 +496,10 @@ def _run(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         code = 130
     except Exception as e:  # a bug in ct-tune, not bad input: say so, keep it one line
+        if isinstance(e, OSError) and _from_click_echo(e):  # click's own --help output
+            _discard_stdout()
+            _err(f"ct-tune: {OutputError(e)}")
+            return EXIT_UNKNOWN
         if os.environ.get("CT_TUNE_DEBUG"):
             raise
         _err(f"ct-tune: internal error: {type(e).__name__}: {e} "

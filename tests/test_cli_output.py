@@ -26,6 +26,8 @@ def _commands(roots, scratch) -> dict[str, list[str]]:
         "rules-show": ["rules", "show", "conntrack-max"],
         "profiles-list": ["profiles", "list"],
         "apply-dry-run": ["apply", "--dry-run", "--no-live", "--root", str(scratch), *host],
+        "help": ["audit", "--help"],  # written by click itself
+        "version": ["--version"],
     }
 
 
@@ -51,7 +53,7 @@ def _broken_pipe(args):
 
 
 COMMANDS = ["audit", "audit-json", "audit-sysctl", "audit-explain", "collect", "rules-list",
-            "rules-show", "profiles-list", "apply-dry-run"]
+            "rules-show", "profiles-list", "apply-dry-run", "help", "version"]
 
 
 @pytest.mark.parametrize("name", COMMANDS)
@@ -73,7 +75,7 @@ def test_closed_stdout_is_exit_3_not_silent_success(commands, name):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("name", ["audit", "audit-json", "collect", "rules-show"])
+@pytest.mark.parametrize("name", ["audit", "audit-json", "collect", "rules-show", "help"])
 def test_full_device_is_a_clean_write_error(commands, name):
     with open("/dev/full", "w") as full:
         proc = _run(commands[name], full)
