@@ -317,7 +317,7 @@ def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_r
         _flush_stdout()  # output that cannot be written stops the apply before any change
         state = apply.execute(ch, target, c.roots.procfs, __version__)
         _out(f"applied: {len(ch.live)} live value(s), {len(ch.files)} file(s); the "
-                   f"previous state is in {state}: 'ct-tune rollback' restores it")
+             f"previous state is in {state}: 'ct-tune rollback' restores it")
 
 
 @cli.command("rollback")
@@ -350,7 +350,7 @@ def rollback_cmd(procfs: str, root: str | None, dry_run: bool, lock_wait: float)
         apply.execute(ch, target, Path(procfs), __version__, save=False)
         done = apply.finish_rollback(target)
         _out(f"rolled back: {len(ch.live)} live value(s), {len(ch.files)} file(s); "
-                   f"the saved state is kept as {done}")
+             f"the saved state is kept as {done}")
 
 
 def _warn_overrides(host: dict[str, Any], name: str, p: Any) -> None:
