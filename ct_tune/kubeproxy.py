@@ -261,7 +261,7 @@ def after_reboot(lost: list[Mapping[str, Any]], kp: Mapping[str, Any] | None
     for d in lost:
         short = short_name(str(d["key"]))
         after = after_start(kp, short, d["default"])
-        item = {**d, "by": None}
+        item = dict(d)
         if after != d["default"]:
             if after == d["live"]:
                 continue
