@@ -63,6 +63,7 @@ def early_load_at_boot(persist: Mapping[str, Any] | None, conntrack: Mapping[str
     boot = boot_system(writers)
     by = list(el["by"])
     if boot["init"] == "procd":
-        by += [e["file"] for e in (writers or {}).get("modules_d") or []]
+        by += [e["file"] for e in (writers or {}).get("modules_d") or []
+               if isinstance(e, Mapping) and isinstance(e.get("file"), str)]
     missing = bool(el["configured"]) and el["builtin"] is not True and not by
     return {**el, "by": by, "missing": missing, "boot": boot}

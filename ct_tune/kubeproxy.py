@@ -236,10 +236,15 @@ def owns(kp: Mapping[str, Any] | None, short: str, current: Any, wanted: Any,
         change = (f"{_spell(kp, fields[0], target)}, or {_spell(kp, fields[0], 0)} to leave "
                   "it to sysctl.d")
     verb = "raises it to" if mode == "raise" else "sets it to"
-    fails = writable is False and mode == "rewrite" and current != sets
+    # a read-only key (a container's network namespace): the write fails and kube-proxy
+    # exits ("open /proc/sys/net/netfilter/nf_conntrack_max: permission denied", PR #103174,
+    # issue #141943); a raising release only writes when the value is lower
+    fails = writable is False and isinstance(current, int) and (
+        current != sets if mode == "rewrite" else current < sets)
     return {"sets": sets, "mode": mode, "survives": survives, "undoes": survives != target,
             "field": fields[0], "change": change, "where": kp["where"],
-            "fails_readonly": fails,
+            "fails_readonly": fails, "leave": _spell(kp, fields[0] if short != "nf_conntrack_max"
+                                                      else "maxPerCore", 0),
             "says": (f"{kp['label']} {verb} {sets:,} at every start"
                      f"{' when it is lower' if mode == 'raise' else ' whenever it differs'}")}
 
