@@ -33,6 +33,8 @@ MODULES_D = "etc/modules.d"
 CONTAINERD_TASKS = "run/containerd/io.containerd.runtime.v2.task/k8s.io"
 IMAGE_ANNOTATION = "io.kubernetes.cri.image-name"
 K3S_CONFIG = "etc/rancher/k3s/config.yaml"
+#: A release in a binary's path: /opt/kubernetes/v1.25.3/bin/kube-proxy.
+VERSION_IN_PATH = re.compile(r"(?:^|[/_-])(v\d+\.\d+(?:\.\d+)?)(?:$|[/_-])")
 
 
 def _read(path: Path, limit: int = MAX_BYTES) -> str | None:
@@ -236,9 +238,9 @@ def _kube_proxy(roots: Roots, pid: int, argv: list[str], kind: str) -> dict[str,
                 out["config"] = conntrack_section(text) or {}
                 out["config_read_from"] = where
         # a release in the binary's path (/opt/kubernetes/v1.25.3/bin/kube-proxy)
-        if kubeproxy.parse_version(argv[0]):
-            out["version"] = re.search(r"v?\d+\.\d+(\.\d+)?", argv[0]).group(0)  # type: ignore[union-attr]
-            out["version_source"] = "/proc/%d/cmdline" % pid
+        m = VERSION_IN_PATH.search(argv[0])
+        if m:
+            out["version"], out["version_source"] = m.group(1), f"/proc/{pid}/cmdline"
     out["flags"] = flags
     if out["version"] is None:
         image, where = _image(roots, pid)
@@ -370,7 +372,7 @@ def capture_files(roots: Roots) -> list[tuple[Path, str, str | None]]:
                         "\0".join(keep) + "\0"))
             text, _ = _config_file(roots, pid, K3S_CONFIG)
             if text is not None:
-                args, disabled = k3s_proxy_args(text)
+                args, _disabled = k3s_proxy_args(text)
                 reduced = "kube-proxy-arg:\n" + "".join(f'  - "{a}"\n' for a in args)
                 out.append((Path(K3S_CONFIG), f"proc/{pid}/root/{K3S_CONFIG}", reduced))
         else:
