@@ -39,6 +39,9 @@ DEFAULTS: dict[str, int] = {"maxPerCore": 32768, "min": 131072,
 MAX_CAP = 1048576
 CAP_SINCE = (1, 36)
 
+#: conntrack.udpTimeout and udpStreamTimeout exist since 1.29 (PR #120354).
+UDP_SINCE = (1, 29)
+
 #: The release ct-tune assumes when kube-proxy is assumed (profile) or its version is not
 #: visible: the newest stable release when this model was written.
 ASSUMED_VERSION = (1, 37)
@@ -108,8 +111,8 @@ def behaviour(version: tuple[int, ...] | list[int] | None) -> dict[str, Any]:
 
 def settings(kp: Mapping[str, Any]) -> dict[str, Any]:
     """The conntrack settings kube-proxy runs with: its config file's conntrack section when
-    it has one (kube-proxy documents flags as ignored with --config), else its flags, then
-    the defaults.  Values are seconds for timeouts, None for "not set"."""
+    it was read (kube-proxy documents many flags as ignored with --config), else its flags,
+    then the defaults.  Values are seconds for timeouts, None for "not set"."""
     conf = kp.get("config")
     given = dict(conf) if isinstance(conf, Mapping) else dict(kp.get("flags") or {})
     out: dict[str, Any] = {}
@@ -145,12 +148,13 @@ def resolve(writers: Mapping[str, Any] | None, assume: bool,
     version = parse_version(kp.get("version"))
     beh = behaviour(version)
     conf = settings(kp)
+    udp = (version or ASSUMED_VERSION) >= UDP_SINCE
     sets: dict[str, int | None] = {
         "nf_conntrack_max": target_max(conf, cpus or 1, beh) or None,
         "nf_conntrack_tcp_timeout_established": conf["tcpEstablishedTimeout"] or None,
         "nf_conntrack_tcp_timeout_close_wait": conf["tcpCloseWaitTimeout"] or None,
-        "nf_conntrack_udp_timeout": conf["udpTimeout"] or None,
-        "nf_conntrack_udp_timeout_stream": conf["udpStreamTimeout"] or None,
+        "nf_conntrack_udp_timeout": (conf["udpTimeout"] or None) if udp else None,
+        "nf_conntrack_udp_timeout_stream": (conf["udpStreamTimeout"] or None) if udp else None,
     }
     return {"detected": detected, "source": kp.get("source"), "pid": kp.get("pid"),
             "version": kp.get("version"), "config_file": kp.get("config_file"),
