@@ -37,6 +37,15 @@ K3S_CONFIG = "etc/rancher/k3s/config.yaml"
 VERSION_IN_PATH = re.compile(r"(?:^|[/_-])(v\d+\.\d+(?:\.\d+)?)(?:$|[/_-])")
 
 
+def _at(root: Path, rel: str) -> Path:
+    """facts.in_root, where a directory this user may not search (another user's
+    /proc/PID/root) counts as missing: the path returned then does not exist."""
+    try:
+        return in_root(root, rel)
+    except OSError:
+        return root / "ct-tune: not searchable"
+
+
 def _read(path: Path, limit: int = MAX_BYTES) -> str | None:
     """Text of a file, or None when it is missing, unreadable, not a regular file or not
     text.  Special files are never opened (a FIFO would block)."""
@@ -194,7 +203,7 @@ def _image(roots: Roots, pid: int) -> tuple[str | None, str | None]:
     if not cid:
         return None, None
     rel = f"{CONTAINERD_TASKS}/{cid}/config.json"
-    text = _read(in_root(roots.config_root, rel), 4 * MAX_BYTES)
+    text = _read(_at(roots.config_root, rel), 4 * MAX_BYTES)
     try:
         data = json.loads(text) if text else None
     except ValueError:
@@ -207,9 +216,9 @@ def _image(roots: Roots, pid: int) -> tuple[str | None, str | None]:
 def _config_file(roots: Roots, pid: int, path: str) -> tuple[str | None, str | None]:
     """The file as the process sees it (/proc/PID/root/PATH), else under the config root."""
     for where in (roots.proc(f"{pid}/root"), roots.config_root):
-        text = _read(in_root(where, path))
+        text = _read(_at(where, path))
         if text is not None:
-            return text, str(in_root(where, path))
+            return text, str(_at(where, path))
     return None, None
 
 
@@ -254,13 +263,13 @@ def _init(roots: Roots, distro: dict[str, Any] | None) -> tuple[str | None, list
     comm = (_read(roots.proc("1/comm")) or "").strip()
     root = roots.config_root
     seen = [f"/proc/1/comm={comm}"] if comm else []
-    if _exists(in_root(root, "run/systemd/system")):
+    if _exists(_at(root, "run/systemd/system")):
         return "systemd", [*seen, "/run/systemd/system"]
     if comm == "systemd":
         return "systemd", seen
     if comm == "procd" or (distro or {}).get("id") == "openwrt":
         return "procd", seen + ([distro["source"]] if distro else [])
-    if _exists(in_root(root, "run/openrc")):
+    if _exists(_at(root, "run/openrc")):
         return "openrc", [*seen, "/run/openrc"]
     if comm == "init":
         return "sysvinit", seen
@@ -268,13 +277,13 @@ def _init(roots: Roots, distro: dict[str, Any] | None) -> tuple[str | None, list
 
 
 def _distro(root: Path) -> dict[str, Any] | None:
-    text = _read(in_root(root, "etc/openwrt_release"))
+    text = _read(_at(root, "etc/openwrt_release"))
     if text is not None:
         kv = _kv(text)
         return {"id": "openwrt", "name": kv.get("DISTRIB_ID", "OpenWrt"),
                 "version": kv.get("DISTRIB_RELEASE"), "source": "/etc/openwrt_release"}
     for rel in ("etc/os-release", "usr/lib/os-release"):
-        text = _read(in_root(root, rel))
+        text = _read(_at(root, rel))
         if text is not None:
             kv = _kv(text)
             return {"id": kv.get("ID"), "name": kv.get("PRETTY_NAME") or kv.get("NAME"),
@@ -295,11 +304,11 @@ def _modules_d(root: Path) -> list[dict[str, str]]:
     """OpenWrt's /etc/modules.d entries that load nf_conntrack (kmodloader, at boot)."""
     out = []
     try:
-        names = sorted(p.name for p in in_root(root, MODULES_D).iterdir())
+        names = sorted(p.name for p in _at(root, MODULES_D).iterdir())
     except OSError:
         return []
     for name in names:
-        text = _read(in_root(root, f"{MODULES_D}/{name}")) or ""
+        text = _read(_at(root, f"{MODULES_D}/{name}")) or ""
         users = [m for m in sysctld.parse_modules_load(text) if sysctld.loads_conntrack(m)]
         if users:
             out.append({"module": users[0], "file": f"/{MODULES_D}/{name}"})
@@ -310,7 +319,7 @@ def _containers(roots: Roots) -> dict[str, Any]:
     root = roots.config_root
     evidence = []
     for rel in (".dockerenv", "run/.containerenv", "run/containerd", "run/k3s"):
-        if _exists(in_root(root, rel)):
+        if _exists(_at(root, rel)):
             evidence.append("/" + rel)
     cgroup = _read(roots.proc("1/cgroup")) or ""
     for word in ("docker", "kubepods", "containerd", "libpod", "lxc"):
@@ -351,12 +360,12 @@ def capture_files(roots: Roots) -> list[tuple[Path, str, str | None]]:
         out.append((roots.proc(rel), f"proc/{rel}", None))
     for rel in (".dockerenv", "run/.containerenv", "etc/openwrt_release", "etc/os-release",
                 "usr/lib/os-release"):
-        out.append((in_root(root, rel), rel, None))
+        out.append((_at(root, rel), rel, None))
     for rel in ("run/systemd/system", "run/openrc", "run/containerd", "run/k3s"):
-        if _exists(in_root(root, rel)):
-            out.append((in_root(root, rel), rel + "/.present", ""))
+        if _exists(_at(root, rel)):
+            out.append((_at(root, rel), rel + "/.present", ""))
     try:
-        for p in sorted(in_root(root, MODULES_D).iterdir()):
+        for p in sorted(_at(root, MODULES_D).iterdir()):
             out.append((p, f"{MODULES_D}/{p.name}", None))
     except OSError:
         pass

@@ -208,3 +208,39 @@ def test_live_process_named_kube_proxy_is_found():
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start a process as another user")
+def test_other_users_process_root_is_skipped_not_an_error():
+    """As an unprivileged user, another user's /proc/PID/root cannot be searched: the
+    kube-proxy is still found from its cmdline, its config file counts as unreadable."""
+    proc = subprocess.Popen(
+        ["bash", "-c", f"exec -a /usr/local/bin/kube-proxy {sys.executable} -c "
+                       "'import time; time.sleep(30)' --config=/var/lib/kube-proxy/config.conf"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if Path(f"/proc/{proc.pid}/cmdline").read_bytes().startswith(b"/usr/local/bin/kube"):
+                break
+            time.sleep(0.05)
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # the child drops to nobody and reports what it saw
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                kp = writers.collect(facts.Roots())["kube_proxy"]
+                os.write(write, json.dumps(kp).encode())
+            except BaseException as e:  # reported to the parent
+                os.write(write, json.dumps({"error": repr(e)}).encode())
+            os._exit(0)
+        os.close(write)
+        os.waitpid(child, 0)
+        with os.fdopen(read) as f:
+            kp = json.loads(f.read())
+        assert "error" not in (kp or {}), kp
+        assert kp["pid"] == proc.pid and kp["config_file"] == "/var/lib/kube-proxy/config.conf"
+        assert kp["config"] is None
+    finally:
+        proc.kill()
+        proc.wait()
