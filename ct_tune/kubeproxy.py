@@ -56,11 +56,14 @@ FIELDS: dict[str, tuple[str, str]] = {
                             "--conntrack-tcp-timeout-close-wait"),
     "udpTimeout": ("nf_conntrack_udp_timeout", "--conntrack-udp-timeout"),
     "udpStreamTimeout": ("nf_conntrack_udp_timeout_stream", "--conntrack-udp-timeout-stream"),
+    "tcpBeLiberal": ("nf_conntrack_tcp_be_liberal", "--conntrack-tcp-be-liberal"),
 }
 #: Flag -> config field, for reading a command line.
 FLAGS: dict[str, str] = {flag: name for name, (_key, flag) in FIELDS.items()}
 DURATION_FIELDS = ("tcpEstablishedTimeout", "tcpCloseWaitTimeout", "udpTimeout",
                    "udpStreamTimeout")
+#: kube-proxy writes 1 when it is true and leaves the key alone otherwise (never 0).
+BOOL_FIELDS = ("tcpBeLiberal",)
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s|us|µs|ns)")
 _UNIT = {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
@@ -85,6 +88,21 @@ def parse_int(text: Any) -> int | None:
         return int(str(text).strip().strip("\"'"))
     except ValueError:
         return None
+
+
+def parse_bool(text: Any) -> int | None:
+    word = str(text).strip().strip("\"'").lower()
+    return {"true": 1, "1": 1, "false": 0, "0": 0}.get(word)
+
+
+def parse_field(field: str, text: Any) -> int | None:
+    """A conntrack setting as written in a config file or on a command line: timeouts in
+    seconds, booleans as 1/0, counts as integers; None when it cannot be read."""
+    if field in DURATION_FIELDS:
+        return parse_duration(str(text))
+    if field in BOOL_FIELDS:
+        return parse_bool(text)
+    return parse_int(text)
 
 
 def parse_version(text: str | None) -> tuple[int, int] | None:
@@ -155,6 +173,8 @@ def resolve(writers: Mapping[str, Any] | None, assume: bool,
         "nf_conntrack_tcp_timeout_close_wait": conf["tcpCloseWaitTimeout"] or None,
         "nf_conntrack_udp_timeout": (conf["udpTimeout"] or None) if udp else None,
         "nf_conntrack_udp_timeout_stream": (conf["udpStreamTimeout"] or None) if udp else None,
+        # tcpBeLiberal came with the UDP timeouts (PR #120354)
+        "nf_conntrack_tcp_be_liberal": 1 if udp and conf["tcpBeLiberal"] else None,
     }
     return {"detected": detected, "source": kp.get("source"), "pid": kp.get("pid"),
             "version": kp.get("version"), "config_file": kp.get("config_file"),
@@ -199,6 +219,13 @@ def _field_for(short: str) -> list[str]:
 def _spell(kp: Mapping[str, Any], field: str, value: int) -> str:
     """One setting, written the way this kube-proxy is configured."""
     dur = field in DURATION_FIELDS
+    if field in BOOL_FIELDS:
+        word = "true" if value else "false"
+        if kp.get("source") == "k3s":
+            return f'"{FIELDS[field][1].lstrip("-")}={word}"'
+        if kp.get("detected") and not kp.get("config_file"):
+            return f"{FIELDS[field][1]}={word}"
+        return f"{field}: {word}"
     if kp.get("source") == "k3s":
         flag = FIELDS[field][1].lstrip("-")
         return f'"{flag}={value}s"' if dur else f'"{flag}={value}"'
@@ -236,6 +263,8 @@ def owns(kp: Mapping[str, Any] | None, short: str, current: Any, wanted: Any,
             per_core = min(per_core, max(1, kp["cap"] // cpus))
         change = (f"{_spell(kp, 'min', target)} and {_spell(kp, 'maxPerCore', per_core)}, "
                   f"or {_spell(kp, 'maxPerCore', 0)} to leave max to sysctl.d")
+    elif fields[0] in BOOL_FIELDS:
+        change = f"{_spell(kp, fields[0], 0)} to leave it to sysctl.d"
     else:
         change = (f"{_spell(kp, fields[0], target)}, or {_spell(kp, fields[0], 0)} to leave "
                   "it to sysctl.d")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -120,10 +119,7 @@ def conntrack_from_flags(flags: dict[str, str]) -> dict[str, int | None]:
     out: dict[str, int | None] = {}
     for flag, field in kubeproxy.FLAGS.items():
         if flag in flags:
-            parse: Callable[[str], int | None] = (kubeproxy.parse_duration
-                                                  if field in kubeproxy.DURATION_FIELDS
-                                                  else kubeproxy.parse_int)
-            out[field] = parse(flags[flag])
+            out[field] = kubeproxy.parse_field(field, flags[flag])
     return out
 
 
@@ -161,9 +157,7 @@ def conntrack_section(text: str) -> dict[str, int | None] | None:
     out: dict[str, int | None] = {}
     for field in kubeproxy.FIELDS:
         if field in pairs:
-            out[field] = (kubeproxy.parse_duration(pairs[field])
-                          if field in kubeproxy.DURATION_FIELDS
-                          else kubeproxy.parse_int(pairs[field]))
+            out[field] = kubeproxy.parse_field(field, pairs[field])
     return out
 
 
