@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ct_tune import sysctld
+from ct_tune import sysctld, writers
 from ct_tune.facts import KEEPALIVE_KEYS, NETFILTER_DIR, Roots, in_root
 
 PROC_FILES = ["meminfo", "uptime", "sys/kernel/arch", "sys/kernel/osrelease",
@@ -66,8 +66,23 @@ def capture(roots: Roots, out: Path) -> int:
     for rel in SYS_FILES:
         _copy(roots.sys(rel), out / "sys" / rel, modes, f"sys/{rel}")
     links = _capture_config(roots.config_root, out, modes)
+    _capture_writers(roots, out, modes)
     (out / "MODES").write_text("".join(f"{m}\n" for m in sorted(modes)))
     return len(modes) + links
+
+
+def _capture_writers(roots: Roots, out: Path, modes: list[str]) -> None:
+    """The evidence of other writers and of the boot system (ct_tune.writers), reduced
+    where it could hold secrets."""
+    for src, rel, text in writers.capture_files(roots):
+        if text is None:
+            _copy(src, out / rel, modes, rel)
+            continue
+        dst = out / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_text(text)
+        os.chmod(dst, 0o644)
+        modes.append(f"{rel} 0644")
 
 
 #: (directories, file suffix, only files that mention this) the facts read, see

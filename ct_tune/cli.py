@@ -20,7 +20,7 @@ import click
 
 # Only what every command needs: the rest (jinja2 through the rule engine, tabulate,
 # the table readers) is imported by the commands that use it, to keep startup short.
-from ct_tune import __version__, facts
+from ct_tune import __version__, facts, writers
 from ct_tune.errors import EXIT_OK, EXIT_UNKNOWN, CtTuneError
 
 if TYPE_CHECKING:
@@ -157,6 +157,7 @@ def gather(roots: facts.Roots, no_sample: bool, sample_limit: int | None,
     from ct_tune import sampler
 
     host = facts.collect(roots)
+    host["writers"] = writers.collect(roots)
     sampler.fill_missing_stat(roots, host)
     dump = roots.proc("net/nf_conntrack")
     # A captured tree without a table dump just has no sample; a live host says why.
