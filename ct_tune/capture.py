@@ -14,6 +14,18 @@ DIR/proc`` finds it.  A symlink stays a symlink (relative, so the tree can move)
 the file it points to is copied at its own path too: the link's name decides the
 reading order (99-sysctl.conf -> ../sysctl.conf), the target is what the admin edits,
 and a link to /dev/null masks a file of the same name.
+
+The tree holds everything ``audit`` reads, so a replay gives the findings the live
+host gave (a test traces the files a live audit opens and checks each has its copy):
+
+* the table dump /proc/net/nf_conntrack, whole, streamed in blocks (memory stays
+  constant): the replay samples the same entries, and ``--sample-limit N`` reads the
+  same first N.  It costs about 150-300 bytes per entry on disk (a million-entry table
+  is some 250 MB); ``--no-table`` leaves it out, and the replay then has no sample,
+  as ``audit --no-sample`` would.
+* what was decided from files a tree cannot carry: nf_conntrack built in (live: the
+  /sys/module directory without initstate) is written as BUILTIN_MARKER; a sysctl
+  on a read-only mount (an unprivileged container's /proc) loses its write bits.
 """
 
 from __future__ import annotations
@@ -22,7 +34,14 @@ import os
 from pathlib import Path
 
 from ct_tune import sysctld
-from ct_tune.facts import KEEPALIVE_KEYS, NETFILTER_DIR, Roots, in_root
+from ct_tune.facts import (
+    BUILTIN_MARKER,
+    KEEPALIVE_KEYS,
+    NETFILTER_DIR,
+    Roots,
+    builtin_module,
+    in_root,
+)
 
 PROC_FILES = ["meminfo", "uptime", "sys/kernel/arch", "sys/kernel/osrelease",
               "sys/kernel/hostname", "net/stat/nf_conntrack", "sys/net/nf_conntrack_max",
@@ -31,6 +50,9 @@ SYS_FILES = ["devices/system/cpu/online", "module/nf_conntrack/parameters/hashsi
              "kernel/slab/nf_conntrack/slab_size", "kernel/slab/nf_conntrack/object_size",
              # present only for a loadable module: tells built-in from modular
              "module/nf_conntrack/initstate"]
+#: the conntrack table the audit samples (ctsource.table_blocks)
+TABLE = "net/nf_conntrack"
+COPY_BLOCK = 1 << 20
 
 
 def _copy(src: Path, dst: Path, keep: list[str], rel: str, filter_lines: str | None = None
@@ -38,6 +60,8 @@ def _copy(src: Path, dst: Path, keep: list[str], rel: str, filter_lines: str | N
     try:
         data = src.read_bytes()
         mode = src.stat().st_mode & 0o777
+        if rel.startswith("proc/sys/") and os.statvfs(src).f_flag & os.ST_RDONLY:
+            mode &= ~0o222  # what facts._writable sees on a read-only mount
     except OSError:
         return
     if filter_lines is not None:
@@ -51,9 +75,27 @@ def _copy(src: Path, dst: Path, keep: list[str], rel: str, filter_lines: str | N
     keep.append(f"{rel} {mode:04o}")
 
 
-def capture(roots: Roots, out: Path) -> int:
-    """Write the tree under out/proc and out/sys; returns the number of files copied."""
+def _copy_stream(src: Path, dst: Path, keep: list[str], rel: str) -> None:
+    """Copy a file of any size in blocks (the table dump: procfs reports size 0)."""
+    try:
+        f = open(src, "rb", buffering=0)  # noqa: SIM115
+        mode = os.fstat(f.fileno()).st_mode & 0o777
+    except OSError:
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with f, open(dst, "wb") as out:
+        while block := f.read(COPY_BLOCK):
+            out.write(block)
+    os.chmod(dst, mode)
+    keep.append(f"{rel} {mode:04o}")
+
+
+def capture(roots: Roots, out: Path, table: bool = True) -> int:
+    """Write the tree under out/proc and out/sys; returns the number of files copied.
+    table: copy the conntrack table dump too (see the module docstring)."""
     modes: list[str] = []
+    if table:
+        _copy_stream(roots.proc(TABLE), out / "proc" / TABLE, modes, f"proc/{TABLE}")
     for rel in PROC_FILES:
         _copy(roots.proc(rel), out / "proc" / rel, modes, f"proc/{rel}")
     _copy(roots.proc("slabinfo"), out / "proc/slabinfo", modes, "proc/slabinfo",
@@ -65,6 +107,12 @@ def capture(roots: Roots, out: Path) -> int:
             _copy(Path(dirpath) / name, out / "proc" / rel, modes, f"proc/{rel}")
     for rel in SYS_FILES:
         _copy(roots.sys(rel), out / "sys" / rel, modes, f"sys/{rel}")
+    loaded = roots.proc(f"{NETFILTER_DIR}/nf_conntrack_max").exists()
+    if builtin_module(roots, loaded):
+        marker = out / "sys" / BUILTIN_MARKER
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("1\n")
+        modes.append(f"sys/{BUILTIN_MARKER} 0644")
     links = _capture_config(roots.config_root, out, modes)
     (out / "MODES").write_text("".join(f"{m}\n" for m in sorted(modes)))
     return len(modes) + links

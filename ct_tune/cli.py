@@ -329,13 +329,16 @@ def collect(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rul
 @cli.command()
 @click.option("--procfs", default="/proc", show_default=True, metavar="DIR")
 @click.option("--sysfs", default="/sys", show_default=True, metavar="DIR")
+@click.option("--no-table", is_flag=True,
+              help="Leave out the conntrack table dump (large on a busy host; the replay "
+              "then has no sample).")
 @click.argument("directory", type=click.Path(file_okay=False))
-def capture(procfs: str, sysfs: str, directory: str) -> None:
+def capture(procfs: str, sysfs: str, no_table: bool, directory: str) -> None:
     """Copy the procfs/sysfs files ct-tune reads into DIRECTORY (replay with --procfs/--sysfs)."""
     from ct_tune.capture import capture as do_capture
 
     out = Path(directory)
-    n = do_capture(facts.Roots(Path(procfs), Path(sysfs)), out)
+    n = do_capture(facts.Roots(Path(procfs), Path(sysfs)), out, table=not no_table)
     click.echo(f"captured {n} files; replay with: ct-tune audit --procfs {out / 'proc'} "
                f"--sysfs {out / 'sys'}", err=True)
 
