@@ -243,11 +243,21 @@ def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_r
     loaded_rules = c.rules()
     with (apply.locked(target, lock_wait) if not dry_run else _nolock()):
         host = gather(c.roots, no_sample, sample_limit, table_source, duration, interval)
+        # In a non-initial network namespace /etc is the host's (ip netns exec) or the
+        # image's (a container): boot applies it to the initial namespace, never this one.
+        persist = root is not None or host["conntrack"]["initial_netns"] is not False
+        if not persist and not live:
+            raise CtTuneError("--no-live in a non-initial network namespace changes nothing: "
+                              "boot applies /etc/sysctl.d to the host's namespace, not this "
+                              "one (give --root DIR to write the files anyway)")
         p = _plan(loaded_rules, host, prof, allow_lower, engine.evaluate(loaded_rules, host, prof))
         files = fragments.render(p, _meta(host, prof.name, name))
-        ch = apply.changes(p, files, target, c.roots.procfs, live)
+        ch = apply.changes(p, files, target, c.roots.procfs, live, persist=persist)
         click.echo(render.changes(ch, p.skips, target, dry_run))
-        _warn_overrides(host, name, p)
+        if persist:
+            _warn_overrides(host, name, p)
+        else:
+            click.echo(render.live_only_note(p.settings))
         if dry_run or ch.empty:
             return
         apply.refuse_if_interrupted(target)
