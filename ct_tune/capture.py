@@ -34,6 +34,7 @@ import os
 from pathlib import Path
 
 from ct_tune import sysctld
+from ct_tune.errors import CtTuneError
 from ct_tune.facts import (
     BUILTIN_MARKER,
     KEEPALIVE_KEYS,
@@ -76,16 +77,38 @@ def _copy(src: Path, dst: Path, keep: list[str], rel: str, filter_lines: str | N
 
 
 def _copy_stream(src: Path, dst: Path, keep: list[str], rel: str) -> None:
-    """Copy a file of any size in blocks (the table dump: procfs reports size 0)."""
+    """Copy a file of any size in blocks (the table dump: procfs reports size 0).
+    Absent or unreadable: skipped, as a live audit would find it.  A failure half way
+    (the disk fills) removes the partial copy: a truncated dump would replay as a
+    smaller table."""
     try:
         f = open(src, "rb", buffering=0)  # noqa: SIM115
         mode = os.fstat(f.fileno()).st_mode & 0o777
     except OSError:
         return
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with f, open(dst, "wb") as out:
-        while block := f.read(COPY_BLOCK):
-            out.write(block)
+    with f:
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            out = open(dst, "wb")  # noqa: SIM115
+        except OSError as e:
+            raise CtTuneError(f"{dst}: cannot write: {e.strerror or e}") from None
+        with out:
+            try:
+                while True:
+                    try:
+                        block = f.read(COPY_BLOCK)
+                    except OSError as e:
+                        raise CtTuneError(f"{src}: cannot read: {e.strerror or e}") from None
+                    if not block:
+                        break
+                    try:
+                        out.write(block)
+                    except OSError as e:
+                        raise CtTuneError(f"{dst}: cannot write: {e.strerror or e}") from None
+            except CtTuneError:
+                out.close()
+                dst.unlink(missing_ok=True)
+                raise
     os.chmod(dst, mode)
     keep.append(f"{rel} {mode:04o}")
 

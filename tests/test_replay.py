@@ -221,3 +221,25 @@ def test_a_read_only_proc_mount_is_read_only_in_the_replay(tree, tmp_path: Path)
     replay = facts.collect(facts.Roots(out / "proc", out / "sys"))["sysctl"]
     assert {k: v["writable"] for k, v in replay.items()} == {
         k: v["writable"] for k, v in live.items()}
+
+
+def test_a_capture_that_runs_out_of_space_says_so_and_leaves_no_truncated_dump(
+        tree, tmp_path: Path):
+    """A truncated table dump would replay as a smaller table: it is removed, and the
+    error is one line naming the file (here the file size limit stands in for a full
+    disk)."""
+    src = tree("defaults-16g")
+    host = facts.collect(src)
+    lines = flowgen.lines({"class": "tcp/ESTABLISHED", "count": 2000}, timeouts_of(host))
+    (src.procfs / "net/nf_conntrack").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "captured"
+    child = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+             "resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536)); "
+             "from ct_tune.cli import main; sys.argv = ['ct-tune', *sys.argv[1:]]; main()")
+    proc = subprocess.run([sys.executable, "-c", child, "capture", *tree_args(src), str(out)],
+                          capture_output=True, text=True, timeout=60, check=False,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 3
+    assert proc.stderr.splitlines() == [
+        f"ct-tune: {out}/proc/net/nf_conntrack: cannot write: File too large"]
+    assert not (out / "proc/net/nf_conntrack").exists()
