@@ -186,7 +186,12 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
         click.echo(text if text else "# ct-tune: nothing this host may set\n", nl=False)
         for skip in p.skips:
             click.echo(f"ct-tune: not in the fragment: {skip.key}: {skip.reason}", err=True)
-        _warn_overrides(host, name, p)
+        if host["conntrack"]["initial_netns"] is False:
+            click.echo("ct-tune: note: not the initial network namespace: boot applies "
+                       "sysctl.d to the host's namespace, not this one; set these in the pod "
+                       "or container spec ('ct-tune apply' here prints how)", err=True)
+        else:
+            _warn_overrides(host, name, p)
     elif explain:
         click.echo(render.explain(result))
     else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -151,9 +152,18 @@ def _live_and_replayed(tmp_path: Path, ns: str | None, *args: str) -> tuple[list
 @pytest.mark.root
 def test_this_host_audits_the_same_live_and_from_its_capture(tmp_path: Path):
     require_netns()
-    live, replayed = _live_and_replayed(tmp_path, None)
+    # This host is not quiet like a namespace: a connection opened or closed between the
+    # capture and the live audit changes the count.  The two must agree on one of three
+    # tries; a replay that misses something differs on every try.
+    tries = 0
+    while tries < 3:
+        tries += 1
+        shutil.rmtree(tmp_path / "tree", ignore_errors=True)
+        live, replayed = _live_and_replayed(tmp_path, None)
+        if replayed == live:
+            break
     assert [f["rule"] for f in replayed] == [f["rule"] for f in live]
-    assert replayed == live
+    assert replayed == live, f"differs on {tries} tries"
     # and the files apply would write are the same (a built-in module needs no
     # modules-load.d or modprobe.d file: the replay must know it is built in)
     out, scratch = tmp_path / "tree", tmp_path / "scratch"
