@@ -26,6 +26,10 @@ host gave (a test traces the files a live audit opens and checks each has its co
 * what was decided from files a tree cannot carry: nf_conntrack built in (live: the
   /sys/module directory without initstate) is written as BUILTIN_MARKER; a sysctl
   on a read-only mount (an unprivileged container's /proc) loses its write bits.
+
+Not recorded: what a kernel without CONFIG_NF_CONNTRACK_PROCFS gives only through
+ctnetlink (``conntrack -L`` and ``-S``, which the live audit falls back to): such a
+tree has neither table nor counters, and its replay says so.
 """
 
 from __future__ import annotations
