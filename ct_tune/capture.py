@@ -27,9 +27,10 @@ host gave (a test traces the files a live audit opens and checks each has its co
   /sys/module directory without initstate) is written as BUILTIN_MARKER; a sysctl
   on a read-only mount (an unprivileged container's /proc) loses its write bits.
 
-Not recorded: what a kernel without CONFIG_NF_CONNTRACK_PROCFS gives only through
-ctnetlink (``conntrack -L`` and ``-S``, which the live audit falls back to): such a
-tree has neither table nor counters, and its replay says so.
+Where the live audit falls back to ``conntrack -L`` (a kernel without
+CONFIG_NF_CONNTRACK_PROCFS, or ``--table-source conntrack``), the capture writes its
+output as the table dump: the table parser reads both formats.  Not recorded: the
+counters such a kernel gives only through ``conntrack -S``.
 """
 
 from __future__ import annotations
@@ -117,12 +118,43 @@ def _copy_stream(src: Path, dst: Path, keep: list[str], rel: str) -> None:
     keep.append(f"{rel} {mode:04o}")
 
 
-def capture(roots: Roots, out: Path, table: bool = True) -> int:
+def _capture_table(roots: Roots, out: Path, modes: list[str], source: str) -> None:
+    """The table the audit samples with the same --table-source: the procfs dump, or on
+    this host, when it has none (or source is "conntrack"), `conntrack -L`, whose lines
+    the table parser reads as well, written where the replay samples."""
+    import shutil
+
+    path = roots.proc(TABLE)
+    dst, rel = out / "proc" / TABLE, f"proc/{TABLE}"
+    if source == "procfs" or not roots.live or (source == "auto" and path.exists()):
+        _copy_stream(path, dst, modes, rel)
+        return
+    if source == "auto" and shutil.which("conntrack") is None:
+        return  # the live audit has no table either (it says why)
+    from ct_tune import ctsource
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with ctsource.table_blocks(roots, "conntrack") as (_, blocks), open(dst, "w") as f:
+            for block in blocks:
+                f.write(block)
+    except OSError as e:
+        dst.unlink(missing_ok=True)
+        raise CtTuneError(f"{dst}: cannot write: {e.strerror or e}") from None
+    except CtTuneError:
+        dst.unlink(missing_ok=True)
+        raise
+    os.chmod(dst, 0o440)
+    modes.append(f"{rel} 0440")
+
+
+def capture(roots: Roots, out: Path, table: bool = True, table_source: str = "auto") -> int:
     """Write the tree under out/proc and out/sys; returns the number of files copied.
-    table: copy the conntrack table dump too (see the module docstring)."""
+    table: copy the conntrack table too, read as the audit's --table-source reads it
+    (see the module docstring)."""
     modes: list[str] = []
     if table:
-        _copy_stream(roots.proc(TABLE), out / "proc" / TABLE, modes, f"proc/{TABLE}")
+        _capture_table(roots, out, modes, table_source)
     for rel in PROC_FILES:
         _copy(roots.proc(rel), out / "proc" / rel, modes, f"proc/{rel}")
     _copy(roots.proc("slabinfo"), out / "proc/slabinfo", modes, "proc/slabinfo",

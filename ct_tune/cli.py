@@ -347,13 +347,19 @@ def collect(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rul
 @click.option("--no-table", is_flag=True,
               help="Leave out the conntrack table dump (large on a busy host; the replay "
               "then has no sample).")
+@click.option("--table-source", type=click.Choice(["auto", "procfs", "conntrack"]),
+              default="auto", show_default=True,
+              help="Read the table as audit's --table-source does: /proc/net/nf_conntrack "
+              "or 'conntrack -L'.")
 @click.argument("directory", type=click.Path(file_okay=False))
-def capture(procfs: str, sysfs: str, no_table: bool, directory: str) -> None:
+def capture(procfs: str, sysfs: str, no_table: bool, table_source: str,
+            directory: str) -> None:
     """Copy the procfs/sysfs files ct-tune reads into DIRECTORY (replay with --procfs/--sysfs)."""
     from ct_tune.capture import capture as do_capture
 
     out = Path(directory)
-    n = do_capture(facts.Roots(Path(procfs), Path(sysfs)), out, table=not no_table)
+    n = do_capture(facts.Roots(Path(procfs), Path(sysfs)), out, table=not no_table,
+                   table_source=table_source)
     click.echo(f"captured {n} files; replay with: ct-tune audit --procfs {out / 'proc'} "
                f"--sysfs {out / 'sys'}", err=True)
 
