@@ -250,7 +250,12 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
         _out(text if text else "# ct-tune: nothing this host may set\n", nl=False)
         for skip in p.skips:
             click.echo(f"ct-tune: not in the fragment: {skip.key}: {skip.reason}", err=True)
-        _warn_overrides(host, name, p)
+        if host["conntrack"]["initial_netns"] is False:
+            click.echo("ct-tune: note: not the initial network namespace: boot applies "
+                       "sysctl.d to the host's namespace, not this one; set these in the pod "
+                       "or container spec ('ct-tune apply' here prints how)", err=True)
+        else:
+            _warn_overrides(host, name, p)
     elif explain:
         _out(render.explain(result))
     else:
@@ -307,11 +312,21 @@ def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_r
     loaded_rules = c.rules()
     with (apply.locked(target, lock_wait) if not dry_run else _nolock()):
         host = gather(c.roots, no_sample, sample_limit, table_source, duration, interval)
+        # In a non-initial network namespace /etc is the host's (ip netns exec) or the
+        # image's (a container): boot applies it to the initial namespace, never this one.
+        persist = root is not None or host["conntrack"]["initial_netns"] is not False
+        if not persist and not live:
+            raise CtTuneError("--no-live in a non-initial network namespace changes nothing: "
+                              "boot applies /etc/sysctl.d to the host's namespace, not this "
+                              "one (give --root DIR to write the files anyway)")
         p = _plan(loaded_rules, host, prof, allow_lower, engine.evaluate(loaded_rules, host, prof))
         files = fragments.render(p, _meta(host, prof.name, name))
-        ch = apply.changes(p, files, target, c.roots.procfs, live)
+        ch = apply.changes(p, files, target, c.roots.procfs, live, persist=persist)
         _out(render.changes(ch, p.skips, target, dry_run))
-        _warn_overrides(host, name, p)
+        if persist:
+            _warn_overrides(host, name, p)
+        else:
+            _out(render.live_only_note(p.settings))
         if dry_run or ch.empty:
             return
         apply.refuse_if_interrupted(target)
@@ -395,13 +410,22 @@ def collect(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rul
 @cli.command()
 @click.option("--procfs", default="/proc", show_default=True, metavar="DIR")
 @click.option("--sysfs", default="/sys", show_default=True, metavar="DIR")
+@click.option("--no-table", is_flag=True,
+              help="Leave out the conntrack table dump (large on a busy host; the replay "
+              "then has no sample).")
+@click.option("--table-source", type=click.Choice(["auto", "procfs", "conntrack"]),
+              default="auto", show_default=True,
+              help="Read the table as audit's --table-source does: /proc/net/nf_conntrack "
+              "or 'conntrack -L'.")
 @click.argument("directory", type=click.Path(file_okay=False))
-def capture(procfs: str, sysfs: str, directory: str) -> None:
+def capture(procfs: str, sysfs: str, no_table: bool, table_source: str,
+            directory: str) -> None:
     """Copy the procfs/sysfs files ct-tune reads into DIRECTORY (replay with --procfs/--sysfs)."""
     from ct_tune.capture import capture as do_capture
 
     out = Path(directory)
-    n = do_capture(facts.Roots(Path(procfs), Path(sysfs)), out)
+    n = do_capture(facts.Roots(Path(procfs), Path(sysfs)), out, table=not no_table,
+                   table_source=table_source)
     click.echo(f"captured {n} files; replay with: ct-tune audit --procfs {out / 'proc'} "
                f"--sysfs {out / 'sys'}", err=True)
 

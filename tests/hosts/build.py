@@ -146,6 +146,21 @@ def build() -> None:
     for key in ("nf_conntrack_max", "nf_conntrack_buckets", "nf_conntrack_expect_max"):
         t.set(f"{NF}/{key}", (t.root / NF / key).read_text(), mode=0o444)
     t.remove("proc/sys/net/nf_conntrack_max").remove("proc/slabinfo")
+    t.remove(f"{NF}/nf_log_all_netns")  # registered in init_net only (nf_log.c)
+
+    # 'ip netns exec NS' on a host: a non-initial network namespace that sees the host's
+    # /etc.  Checked against 'ip netns exec NS ct-tune capture' on the 6.18 VM: the global
+    # keys 0444, no net.nf_conntrack_max and no nf_log_all_netns (initial namespace only),
+    # slabinfo and module parameters readable (root), the table (max 524288) as the
+    # host's sysctl.d sets it.  That sysctl.d also sets the established timeout, which
+    # boot applies to the host's namespace: here it is the kernel default.
+    t = Tree("netns-exec").host(mem_kb=16337060).table(max_=524288, buckets=262144, count=40)
+    for key in ("nf_conntrack_max", "nf_conntrack_buckets", "nf_conntrack_expect_max"):
+        t.set(f"{NF}/{key}", (t.root / NF / key).read_text(), mode=0o444)
+    t.remove("proc/sys/net/nf_conntrack_max").remove(f"{NF}/nf_log_all_netns")
+    t.set("etc/sysctl.d/90-conntrack.conf", "net.netfilter.nf_conntrack_max = 524288\n"
+          "net.netfilter.nf_conntrack_tcp_timeout_established = 86400\n")
+    t.set("etc/modules-load.d/nf_conntrack.conf", "nf_conntrack\n")
 
     # Corrupt value: nf_conntrack_max holds garbage.
     Tree("corrupt-values").host(mem_kb=16337060).nf("nf_conntrack_max", "26214x4")
