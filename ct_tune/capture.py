@@ -21,9 +21,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ct_tune import sysctld
+from ct_tune import safeio, sysctld
 from ct_tune.facts import KEEPALIVE_KEYS, NETFILTER_DIR, Roots, in_root
 
+#: procfs tables among PROC_FILES: more than one value (see safeio.PROC_TABLE)
+PROC_TABLES = {"meminfo", "net/stat/nf_conntrack", "slabinfo"}
 PROC_FILES = ["meminfo", "uptime", "sys/kernel/arch", "sys/kernel/osrelease",
               "sys/kernel/hostname", "net/stat/nf_conntrack", "sys/net/nf_conntrack_max",
               *(f"sys/net/ipv4/{k}" for k in KEEPALIVE_KEYS)]
@@ -33,13 +35,18 @@ SYS_FILES = ["devices/system/cpu/online", "module/nf_conntrack/parameters/hashsi
              "module/nf_conntrack/initstate"]
 
 
-def _copy(src: Path, dst: Path, keep: list[str], rel: str, filter_lines: str | None = None
-          ) -> None:
-    try:
-        data = src.read_bytes()
-        mode = src.stat().st_mode & 0o777
-    except OSError:
+def _copy(src: Path, dst: Path, keep: list[str], rel: str, filter_lines: str | None = None,
+          bound: safeio.Bound = safeio.VALUE) -> None:
+    """Copy one file as read; one that is missing or unreadable is left out (the facts
+    treat it as absent too), one that is not a regular file or too large is an error."""
+    fd = safeio.open_regular(src, missing_ok=True, denied_ok=True)
+    if fd is None:
         return
+    try:
+        mode = os.fstat(fd).st_mode & 0o777
+        data = safeio.read_fd(fd, src, bound)
+    finally:
+        os.close(fd)
     if filter_lines is not None:
         lines = data.decode(errors="replace").splitlines(keepends=True)
         data = "".join(ln for ln in lines[:2] if ln.startswith(("slabinfo", "#"))
@@ -55,9 +62,10 @@ def capture(roots: Roots, out: Path) -> int:
     """Write the tree under out/proc and out/sys; returns the number of files copied."""
     modes: list[str] = []
     for rel in PROC_FILES:
-        _copy(roots.proc(rel), out / "proc" / rel, modes, f"proc/{rel}")
+        _copy(roots.proc(rel), out / "proc" / rel, modes, f"proc/{rel}",
+              bound=safeio.PROC_TABLE if rel in PROC_TABLES else safeio.VALUE)
     _copy(roots.proc("slabinfo"), out / "proc/slabinfo", modes, "proc/slabinfo",
-          filter_lines="nf_conntrack ")
+          filter_lines="nf_conntrack ", bound=safeio.PROC_TABLE)
     base = roots.proc(NETFILTER_DIR)
     for dirpath, _dirs, files in os.walk(base):
         for name in sorted(files):
@@ -96,11 +104,10 @@ def config_files(root: Path) -> list[str]:
                 continue
             for name in names:
                 if mention is not None:
-                    try:
-                        text = in_root(root, f"{d}/{name}").read_text(errors="replace")
-                    except OSError:
-                        continue
-                    if mention not in text:
+                    real_file = in_root(root, f"{d}/{name}")
+                    data = (b"" if real_file == root / "dev/null" else safeio.read_bytes(
+                        real_file, safeio.CONFIG, missing_ok=True, denied_ok=True))
+                    if data is None or mention.encode() not in data:
                         continue
                 rels.append(f"{d}/{name}")
     rels += [rel for rel in CONFIG_FILES if (root / rel).exists() or (root / rel).is_symlink()]
@@ -119,7 +126,7 @@ def _capture_config(root: Path, out: Path, modes: list[str]) -> int:
         dst = out / rel
         real = in_root(root, rel)
         if not is_link[rel]:
-            _copy(real, dst, modes, rel)
+            _copy(real, dst, modes, rel, bound=safeio.CONFIG)
             continue
         if real == root / "dev/null":
             target = "/dev/null"
@@ -128,10 +135,10 @@ def _capture_config(root: Path, out: Path, modes: list[str]) -> int:
         elif real.is_file() and real.relative_to(root).parts[0] not in ("proc", "sys"):
             # the file the link names is part of the configuration: copy it where it is
             copied[real] = real.relative_to(root).as_posix()
-            _copy(real, out / copied[real], modes, copied[real])
+            _copy(real, out / copied[real], modes, copied[real], bound=safeio.CONFIG)
             target = os.path.relpath(out / copied[real], dst.parent)
         else:
-            _copy(real, dst, modes, rel)
+            _copy(real, dst, modes, rel, bound=safeio.CONFIG)
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         if dst.is_symlink() or dst.exists():
@@ -146,7 +153,8 @@ def apply_modes(tree: Path) -> None:
     manifest = tree / "MODES"
     if not manifest.exists():
         return
-    for line in manifest.read_text().splitlines():
+    text = safeio.read_text(manifest, safeio.CONFIG) or ""
+    for line in text.splitlines():
         rel, _, mode = line.rpartition(" ")
         target = tree / rel
         if rel and target.exists():
