@@ -29,8 +29,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, BinaryIO, TextIO
 
-from ct_tune.errors import CtTuneError
+from ct_tune import safeio
+from ct_tune.errors import CtTuneError, InputError
 from ct_tune.facts import Roots
+from ct_tune.flowparse import MAX_LINE
 
 CONNTRACK_TIMEOUT = 300
 
@@ -56,10 +58,16 @@ def table_blocks(roots: Roots, source: str = "auto") -> Iterator[tuple[str, Iter
     """
     path = roots.proc("net/nf_conntrack")
     if source == "procfs" or (source == "auto" and path.exists()):
+        # A FIFO, device or directory in its place is refused before anything reads it
+        # (the live file is a regular procfs file); missing or unreadable says why.
         try:
-            f = open(path, "rb", buffering=0)  # noqa: SIM115
-        except OSError as e:
-            raise SourceError(f"{path}: cannot read: {e.strerror}") from None
+            fd = safeio.open_regular(path)
+        except InputError as e:
+            if e.problem.startswith("not a regular file"):
+                raise
+            raise SourceError(str(e)) from None
+        assert fd is not None
+        f = open(fd, "rb", buffering=0)  # noqa: SIM115
         with f, _procfs_text(f, path) as text:
             yield str(path), _blocks(text)
         return
@@ -128,15 +136,32 @@ def _grow_pipe(stream: IO) -> None:
 
 
 def _blocks(text: TextIO) -> Iterator[str]:
-    """Blocks of whole lines from a text stream: lines are never split between blocks."""
+    """Blocks of whole lines from a text stream: lines are never split between blocks.
+
+    A line longer than MAX_LINE characters (no conntrack entry comes near it) is passed
+    on cut to MAX_LINE + 1 characters, which the parsers count as one malformed line,
+    and the rest of it is skipped as it arrives: memory stays bounded even when a
+    "line" never ends (a stream of NULs), and no character is searched twice.
+    """
     pending = ""
+    skipping = False  # inside an over-long line whose start was already passed on
     while chunk := text.read(BLOCK_CHARS):
+        if skipping:
+            nl = chunk.find("\n")
+            if nl < 0:
+                continue
+            chunk = chunk[nl + 1:]
+            skipping = False
         if pending:
             chunk = pending + chunk
         cut = chunk.rfind("\n") + 1
         pending = chunk[cut:]
         if cut:
             yield chunk[:cut]
+        if len(pending) > MAX_LINE:
+            yield pending[:MAX_LINE + 1] + "\n"
+            pending = ""
+            skipping = True
     if pending:
         yield pending
 
@@ -152,7 +177,7 @@ def conntrack_stats(exe: str) -> dict:
             continue
         cpus += 1
         for k, v in fields.items():
-            if k != "cpu" and v.isdigit():
+            if k != "cpu" and v.isdigit() and len(v) <= 20:  # a 64-bit counter
                 totals[k] = totals.get(k, 0) + int(v)
     return {"source": f"{exe} -S (ctnetlink)", "columns": sorted(totals), "cpus": cpus,
             "entries": 0, "counters": totals}
