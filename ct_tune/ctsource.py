@@ -135,7 +135,7 @@ def _grow_pipe(stream: IO) -> None:
         fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
 
-def _blocks(text: TextIO) -> Iterator[str]:
+def _blocks(text: TextIO, size: int = BLOCK_CHARS) -> Iterator[str]:
     """Blocks of whole lines from a text stream: lines are never split between blocks.
 
     A line longer than MAX_LINE characters (no conntrack entry comes near it) is passed
@@ -144,14 +144,19 @@ def _blocks(text: TextIO) -> Iterator[str]:
     "line" never ends (a stream of NULs), and no character is searched twice.
     """
     pending = ""
-    skipping = False  # inside an over-long line whose start was already passed on
-    while chunk := text.read(BLOCK_CHARS):
-        if skipping:
+    head: str | None = None  # the start of an over-long line whose end is being skipped
+    blank = True             # ... and whether it is all whitespace so far
+    while chunk := text.read(size):
+        if head is not None:
             nl = chunk.find("\n")
+            rest = chunk if nl < 0 else chunk[:nl]
+            if blank and rest and not rest.isspace():
+                blank = False
             if nl < 0:
                 continue
+            yield from _cut(head, blank)
+            head = None
             chunk = chunk[nl + 1:]
-            skipping = False
         if pending:
             chunk = pending + chunk
         cut = chunk.rfind("\n") + 1
@@ -159,11 +164,20 @@ def _blocks(text: TextIO) -> Iterator[str]:
         if cut:
             yield chunk[:cut]
         if len(pending) > MAX_LINE:
-            yield pending[:MAX_LINE + 1] + "\n"
-            pending = ""
-            skipping = True
+            head, pending = pending[:MAX_LINE + 1], ""
+            blank = head.isspace()
+    if head is not None:
+        yield from _cut(head, blank)
     if pending:
         yield pending
+
+
+def _cut(head: str, blank: bool) -> Iterator[str]:
+    """The stand-in for an over-long line: none for a blank one (blank lines are not
+    entries), else MAX_LINE + 1 characters that are not all whitespace."""
+    if blank:
+        return
+    yield (head if not head.isspace() else head[:MAX_LINE] + "\ufffd") + "\n"
 
 
 def conntrack_stats(exe: str) -> dict:

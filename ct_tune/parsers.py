@@ -94,11 +94,15 @@ def parse_meminfo(text: str) -> dict[str, int]:
 
 
 def parse_cpu_list(text: str) -> list[int]:
-    """A kernel CPU list such as '0-3,8,10-11'."""
-    cpus: list[int] = []
+    """A kernel CPU list such as '0-3,8,10-11', each CPU once, in order.
+
+    The ranges are merged before they are expanded, so the work and the result stay
+    within MAX_CPUS however many (overlapping) ranges a corrupt file repeats.
+    """
     value = text.strip()
     if not value:
-        return cpus
+        return []
+    spans: list[tuple[int, int]] = []
     for part in value.split(","):
         m = re.fullmatch(r"(\d+)(?:-(\d+))?", part.strip())
         if not m:
@@ -106,10 +110,14 @@ def parse_cpu_list(text: str) -> list[int]:
         lo = _int(m.group(1))
         hi = _int(m.group(2)) if m.group(2) else lo
         if hi < lo:
-            raise ValueError(f"CPU range {part!r} runs backwards")
+            raise ValueError(f"CPU range {part[:40]!r} runs backwards")
         if hi >= MAX_CPUS:
             raise ValueError(f"CPU {hi} is beyond any kernel's CPU count (under {MAX_CPUS})")
-        cpus.extend(range(lo, hi + 1))
+        spans.append((lo, hi))
+    cpus: list[int] = []
+    for lo, hi in sorted(spans):
+        start = max(lo, cpus[-1] + 1) if cpus else lo
+        cpus.extend(range(start, hi + 1))
     return cpus
 
 
