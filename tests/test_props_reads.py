@@ -31,6 +31,8 @@ GOOD = (HEAD + "src=10.0.0.2 dst=10.0.0.1 sport=2 dport=1 [ASSURED] mark=0 use=1
 NO_USE = HEAD + "[ASSURED] mark=0 zone=5 " * (800_000 // 24) + "\n"
 #: A 2 MB line of digits: far past Python's 4300-digit int() limit.
 DIGITS = "1" * 2_000_000 + "\n"
+#: A plain entry but for its 5000-digit timeout (an internal error in the block path once).
+BIG_TTL = GOOD.replace(" 431999 ", f" {'9' * 5000} ")
 
 
 def _text_lines(data: bytes) -> list[str]:
@@ -64,18 +66,19 @@ def _nonblank(data: bytes) -> int:
 
 def test_pathological_lines_are_malformed_within_a_short_timeout():
     """Both parsers in a child process with a 10 s timeout (the block parser took 61 s on
-    the 800 KB line alone): each long line is one malformed line, the good ones count."""
+    the 800 KB line alone; the 5000-digit timeout raised): each long line is one
+    malformed line, the good ones count."""
     script = textwrap.dedent(f"""
         import io, json, sys
         sys.path.insert(0, {str(ROOT / "tests")!r})
-        from test_props_reads import GOOD, NO_USE, DIGITS, _by_lines, _by_blocks
-        data = (GOOD + NO_USE + GOOD + DIGITS + GOOD).encode()
+        from test_props_reads import GOOD, BIG_TTL, NO_USE, DIGITS, _by_lines, _by_blocks
+        data = (GOOD + BIG_TTL + GOOD + NO_USE + GOOD + DIGITS + GOOD).encode()
         out = [(s.entries, s.malformed) for s in (_by_lines(data), _by_blocks(data))]
         print(json.dumps(out))
         """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=10, check=True, cwd=ROOT)
-    assert json.loads(proc.stdout) == [[3, 2], [3, 2]]
+    assert json.loads(proc.stdout) == [[4, 3], [4, 3]]
 
 
 def test_a_line_that_never_ends_is_read_in_bounded_memory():
