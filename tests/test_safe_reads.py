@@ -109,8 +109,8 @@ def _target(name: str, tree, tmp_path: Path) -> tuple[Path, list[str]]:
     raise AssertionError(name)
 
 
-TARGETS = ["sysctl", "keepalive", "meminfo", "sysfs", "capture", "stat", "table", "rule", "profile", "facts",
-           "sysctl.d", "state"]
+TARGETS = ["sysctl", "keepalive", "meminfo", "sysfs", "capture", "stat", "table", "rule",
+           "profile", "facts", "sysctl.d", "state"]
 # net/netfilter is walked: a directory there is a directory of sysctls (nf_log is one), so a
 # directory named nf_conntrack_max means that key is missing, not a special file.
 CASES = [(t, k) for t in TARGETS for k in KINDS if (t, k) != ("sysctl", "directory")]
