@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ct_tune import fragments
+from ct_tune import fragments, safeio
 from ct_tune.atomic import write_atomic
-from ct_tune.errors import EXIT_BUSY, EXIT_RESTORE_FAILED, CtTuneError
+from ct_tune.errors import EXIT_BUSY, EXIT_RESTORE_FAILED, CtTuneError, InputError
 from ct_tune.plan import Plan
 
 STATE_DIR = "var/lib/ct-tune"
@@ -93,13 +93,9 @@ def sysctl_path(procfs: Path, key: str) -> Path:
     return procfs / "sys" / key.replace(".", "/")
 
 
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as e:
-        raise CtTuneError(f"{path}: cannot read: {e.strerror or e}") from None
+def _read_text(path: Path, bound: safeio.Bound = safeio.CONFIG) -> str | None:
+    """A file or live value as it is now; None when it does not exist."""
+    return safeio.read_text(path, bound, missing_ok=True)
 
 
 def _same(live: str, wanted: Any) -> bool:
@@ -128,7 +124,7 @@ def changes(plan: Plan, files: dict[str, str], root: Path, procfs: Path,
     if live:
         for s in plan.settings:
             path = sysctl_path(procfs, s.key)
-            current = _read_text(path)
+            current = _read_text(path, safeio.VALUE)
             if current is None:
                 raise CtTuneError(f"{path}: missing: is nf_conntrack loaded?")
             if _same(current, s.value):
@@ -181,7 +177,10 @@ def _write_live(path: str, value: str) -> None:
             f.write(value + "\n")
     except OSError as e:
         raise OSError(e.errno, e.strerror or str(e)) from None
-    back = Path(path).read_text()
+    try:
+        back = safeio.read_text(path, safeio.VALUE) or ""
+    except InputError as e:  # an OSError to the transaction, which then restores
+        raise OSError(errno.EIO, e.problem) from None
     if not _same(back, value):
         raise OSError(errno.EIO, f"read back {back.strip()!r}, wrote {value!r}")
 
@@ -323,7 +322,7 @@ def state_path(root: Path) -> Path:
 
 def load_state(root: Path) -> dict[str, Any]:
     path = state_path(root)
-    text = _read_text(path)
+    text = _read_text(path, safeio.STATE)
     if text is None:
         raise CtTuneError(f"{path}: no saved state: nothing to roll back")
     try:
@@ -353,7 +352,7 @@ def rollback_changes(root: Path, procfs: Path) -> Changes:
             ch.files.append(FileChange(rel, now, old))
     for saved in state["live"]:
         path = sysctl_path(procfs, saved.key)
-        now = _read_text(path)
+        now = _read_text(path, safeio.VALUE)
         if now is None:
             raise CtTuneError(f"{path}: missing: is nf_conntrack loaded?")
         if not _same(now, saved.new):

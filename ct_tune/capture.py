@@ -38,7 +38,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ct_tune import sysctld, writers
+from ct_tune import safeio, sysctld, writers
 from ct_tune.errors import CtTuneError
 from ct_tune.facts import (
     BUILTIN_MARKER,
@@ -49,6 +49,8 @@ from ct_tune.facts import (
     in_root,
 )
 
+#: procfs tables among PROC_FILES: more than one value (see safeio.PROC_TABLE)
+PROC_TABLES = {"meminfo", "net/stat/nf_conntrack", "slabinfo"}
 PROC_FILES = ["meminfo", "uptime", "sys/kernel/arch", "sys/kernel/osrelease",
               "sys/kernel/hostname", "net/stat/nf_conntrack", "sys/net/nf_conntrack_max",
               *(f"sys/net/ipv4/{k}" for k in KEEPALIVE_KEYS)]
@@ -61,15 +63,20 @@ TABLE = "net/nf_conntrack"
 COPY_BLOCK = 1 << 20
 
 
-def _copy(src: Path, dst: Path, keep: list[str], rel: str, filter_lines: str | None = None
-          ) -> None:
-    try:
-        data = src.read_bytes()
-        mode = src.stat().st_mode & 0o777
-        if rel.startswith("proc/sys/") and os.statvfs(src).f_flag & os.ST_RDONLY:
-            mode &= ~0o222  # what facts._writable sees on a read-only mount
-    except OSError:
+def _copy(src: Path, dst: Path, keep: list[str], rel: str, filter_lines: str | None = None,
+          bound: safeio.Bound = safeio.VALUE) -> None:
+    """Copy one file as read; one that is missing or unreadable is left out (the facts
+    treat it as absent too), one that is not a regular file or too large is an error."""
+    fd = safeio.open_regular(src, missing_ok=True, denied_ok=True)
+    if fd is None:
         return
+    try:
+        mode = os.fstat(fd).st_mode & 0o777
+        if rel.startswith("proc/sys/") and os.fstatvfs(fd).f_flag & os.ST_RDONLY:
+            mode &= ~0o222  # what facts._writable sees on a read-only mount
+        data = safeio.read_fd(fd, src, bound)
+    finally:
+        os.close(fd)
     if filter_lines is not None:
         lines = data.decode(errors="replace").splitlines(keepends=True)
         data = "".join(ln for ln in lines[:2] if ln.startswith(("slabinfo", "#"))
@@ -86,11 +93,11 @@ def _copy_stream(src: Path, dst: Path, keep: list[str], rel: str) -> None:
     Absent or unreadable: skipped, as a live audit would find it.  A failure half way
     (the disk fills) removes the partial copy: a truncated dump would replay as a
     smaller table."""
-    try:
-        f = open(src, "rb", buffering=0)  # noqa: SIM115
-        mode = os.fstat(f.fileno()).st_mode & 0o777
-    except OSError:
+    fd = safeio.open_regular(src, missing_ok=True, denied_ok=True)
+    if fd is None:
         return
+    f = os.fdopen(fd, "rb", buffering=0)
+    mode = os.fstat(fd).st_mode & 0o777
     with f:
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -156,9 +163,10 @@ def capture(roots: Roots, out: Path, table: bool = True, table_source: str = "au
     if table:
         _capture_table(roots, out, modes, table_source)
     for rel in PROC_FILES:
-        _copy(roots.proc(rel), out / "proc" / rel, modes, f"proc/{rel}")
+        _copy(roots.proc(rel), out / "proc" / rel, modes, f"proc/{rel}",
+              bound=safeio.PROC_TABLE if rel in PROC_TABLES else safeio.VALUE)
     _copy(roots.proc("slabinfo"), out / "proc/slabinfo", modes, "proc/slabinfo",
-          filter_lines="nf_conntrack ")
+          filter_lines="nf_conntrack ", bound=safeio.PROC_TABLE)
     base = roots.proc(NETFILTER_DIR)
     for dirpath, _dirs, files in os.walk(base):
         for name in sorted(files):
@@ -218,11 +226,10 @@ def config_files(root: Path) -> list[str]:
                 continue
             for name in names:
                 if mention is not None:
-                    try:
-                        text = in_root(root, f"{d}/{name}").read_text(errors="replace")
-                    except OSError:
-                        continue
-                    if mention not in text:
+                    real_file = in_root(root, f"{d}/{name}")
+                    data = (b"" if real_file == root / "dev/null" else safeio.read_bytes(
+                        real_file, safeio.CONFIG, missing_ok=True, denied_ok=True))
+                    if data is None or mention.encode() not in data:
                         continue
                 rels.append(f"{d}/{name}")
     rels += [rel for rel in CONFIG_FILES if (root / rel).exists() or (root / rel).is_symlink()]
@@ -241,7 +248,7 @@ def _capture_config(root: Path, out: Path, modes: list[str]) -> int:
         dst = out / rel
         real = in_root(root, rel)
         if not is_link[rel]:
-            _copy(real, dst, modes, rel)
+            _copy(real, dst, modes, rel, bound=safeio.CONFIG)
             continue
         if real == root / "dev/null":
             target = "/dev/null"
@@ -250,10 +257,10 @@ def _capture_config(root: Path, out: Path, modes: list[str]) -> int:
         elif real.is_file() and real.relative_to(root).parts[0] not in ("proc", "sys"):
             # the file the link names is part of the configuration: copy it where it is
             copied[real] = real.relative_to(root).as_posix()
-            _copy(real, out / copied[real], modes, copied[real])
+            _copy(real, out / copied[real], modes, copied[real], bound=safeio.CONFIG)
             target = os.path.relpath(out / copied[real], dst.parent)
         else:
-            _copy(real, dst, modes, rel)
+            _copy(real, dst, modes, rel, bound=safeio.CONFIG)
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         if dst.is_symlink() or dst.exists():
@@ -268,7 +275,8 @@ def apply_modes(tree: Path) -> None:
     manifest = tree / "MODES"
     if not manifest.exists():
         return
-    for line in manifest.read_text().splitlines():
+    text = safeio.read_text(manifest, safeio.CONFIG) or ""
+    for line in text.splitlines():
         rel, _, mode = line.rpartition(" ")
         target = tree / rel
         if rel and target.exists():

@@ -20,7 +20,7 @@ import click
 
 # Only what every command needs: the rest (jinja2 through the rule engine, tabulate,
 # the table readers) is imported by the commands that use it, to keep startup short.
-from ct_tune import __version__, facts, writers
+from ct_tune import __version__, facts, safeio, writers
 from ct_tune.errors import EXIT_OK, EXIT_UNKNOWN, CtTuneError
 
 if TYPE_CHECKING:
@@ -454,7 +454,7 @@ def rules_show(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_
     for r in _ctx(procfs, sysfs, rules_dirs, no_builtin_rules).rules():
         if r.id == rule_id:
             _out(f"# {r.path}")
-            _out(Path(r.path).read_text(encoding="utf-8"), nl=False)
+            _out(safeio.read_text(r.path, safeio.RULE), nl=False)
             return
     raise CtTuneError(f"no rule with id {rule_id!r} (see 'ct-tune rules list')")
 
