@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 from ct_tune import sysctld
+from ct_tune.errors import InputError
 from ct_tune.facts import KEEPALIVE_KEYS, NETFILTER_DIR, Roots, in_root
 
 PROC_FILES = ["meminfo", "uptime", "sys/kernel/arch", "sys/kernel/osrelease",
@@ -45,14 +46,40 @@ def _copy(src: Path, dst: Path, keep: list[str], rel: str, filter_lines: str | N
         data = "".join(ln for ln in lines[:2] if ln.startswith(("slabinfo", "#"))
                        ).encode() + "".join(ln for ln in lines if ln.startswith(filter_lines)
                                             ).encode()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.write_bytes(data)
-    os.chmod(dst, mode)
+    _write(dst, data, mode)
     keep.append(f"{rel} {mode:04o}")
+
+
+def _write(dst: Path, data: bytes, mode: int) -> None:
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(data)
+        os.chmod(dst, mode)
+    except OSError as e:
+        raise InputError(str(dst), f"cannot write: {e.strerror or e}") from None
+
+
+def _prepare(out: Path) -> None:
+    """DIRECTORY itself is created, its parents are not: a mistyped path is an error,
+    not a tree of new directories made by root."""
+    try:
+        out.mkdir(exist_ok=True)
+    except FileNotFoundError:
+        raise InputError(str(out), "cannot create the directory: its parent does not exist"
+                         ) from None
+    except FileExistsError:
+        raise InputError(str(out), "not a directory") from None
+    except OSError as e:
+        raise InputError(str(out), f"cannot create the directory: {e.strerror or e}"
+                         ) from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise InputError(str(out), "cannot write into the directory: permission denied or "
+                         "read-only")
 
 
 def capture(roots: Roots, out: Path) -> int:
     """Write the tree under out/proc and out/sys; returns the number of files copied."""
+    _prepare(out)
     modes: list[str] = []
     for rel in PROC_FILES:
         _copy(roots.proc(rel), out / "proc" / rel, modes, f"proc/{rel}")
@@ -66,7 +93,7 @@ def capture(roots: Roots, out: Path) -> int:
     for rel in SYS_FILES:
         _copy(roots.sys(rel), out / "sys" / rel, modes, f"sys/{rel}")
     links = _capture_config(roots.config_root, out, modes)
-    (out / "MODES").write_text("".join(f"{m}\n" for m in sorted(modes)))
+    _write(out / "MODES", "".join(f"{m}\n" for m in sorted(modes)).encode(), 0o644)
     return len(modes) + links
 
 
@@ -133,10 +160,13 @@ def _capture_config(root: Path, out: Path, modes: list[str]) -> int:
         else:
             _copy(real, dst, modes, rel)
             continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if dst.is_symlink() or dst.exists():
-            dst.unlink()
-        os.symlink(target, dst)
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if dst.is_symlink() or dst.exists():
+                dst.unlink()
+            os.symlink(target, dst)
+        except OSError as e:
+            raise InputError(str(dst), f"cannot write: {e.strerror or e}") from None
         made += 1
     return made
 
