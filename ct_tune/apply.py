@@ -347,7 +347,8 @@ def execute(ch: Changes, root: Path, procfs: Path, version: str, save: bool = Tr
     """Run the transaction (the caller holds the lock); return the state file path.
     A rollback runs the same transaction without saving a new state.  `temps` names
     further files whose stale temporary files are removed first."""
-    clean_temps(root, [*temps, *(f.rel for f in ch.files)])
+    clean_temps(root, [*temps, *(f.rel for f in ch.files),
+                       *(f"{STATE_DIR}/{name}" for name in (PENDING_FILE, STATE_FILE))])
     pending = save_state(root, ch, procfs, version) if save else None
     done: list[LiveChange] = []
     for change in ch.live:
