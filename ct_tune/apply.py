@@ -153,7 +153,7 @@ def put_file(root: Path, rel: str, text: str | None) -> None:
     with atomic.directory(root, directory, create=text is not None) as fd:
         if fd is None:
             return
-        kind = atomic.kind_at(fd, name)
+        kind = atomic.kind_at(fd, name, root / rel)
         if kind == "link":
             raise atomic.link_refused(root / rel)
         if kind == "other":
@@ -367,28 +367,35 @@ def execute(ch: Changes, root: Path, procfs: Path, version: str, save: bool = Tr
         try:
             put_file(root, f.rel, f.new)
         except CtTuneError as e:
-            undo_failed = []
-            for w in reversed(written):
-                try:
-                    put_file(root, w.rel, w.old)
-                except CtTuneError as e2:
-                    undo_failed.append(str(e2))
-            restored, failed = _restore_live(procfs, done)
-            _drop(root, pending, failed + undo_failed)
-            _fail(f"{root / f.rel}: cannot write: {e}", restored, failed + undo_failed,
-                  files_note=f"{len(written)} file(s) written before it were restored"
-                  if written else "no file was changed")
+            _undo(root, procfs, pending, written, done, f"{root / f.rel}: cannot write: {e}")
         written.append(f)
     if pending is None:
         return None
-    with atomic.directory(root, STATE_DIR) as fd:
-        try:
+    try:
+        with atomic.directory(root, STATE_DIR) as fd:
             os.rename(PENDING_FILE, STATE_FILE, src_dir_fd=fd, dst_dir_fd=fd)
             os.fsync(fd)
-        except OSError as e:
-            raise CtTuneError(f"{pending}: applied, but cannot rename it to {STATE_FILE}: "
-                              f"{e.strerror or e}; 'ct-tune rollback' restores it") from None
+    except (OSError, CtTuneError) as e:
+        why = e.strerror if isinstance(e, OSError) else str(e)
+        _undo(root, procfs, pending, written, done,
+              f"{pending}: cannot rename it to {STATE_FILE}: {why}")
     return root / STATE_DIR / STATE_FILE
+
+
+def _undo(root: Path, procfs: Path, pending: Path | None, written: list[FileChange],
+          done: list[LiveChange], what: str) -> None:
+    """Put back the files already written and every live value, then fail."""
+    undo_failed = []
+    for w in reversed(written):
+        try:
+            put_file(root, w.rel, w.old)
+        except CtTuneError as e2:
+            undo_failed.append(str(e2))
+    restored, failed = _restore_live(procfs, done)
+    _drop(root, pending, failed + undo_failed)
+    _fail(what, restored, failed + undo_failed,
+          files_note=f"{len(written)} file(s) written before it were restored"
+          if written else "no file was changed")
 
 
 def _drop(root: Path, pending: Path | None, failed: list[str]) -> None:
@@ -412,7 +419,7 @@ def _fail(what: str, restored: list[str], failed: list[str], files_note: str) ->
 
 def _state_entry(root: Path, name: str) -> str | None:
     with atomic.directory(root, STATE_DIR) as fd:
-        return None if fd is None else atomic.kind_at(fd, name)
+        return None if fd is None else atomic.kind_at(fd, name, root / STATE_DIR / name)
 
 
 def refuse_if_interrupted(root: Path) -> None:

@@ -147,12 +147,14 @@ def read_at(fd: int, name: str, path: Path | str, limit: int) -> bytes | None:
         os.close(f)
 
 
-def kind_at(fd: int, name: str) -> str | None:
+def kind_at(fd: int, name: str, path: Path | str | None = None) -> str | None:
     """'file', 'link', 'other' or None (missing), without following a link."""
     try:
         st = os.stat(name, dir_fd=fd, follow_symlinks=False)
     except FileNotFoundError:
         return None
+    except OSError as e:
+        raise InputError(str(path or name), f"cannot examine it: {_why(e)}") from None
     if stat.S_ISLNK(st.st_mode):
         return "link"
     return "file" if stat.S_ISREG(st.st_mode) else "other"
