@@ -18,16 +18,20 @@ pytestmark = pytest.mark.root
 
 STATE_DIR = "var/lib/ct-tune"
 
-# A kernel that stores 61 when asked for 60 (as one that clamps or normalises would):
-# every write of the UDP timeout goes through open(), whatever opens it.
+# A kernel that stores 61 when asked for 60 (as one that clamps or normalises would),
+# and any other replacement given in FAKE_KERNEL: every write of the UDP timeout goes
+# through open(), whatever opens it.
 NORMALISING_KERNEL = """
-import builtins, io, runpy, sys
+import builtins, io, json, os, runpy, sys
 real_open = io.open
+REPLACE = json.loads(os.environ.get("FAKE_KERNEL", '{"60": "61"}'))
 class Normalising:
     def __init__(self, f):
         self._f = f
     def write(self, s):
-        return self._f.write(s.replace("60", "61"))
+        for wrote, stored in REPLACE.items():
+            s = s.replace(wrote, stored)
+        return self._f.write(s)
     def __enter__(self):
         self._f.__enter__()
         return self
@@ -71,6 +75,25 @@ def test_a_value_read_back_otherwise_is_restored_too_and_exits_3(ns, tmp_path):
     assert not (root / STATE_DIR / "pending.json").exists()
     assert run_cli("apply", "--root", str(root), "--profile", "nat-gateway", "--no-sample",
                    netns=ns).returncode == 0
+
+
+def test_a_restore_that_fails_too_exits_5_and_keeps_the_state_for_rollback(ns, tmp_path):
+    """The kernel stores 61 for 60 and 31 for 30: the mismatched key cannot be put back
+    either.  Exit 5, and pending.json stays until a rollback makes the host as before."""
+    script = tmp_path / "kernel.py"
+    script.write_text(NORMALISING_KERNEL)
+    root = tmp_path / "root"
+    values = netfilter_values(ns)
+    proc = sh("env", f"PYTHONPATH={ROOT}", 'FAKE_KERNEL={"60": "61", "30": "31"}',
+              sys.executable, str(script), "apply", "--root", str(root), "--profile",
+              "nat-gateway", "--no-sample", ns=ns, check=False)
+    assert proc.returncode == 5, proc.stderr
+    assert f"COULD NOT RESTORE: {UDP} (wanted 30): read back '31'" in proc.stderr
+    assert (root / STATE_DIR / "pending.json").exists()
+    back = run_cli("rollback", "--root", str(root), netns=ns)
+    assert back.returncode == 0, back.stderr
+    assert netfilter_values(ns) == values
+    assert not (root / STATE_DIR / "pending.json").exists()
 
 
 ADMIN = "# admin\nnet.netfilter.nf_conntrack_udp_timeout = 45\n"
