@@ -464,8 +464,7 @@ def validate_state(doc: Any) -> tuple[list[str], dict[str, Any]]:
         problems.append(f"version: expected {STATE_VERSION}, found {json.dumps(version)[:40]}")
     procfs = doc.get("procfs")
     if not isinstance(procfs, str) or not procfs.startswith("/") or "\0" in procfs:
-        problems.append(f"procfs: expected an absolute path, found {_typename(procfs)} "
-                        f"{json.dumps(procfs)[:60]}")
+        problems.append(f"procfs: expected an absolute path, found {json.dumps(procfs)[:60]}")
     else:
         out["procfs"] = Path(procfs)
     if isinstance(doc.get("saved_at"), str):
@@ -492,6 +491,9 @@ def validate_state(doc: Any) -> tuple[list[str], dict[str, Any]]:
                     problems.append(f"{where}.path: {json.dumps(rel)[:80]} is not a file "
                                     "ct-tune writes")
                     continue
+                if content is ...:
+                    problems.append(f"{where}.content: missing")
+                    continue
                 if content is not None and not isinstance(content, str):
                     problems.append(f"{where}.content: expected a string or null, found "
                                     f"{_typename(content)}")
@@ -511,8 +513,9 @@ def validate_state(doc: Any) -> tuple[list[str], dict[str, Any]]:
                                     "key ct-tune writes")
                     continue
                 if not valid_value(value):
+                    found = json.dumps(value)[:40] if "value" in entry else "nothing"
                     problems.append(f"{where}.value: expected a decimal integer as a string, "
-                                    f"found {json.dumps(value)[:40]}")
+                                    f"found {found}")
                     continue
                 ident = key
                 out["live"].append((key, value))
