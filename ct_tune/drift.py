@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ct_tune import formulas, sysctld
+from ct_tune.sysctlkeys import full_name, short_name
 
 #: Compiled-in defaults of the keys whose default does not depend on the host, by the
 #: short name rules use.  Every group cites where the kernel sets it; keys whose default
@@ -78,17 +79,6 @@ UDP_STREAM_120_SINCE = (6, 0)
 UDP_STREAM_180_UNTIL = (5, 18)
 
 
-def _short(key: str) -> str:
-    from ct_tune.ruleset import short_name  # ruleset imports expr, which imports us
-
-    return short_name(key)
-
-
-def _full(short: str) -> str:
-    """The sysctl key a short name stands for (tcp_keepalive_* live under net.ipv4)."""
-    return f"net.ipv4.{short}" if short.startswith("tcp_keepalive_") else f"net.netfilter.{short}"
-
-
 def normalize(value: Any) -> int | str:
     """A value as the kernel compares it: an integer when it reads as one, else the text
     with runs of whitespace collapsed (multi-value keys are written tab-separated)."""
@@ -141,7 +131,7 @@ def drift(persist: Mapping[str, Any] | None, sysctl: Mapping[str, Any],
     """
     out = []
     for key, a in sorted(_winners(persist).items()):
-        short = _short(key)
+        short = short_name(key)
         live = sysctl.get(short)
         if live is None or same(a["value"], live):
             continue
@@ -253,7 +243,7 @@ def unpersisted(sysctl: Mapping[str, Any], persist: Mapping[str, Any] | None,
     """
     if persist is None:
         return []
-    configured = {_short(k) for k in _winners(persist)}
+    configured = {short_name(k) for k in _winners(persist)}
     defaults = boot_defaults(host, conntrack, persist, sysctl)
     out = []
     for short, default in defaults.items():
@@ -266,7 +256,7 @@ def unpersisted(sysctl: Mapping[str, Any], persist: Mapping[str, Any] | None,
         # max = 0 is "no limit": any default is smaller
         shrinks = short in TABLE_KEYS and isinstance(value, int) and (value == 0
                                                                       or default < value)
-        out.append({"key": _full(short), "live": value, "default": default,
+        out.append({"key": full_name(short), "live": value, "default": default,
                     "shrinks": bool(shrinks)})
     return sorted(out, key=lambda d: d["key"])
 
@@ -322,7 +312,7 @@ def _live_keys(sysctl: Mapping[str, Any]) -> set[str]:
     admin to a key the container cannot write either.  (The rule context folds both into
     the short name nf_conntrack_max, so the alias could not be told apart anyway.)
     """
-    keys = {_full(short) for short in sysctl}
+    keys = {full_name(short) for short in sysctl}
     if "nf_conntrack_max" in sysctl:
         keys.add("net.nf_conntrack_max")
     return keys
@@ -347,12 +337,12 @@ def _suggest(key: str, sysctl: Mapping[str, Any]) -> str | None:
     Names are compared without their family prefix, among live keys of the same family,
     so a removed key (nf_conntrack_helper) gets no suggestion instead of a random sibling.
     """
-    short = _short(key)
+    short = short_name(key)
     family = _family(short)
     names = {s[len(family):]: s for s in sysctl if _family(s) == family}
     close = difflib.get_close_matches(short[len(family):], list(names), n=1,
                                       cutoff=SUGGEST_CUTOFF)
-    return _full(names[close[0]]) if close else None
+    return full_name(names[close[0]]) if close else None
 
 
 def unknown(persist: Mapping[str, Any] | None, sysctl: Mapping[str, Any],

@@ -19,7 +19,8 @@ from ct_tune.errors import InputError
 from ct_tune.expr import ExprError, NoneDict
 from ct_tune.findings import Finding
 from ct_tune.profiles import Profile
-from ct_tune.ruleset import Rule, short_name
+from ct_tune.ruleset import Rule
+from ct_tune.sysctlkeys import short_name
 
 HOST_ONLY_NOTE = "read-only in this network namespace: set it on the host"
 

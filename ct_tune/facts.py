@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from ct_tune import __version__, parsers, sysctld
 from ct_tune.errors import InputError
+from ct_tune.sysctlkeys import short_name
 
 T = TypeVar("T")
 
@@ -109,7 +110,7 @@ def _sysctl_entry(path: Path, key: str) -> dict[str, Any] | None:
     text = _read(path)
     if text is None:
         return None
-    short = key.rsplit(".", 1)[-1]
+    short = short_name(key)
     if short in INTEGER_KEYS or key in INTEGER_KEYS or short.startswith(INTEGER_KEYS_PREFIX):
         value: Any = _parse(path, text, parsers.parse_int)
     else:

@@ -21,6 +21,7 @@ from typing import Any
 
 from ct_tune.findings import Finding
 from ct_tune.profiles import Profile
+from ct_tune.sysctlkeys import short_name
 
 MAX_KEY = "net.netfilter.nf_conntrack_max"
 BUCKETS_KEY = "net.netfilter.nf_conntrack_buckets"
@@ -94,7 +95,7 @@ def _max_skip(f: Finding, count: int | None, target_usage: float,
 
 def _sources(f: Finding, profile: Profile) -> tuple[str, ...]:
     """The rule's sources, and the profile's own reason and source when it set the value."""
-    spec = profile.timeouts.get(f.parameter.rsplit(".", 1)[-1])
+    spec = profile.timeouts.get(short_name(f.parameter))
     extra = ()
     if spec and spec["value"] == f.recommended:
         extra = (f"profile {profile.name}: {spec['reason']} ({spec['source']})",)

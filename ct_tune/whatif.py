@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ct_tune.formulas import human_duration
+from ct_tune.sysctlkeys import short_name
 
 _PREFIX = "net.netfilter."
 #: Fraction of the idle range, at its old end, whose density extrapolates a raised timeout.
@@ -36,15 +37,11 @@ TAIL = 0.1
 TAIL_BINS = 8
 
 
-def _short(key: str) -> str:
-    return key[len(_PREFIX):] if key.startswith(_PREFIX) else key
-
-
 def _classes(flows: Mapping[str, Any] | None, key: str) -> list[dict[str, Any]]:
     if not flows:
         return []
-    short = _short(key)
-    return [c for c in flows.get("classes", {}).values() if _short(c["timeout_key"]) == short]
+    short = short_name(key)
+    return [c for c in flows.get("classes", {}).values() if short_name(c["timeout_key"]) == short]
 
 
 def _beyond(cls: Mapping[str, Any], seconds: float) -> float:
@@ -131,7 +128,7 @@ def occupancy(flows: Mapping[str, Any] | None,
     they are): entries now and projected, and the flows the changes would forget."""
     if not flows or not flows.get("classes"):
         return None
-    keys = sorted({_short(c["timeout_key"]) for c in flows["classes"].values()})
+    keys = sorted({short_name(c["timeout_key"]) for c in flows["classes"].values()})
     now = projected = forgotten = 0
     changes = []
     for key in keys:
