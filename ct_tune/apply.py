@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ct_tune import atomic, fragments
+from ct_tune import atomic, fragments, sysctlkeys
 from ct_tune.errors import EXIT_BUSY, EXIT_RESTORE_FAILED, CtTuneError, InputError
 from ct_tune.plan import Plan
 
@@ -54,9 +54,6 @@ MAX_STATE = 8 << 20
 MAX_LIVE = 4096
 MAX_STATE_ENTRIES = 256
 
-#: the keys ct-tune may write: the netfilter conntrack sysctls and the legacy alias of
-#: nf_conntrack_max (net/netfilter/nf_conntrack_standalone.c, nf_ct_netfilter_table)
-_KEY = re.compile(r"net\.netfilter\.nf_conntrack_[a-z0-9_]{1,64}|net\.nf_conntrack_max")
 #: a value as the kernel prints it: decimal without leading zeros (proc_dointvec parses
 #: with base 0, so "060" would set 48 and "0x3c" 60)
 _VALUE = re.compile(r"-?(0|[1-9][0-9]{0,19})")
@@ -110,7 +107,8 @@ class Changes:
 
 
 def valid_key(key: Any) -> bool:
-    return isinstance(key, str) and _KEY.fullmatch(key) is not None
+    """The netfilter conntrack sysctls and the legacy alias of nf_conntrack_max."""
+    return isinstance(key, str) and sysctlkeys.WRITABLE_KEY.fullmatch(key) is not None
 
 
 def valid_value(value: Any) -> bool:
