@@ -39,7 +39,7 @@ import os
 from pathlib import Path
 
 from ct_tune import safeio, sysctld, writers
-from ct_tune.errors import CtTuneError
+from ct_tune.errors import CtTuneError, InputError
 from ct_tune.facts import (
     BUILTIN_MARKER,
     KEEPALIVE_KEYS,
@@ -82,9 +82,7 @@ def _copy(src: Path, dst: Path, keep: list[str], rel: str, filter_lines: str | N
         data = "".join(ln for ln in lines[:2] if ln.startswith(("slabinfo", "#"))
                        ).encode() + "".join(ln for ln in lines if ln.startswith(filter_lines)
                                             ).encode()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.write_bytes(data)
-    os.chmod(dst, mode)
+    _write(dst, data, mode)
     keep.append(f"{rel} {mode:04o}")
 
 
@@ -155,10 +153,38 @@ def _capture_table(roots: Roots, out: Path, modes: list[str], source: str) -> No
     modes.append(f"{rel} 0440")
 
 
+def _write(dst: Path, data: bytes, mode: int) -> None:
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(data)
+        os.chmod(dst, mode)
+    except OSError as e:
+        raise InputError(str(dst), f"cannot write: {e.strerror or e}") from None
+
+
+def _prepare(out: Path) -> None:
+    """DIRECTORY itself is created, its parents are not: a mistyped path is an error,
+    not a tree of new directories made by root."""
+    try:
+        out.mkdir(exist_ok=True)
+    except FileNotFoundError:
+        raise InputError(str(out), "cannot create the directory: its parent does not exist"
+                         ) from None
+    except FileExistsError:
+        raise InputError(str(out), "not a directory") from None
+    except OSError as e:
+        raise InputError(str(out), f"cannot create the directory: {e.strerror or e}"
+                         ) from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise InputError(str(out), "cannot write into the directory: permission denied or "
+                         "read-only")
+
+
 def capture(roots: Roots, out: Path, table: bool = True, table_source: str = "auto") -> int:
     """Write the tree under out/proc and out/sys; returns the number of files copied.
     table: copy the conntrack table too, read as the audit's --table-source reads it
     (see the module docstring)."""
+    _prepare(out)
     modes: list[str] = []
     if table:
         _capture_table(roots, out, modes, table_source)
@@ -182,7 +208,7 @@ def capture(roots: Roots, out: Path, table: bool = True, table_source: str = "au
         modes.append(f"sys/{BUILTIN_MARKER} 0644")
     links = _capture_config(roots.config_root, out, modes)
     _capture_writers(roots, out, modes)
-    (out / "MODES").write_text("".join(f"{m}\n" for m in sorted(modes)))
+    _write(out / "MODES", "".join(f"{m}\n" for m in sorted(modes)).encode(), 0o644)
     return len(modes) + links
 
 
@@ -262,10 +288,13 @@ def _capture_config(root: Path, out: Path, modes: list[str]) -> int:
         else:
             _copy(real, dst, modes, rel, bound=safeio.CONFIG)
             continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if dst.is_symlink() or dst.exists():
-            dst.unlink()
-        os.symlink(target, dst)
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if dst.is_symlink() or dst.exists():
+                dst.unlink()
+            os.symlink(target, dst)
+        except OSError as e:
+            raise InputError(str(dst), f"cannot write: {e.strerror or e}") from None
         made += 1
     return made
 
