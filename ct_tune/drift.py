@@ -18,7 +18,7 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
-from ct_tune import formulas, sysctld
+from ct_tune import kernelmodel, sysctld
 from ct_tune.sysctlkeys import full_name, short_name
 
 #: Compiled-in defaults of the keys whose default does not depend on the host, by the
@@ -220,15 +220,18 @@ def boot_defaults(host: Mapping[str, Any], conntrack: Mapping[str, Any],
                        and isinstance(live_buckets, int) and live_buckets > 0
                        and live_max == 8 * live_buckets)
     if mem and ptr and version is not None and not unseen_hashsize:
-        # nf_conntrack_core.c sizes from totalram_pages() (MemTotal, highmem included)
-        buckets = (formulas.round_buckets(hashsize, ptr) if hashsize
-                   else formulas.kernel_default_buckets(mem, ptr, version))
-        out["nf_conntrack_buckets"] = buckets
-        out["nf_conntrack_max"] = formulas.kernel_default_max(mem, ptr, version, hashsize)
-        # nf_conntrack_expect.c, nf_conntrack_expect_init(): expect_hsize = buckets / 256
-        # (at least 1) unless expect_hashsize= is given; expect_max = expect_hsize * 4
+        # the sizes by kernel era (kernelmodel cites each): nf_conntrack_init_start()
+        # sizes from totalram_pages() (MemTotal, highmem included); an era ct-tune has
+        # not pinned leaves the key out, so nothing claims "a reboot brings back" it
+        kernel = host.get("kernel_version")
         expect_hsize = _int_option(_module_option(persist, conntrack, "expect_hashsize"))
-        out["nf_conntrack_expect_max"] = 4 * (expect_hsize or max(1, buckets // 256))
+        sizes = {
+            "nf_conntrack_buckets": kernelmodel.boot_buckets(kernel, mem, ptr, hashsize),
+            "nf_conntrack_max": kernelmodel.boot_max(kernel, mem, ptr, hashsize),
+            "nf_conntrack_expect_max": kernelmodel.boot_expect_max(kernel, mem, ptr, hashsize,
+                                                                   expect_hsize),
+        }
+        out.update({k: v for k, v in sizes.items() if v is not None})
     return out
 
 

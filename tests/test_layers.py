@@ -8,6 +8,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parent.parent / "ct_tune"
 PURE = {"engine", "plan", "fragments", "render", "drift", "whatif", "formulas", "parsers",
+        "kernelmodel",
         "sysctld", "sysctlkeys", "findings", "flowparse", "flows"}
 IO = {"facts", "sampler", "ctsource", "apply", "atomic", "capture", "cli", "cache"}
 
@@ -43,7 +44,7 @@ def test_no_import_circles() -> None:
     def visit(node: str, trail: list[str]) -> None:
         for nxt in sorted(graph.get(node, ())):
             if nxt in trail:
-                circles.append(trail[trail.index(nxt):] + [nxt])
+                circles.append([*trail[trail.index(nxt):], nxt])
             elif len(trail) < len(graph):
                 visit(nxt, [*trail, nxt])
 
