@@ -197,9 +197,10 @@ def boot_defaults(host: Mapping[str, Any], conntrack: Mapping[str, Any],
     sizes nf_conntrack_init_start() derives from RAM and the module options in modprobe.d
     (hashsize=, expect_hashsize=, acct=, tstamp=).
 
-    Table sizes are left out when they cannot be known: RAM, pointer size or kernel
-    release unknown, or the live table shows max = 8 x buckets (hashsize= given at load)
-    while no persisted option explains it (the kernel command line, an initramfs).
+    Table sizes are left out when they cannot be known: RAM or kernel release unknown,
+    an era ct-tune has not pinned (:mod:`ct_tune.kernelmodel`), a pointer size that is
+    unknown and matters, or the live table shows max = 8 x buckets (hashsize= given at
+    load) while no persisted option explains it (the kernel command line, an initramfs).
     """
     out = dict(KERNEL_DEFAULTS)
     version = _version(host)
@@ -219,7 +220,7 @@ def boot_defaults(host: Mapping[str, Any], conntrack: Mapping[str, Any],
     unseen_hashsize = (hashsize is None and isinstance(live_max, int)
                        and isinstance(live_buckets, int) and live_buckets > 0
                        and live_max == 8 * live_buckets)
-    if mem and ptr and version is not None and not unseen_hashsize:
+    if mem and version is not None and not unseen_hashsize:
         # the sizes by kernel era (kernelmodel cites each): nf_conntrack_init_start()
         # sizes from totalram_pages() (MemTotal, highmem included); an era ct-tune has
         # not pinned leaves the key out, so nothing claims "a reboot brings back" it

@@ -196,7 +196,7 @@ def _raw_buckets(e: Era, v: Version, mem: int, ptr: int) -> int | None:
     return max(size, e.floor)
 
 
-def boot_buckets(kernel: Any, mem_bytes: int | None, pointer_size: int | None,
+def _boot_buckets(kernel: Any, mem_bytes: int | None, pointer_size: int | None,
                  hashsize: int | None = None) -> int | None:
     """nf_conntrack_buckets after the module loads; None when ct-tune cannot know it."""
     v, e = _v(kernel), era(kernel)
@@ -210,7 +210,7 @@ def boot_buckets(kernel: Any, mem_bytes: int | None, pointer_size: int | None,
     return None if raw is None else _round(raw, pointer_size)
 
 
-def boot_max(kernel: Any, mem_bytes: int | None, pointer_size: int | None,
+def _boot_max(kernel: Any, mem_bytes: int | None, pointer_size: int | None,
              hashsize: int | None = None) -> int | None:
     """nf_conntrack_max after the module loads (factor x buckets, 8 x with hashsize=)."""
     v, e = _v(kernel), era(kernel)
@@ -228,7 +228,7 @@ def boot_max(kernel: Any, mem_bytes: int | None, pointer_size: int | None,
     return factor * (_round(raw, pointer_size) if e.max_from_rounded else raw)
 
 
-def boot_expect_max(kernel: Any, mem_bytes: int | None, pointer_size: int | None,
+def _boot_expect_max(kernel: Any, mem_bytes: int | None, pointer_size: int | None,
                     hashsize: int | None = None, expect_hashsize: int | None = None) -> int | None:
     """nf_conntrack_expect_max after load: 4 x expect_hashsize, which defaults to
     buckets / 256 (at least 1).  From 3.x to 4.6 nf_conntrack_expect_init() ran on
@@ -239,7 +239,7 @@ def boot_expect_max(kernel: Any, mem_bytes: int | None, pointer_size: int | None
     v, e = _v(kernel), era(kernel)
     if v is None or e is None or not pointer_size:
         return None
-    rounded = boot_buckets(kernel, mem_bytes, pointer_size, hashsize)
+    rounded = _boot_buckets(kernel, mem_bytes, pointer_size, hashsize)
     if rounded is None:
         return None
     if v[:2] >= (4, 7) or v[:2] < (3, 0):
@@ -249,6 +249,35 @@ def boot_expect_max(kernel: Any, mem_bytes: int | None, pointer_size: int | None
         if size is None:
             return None
     return 4 * max(1, size // 256)
+
+
+def _either_pointer(fn: Any, kernel: Any, mem_bytes: int | None, pointer_size: int | None,
+                    *args: Any) -> int | None:
+    """fn's answer; with the pointer size unknown, the answer both 4 and 8 give (above
+    1 GiB most eras do not depend on it), else None."""
+    if pointer_size:
+        return fn(kernel, mem_bytes, pointer_size, *args)
+    both = {fn(kernel, mem_bytes, p, *args) for p in (4, 8)}
+    return both.pop() if len(both) == 1 else None
+
+
+def boot_buckets(kernel: Any, mem_bytes: int | None, pointer_size: int | None,
+                 hashsize: int | None = None) -> int | None:
+    """nf_conntrack_buckets after the module loads; None when ct-tune cannot know it."""
+    return _either_pointer(_boot_buckets, kernel, mem_bytes, pointer_size, hashsize)
+
+
+def boot_max(kernel: Any, mem_bytes: int | None, pointer_size: int | None,
+             hashsize: int | None = None) -> int | None:
+    """nf_conntrack_max after the module loads (factor x buckets, 8 x with hashsize=)."""
+    return _either_pointer(_boot_max, kernel, mem_bytes, pointer_size, hashsize)
+
+
+def boot_expect_max(kernel: Any, mem_bytes: int | None, pointer_size: int | None,
+                    hashsize: int | None = None, expect_hashsize: int | None = None) -> int | None:
+    """nf_conntrack_expect_max after the module loads (see _boot_expect_max)."""
+    return _either_pointer(_boot_expect_max, kernel, mem_bytes, pointer_size, hashsize,
+                           expect_hashsize)
 
 
 def buckets_writable(kernel: Any) -> bool | None:
