@@ -23,6 +23,9 @@ from ct_tune.ruleset import Rule
 from ct_tune.sysctlkeys import short_name
 
 HOST_ONLY_NOTE = "read-only in this network namespace: set it on the host"
+GLOBAL_NOTE = "one value for every network namespace: set it on the host, not from here"
+#: One value for every namespace (nf_conntrack_standalone.c points them at globals).
+GLOBAL_KEYS = ("nf_conntrack_max", "nf_conntrack_buckets", "nf_conntrack_expect_max")
 
 
 def build_context(facts: dict[str, Any], profile: Profile) -> dict[str, Any]:
@@ -90,12 +93,17 @@ def _run(rule: Rule, base: dict[str, Any], planned: NoneDict) -> Finding | None:
     scope = None
     if rule.parameter:
         scope = "here" if base["writable"][param] else "host"
+        if param in GLOBAL_KEYS and base["conntrack"]["initial_netns"] is False:
+            # before 5.13 (commit 2671fa4dc010) a container may write max and expect_max,
+            # but they are the host's global values: never tuned from here
+            scope = "host"
         if scope == "host" and base["readonly"][param] == "kernel":
             # read-only because of the kernel, not a container: buckets before 4.7 are
             # changed through the hashsize module parameter (kernelmodel)
             scope = "module"
         elif scope == "host" and recommended is not None and recommended != current:
-            summary = f"{summary} ({HOST_ONLY_NOTE})"
+            note = GLOBAL_NOTE if base["writable"][param] else HOST_ONLY_NOTE
+            summary = f"{summary} ({note})"
     return Finding(
         rule=rule.id, title=rule.title, severity=case.level, parameter=rule.parameter,
         current=_jsonable(current), recommended=_jsonable(recommended), summary=summary,

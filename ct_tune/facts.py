@@ -262,34 +262,27 @@ def _slab_object_size(roots: Roots) -> tuple[int | None, str | None]:
     return None, None
 
 
-def _initial_netns(roots: Roots, sysctls: dict[str, dict[str, Any]],
-                   kernel: list[int] | None) -> bool | None:
+def _initial_netns(roots: Roots, sysctls: dict[str, dict[str, Any]]) -> bool:
     """Whether this is the initial network namespace.
 
     net.nf_conntrack_max is registered in init_net only (nf_conntrack_standalone.c),
-    in every era.  A writable net.netfilter.nf_conntrack_max proves it only where the
-    kernel makes max 0444 in other namespaces (5.13+, commit 2671fa4dc010): before
-    that a container could write it (and change every namespace's limit).  The old
-    ip_conntrack module has no namespaces at all.
+    in every era, so its absence next to net.netfilter.nf_conntrack_max says "another
+    namespace".  A writable net.netfilter.nf_conntrack_max would not: before 5.13
+    (commit 2671fa4dc010) a container could write it too (and change every
+    namespace's limit).  The old ip_conntrack module has no namespaces at all.
     """
     if roots.proc("sys/net/nf_conntrack_max").exists():
         return True
     entry = sysctls["net.netfilter.nf_conntrack_max"]
-    if entry.get("key", "").startswith("net.ipv4.netfilter.ip_conntrack_"):
-        return True
-    if not entry["writable"]:
-        return False
-    ro = kernelmodel.netns_readonly(kernel)
-    return True if ro and "nf_conntrack_max" in ro else None
+    return entry.get("key", "").startswith("net.ipv4.netfilter.ip_conntrack_")
 
 
-def _conntrack(roots: Roots, sysctls: dict[str, dict[str, Any]],
-               kernel: list[int] | None = None) -> dict[str, Any]:
+def _conntrack(roots: Roots, sysctls: dict[str, dict[str, Any]]) -> dict[str, Any]:
     loaded = "net.netfilter.nf_conntrack_max" in sysctls
     hs_path = roots.sys("module/nf_conntrack/parameters/hashsize")
     hashsize = _parse(hs_path, _read(hs_path), parsers.parse_int)
     size, size_source = _slab_object_size(roots) if loaded else (None, None)
-    initial = _initial_netns(roots, sysctls, kernel) if loaded else None
+    initial = _initial_netns(roots, sysctls) if loaded else None
     # A loadable module has /sys/module/nf_conntrack/initstate; a built-in one does not
     # (modules-load.d and modprobe.d options then do nothing).  None: cannot tell.
     builtin: bool | None = None
@@ -416,7 +409,7 @@ def collect(roots: Roots, now: _dt.datetime | None = None) -> dict[str, Any]:
             sysctls[f"net.ipv4.{key}"] = entry
     when = now or _dt.datetime.now(_dt.UTC)
     host = _host(roots)
-    conntrack = _conntrack(roots, sysctls, host["kernel_version"])
+    conntrack = _conntrack(roots, sysctls)
     _readonly_reasons(sysctls, host["kernel_version"], conntrack["initial_netns"])
     return {
         "schema": SCHEMA_NAME,

@@ -11,7 +11,9 @@ Every answer carries its source (kernel file and function, or commit), and an
 era ct-tune has not pinned answers None ("unknown") rather than a guess.  Each
 era below cites what it was read from:
 
-* before 3.19 (2.6.32 RHEL 6, 3.10 RHEL 7, 3.13 Ubuntu 14.04):
+* 2.6.24 - 3.18 (2.6.32 RHEL 6, 3.10 RHEL 7, 3.13 Ubuntu 14.04; the hash became
+  hlist heads in 2.6.24, hence "a max factor of four ... the same max as with the
+  old struct list_heads" in the source; older kernels are not modelled: None):
   nf_conntrack_init_init_net() (2.6.x) / nf_conntrack_init_start() (3.x):
   buckets = RAM / 16384 / sizeof(struct hlist_head), 16384 when RAM > 1 GiB,
   at least 32; max = 4 x buckets (8 x when hashsize= is given).  max is
@@ -46,6 +48,10 @@ GIB = 1024**3
 PAGE_SIZE = 4096
 
 Version = tuple[int, ...]
+
+#: Keys that point at one global variable (nf_conntrack_standalone.c): read-only outside
+#: the initial network namespace, per era (netns_readonly).
+GLOBAL_KEYS = ("nf_conntrack_max", "nf_conntrack_buckets", "nf_conntrack_expect_max")
 
 #: nf_conntrack_buckets became writable (initial namespace): commit 3183ab8997a4.
 BUCKETS_WRITABLE_SINCE = (4, 7)
@@ -98,7 +104,9 @@ class Era:
 
 
 ERAS: tuple[Era, ...] = (
-    Era((2, 6), 16384, None, False, 32, 4, False, SRC_INIT_OLD),
+    # before 2.6.24 the hash was of struct list_head (two pointers), 8192 above 1 GiB,
+    # max = 8 x buckets (and the ip_conntrack module had its own copy): not modelled
+    Era((2, 6, 24), 16384, None, False, 32, 4, False, SRC_INIT_OLD),
     Era((3, 19), 16384, 65536, False, 32, 4, False, SRC_INIT_OLD + "; " + SRC_4G),
     Era((4, 7), 16384, 65536, False, 32, 4, True, SRC_INIT_OLD + "; " + SRC_4G + "; " + SRC_GLOBAL),
     Era((5, 15), 65536, 262144, True, 1024, 1, True, SRC_515),
@@ -167,11 +175,11 @@ def _v(kernel: Any) -> Version | None:
 
 
 def era(kernel: Any) -> Era | None:
-    """The sizing era of a release; None before 2.6 or when the version is unknown."""
+    """The sizing era of a release; None before 2.6.24 or when the version is unknown."""
     v = _v(kernel)
-    if v is None or v[:2] < ERAS[0].since:
+    if v is None or v < ERAS[0].since:
         return None
-    return [e for e in ERAS if v[:2] >= e.since][-1]
+    return [e for e in ERAS if v >= e.since][-1]
 
 
 def _granularity(pointer_size: int) -> int:
@@ -317,7 +325,7 @@ def readonly_reason(short: str, writable: bool | None, kernel: Any,
         return "not-root"
     if short == "nf_conntrack_buckets" and buckets_writable(kernel) is False:
         return "kernel"
-    if initial_netns is False:
+    if initial_netns is False and short in GLOBAL_KEYS:
         return "netns"
     return None
 
