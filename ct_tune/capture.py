@@ -22,7 +22,16 @@ import os
 from pathlib import Path
 
 from ct_tune import sysctld
-from ct_tune.facts import KEEPALIVE_KEYS, NETFILTER_DIR, Roots, in_root
+from ct_tune.facts import (
+    KEEPALIVE_KEYS,
+    MACHINE_FILE,
+    NETFILTER_DIR,
+    OLD_NAMES_DIR,
+    OLD_PREFIX,
+    Roots,
+    in_root,
+)
+from ct_tune.facts import machine as facts_machine
 
 PROC_FILES = ["meminfo", "uptime", "sys/kernel/arch", "sys/kernel/osrelease",
               "sys/kernel/hostname", "net/stat/nf_conntrack", "sys/net/nf_conntrack_max",
@@ -63,11 +72,29 @@ def capture(roots: Roots, out: Path) -> int:
         for name in sorted(files):
             rel = (Path(dirpath) / name).relative_to(roots.procfs)
             _copy(Path(dirpath) / name, out / "proc" / rel, modes, f"proc/{rel}")
+    old = roots.proc(OLD_NAMES_DIR)  # the ip_conntrack module's and compatibility names
+    if old.is_dir():
+        for p in sorted(old.iterdir()):
+            if p.name.startswith(OLD_PREFIX):
+                rel = p.relative_to(roots.procfs)
+                _copy(p, out / "proc" / rel, modes, f"proc/{rel}")
     for rel in SYS_FILES:
         _copy(roots.sys(rel), out / "sys" / rel, modes, f"sys/{rel}")
+    _capture_machine(roots, out)
     links = _capture_config(roots.config_root, out, modes)
     (out / "MODES").write_text("".join(f"{m}\n" for m in sorted(modes)))
     return len(modes) + links
+
+
+def _capture_machine(roots: Roots, out: Path) -> None:
+    """Before 6.1 there is no /proc/sys/kernel/arch and audit asks uname(2) on the live
+    host: keep that answer beside the tree (facts.MACHINE_FILE) so a replay knows the
+    same architecture instead of guessing it from the release string."""
+    if roots.proc("sys/kernel/arch").exists():
+        return
+    machine = facts_machine(roots)
+    if machine:
+        (out / MACHINE_FILE).write_text(f"{machine}\n")
 
 
 #: (directories, file suffix, only files that mention this) the facts read, see

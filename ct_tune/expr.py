@@ -49,6 +49,8 @@ HELPERS: dict[str, Callable[..., Any]] = {
     "kernel_default_buckets": formulas.kernel_default_buckets,
     "kernel_default_max": formulas.kernel_default_max,
     "default_max_factor": formulas.default_max_factor,
+    "kernel_default_expect_max": formulas.kernel_default_expect_max,
+    "buckets_writable": formulas.buckets_writable,
     "round_buckets": formulas.round_buckets,
     "round_max": formulas.round_max,
     "bucket_granularity": formulas.bucket_granularity,

@@ -212,6 +212,23 @@ def _host(roots: Roots) -> dict[str, Any]:
     }
 
 
+#: Written by ``ct-tune capture`` beside proc/ and sys/ on kernels without
+#: /proc/sys/kernel/arch: the uname(2) machine the live audit used.
+MACHINE_FILE = "UNAME_MACHINE"
+
+
+def machine(roots: Roots) -> str | None:
+    """The uname(2) machine of the host roots describe, when known without the arch file:
+    the running kernel's own, or the one a capture recorded."""
+    if roots.live:
+        return os.uname().machine
+    path = roots.procfs.parent / MACHINE_FILE
+    text = (_read(path) or "").strip()
+    if text and (len(text) > 32 or not text.replace("_", "").replace("-", "").isalnum()):
+        raise InputError(str(path), f"not a machine name: {text[:40]!r}")
+    return text or None
+
+
 def _arch(roots: Roots, release: str | None) -> tuple[str | None, str | None]:
     """The kernel's machine name and where it was read.
 
@@ -227,6 +244,10 @@ def _arch(roots: Roots, release: str | None) -> tuple[str | None, str | None]:
         return arch, str(path)
     if roots.live:
         return os.uname().machine, "uname(2) machine"
+    captured = roots.procfs.parent / MACHINE_FILE
+    arch = machine(roots)
+    if arch:
+        return arch, f"{captured} (uname(2) machine at capture)"
     arch = kernelmodel.arch_from_release(release)
     if arch:
         return arch, f"{roots.proc('sys/kernel/osrelease')} suffix ({release})"

@@ -221,3 +221,30 @@ def test_apply_on_the_ip_conntrack_module_writes_the_names_the_host_has(tree, tm
     old = roots.procfs / "sys/net/ipv4/netfilter/ip_conntrack_tcp_timeout_established"
     assert old.read_text().strip() == "86400"
     assert not (root / "etc/modprobe.d/ct-tune.conf").exists()
+
+
+def _replayed(src: facts.Roots, out) -> dict:
+    proc = run_cli("capture", *tree_args(src), str(out))
+    assert proc.returncode == 0, proc.stderr
+    return facts.collect(facts.Roots(out / "proc", out / "sys"))
+
+
+def test_capture_keeps_the_old_names_and_the_machine(tree, tmp_path):
+    """A capture replays what the audit read: the ip_conntrack_* names, and on a kernel
+    without kernel/arch the uname(2) machine (here: the one a previous capture kept)."""
+    src = tree("kernel-2.6.18-ip-conntrack")
+    (src.procfs.parent / facts.MACHINE_FILE).write_text("i686\n")
+    before = facts.collect(src)
+    assert (before["host"]["arch"], before["host"]["pointer_size"]) == ("i686", 4)
+    after = _replayed(src, tmp_path / "captured")
+    assert after["sysctl"] == before["sysctl"]
+    assert (after["host"]["arch"], after["host"]["pointer_size"]) == ("i686", 4)
+    assert after["conntrack"]["loaded"] is True
+
+
+def test_a_corrupt_captured_machine_is_bad_input(tree):
+    src = tree("kernel-3.13-ubuntu")
+    (src.procfs.parent / facts.MACHINE_FILE).write_text("x86_64; rm -rf /\n")
+    proc = run_cli("audit", *tree_args(src))
+    assert proc.returncode == 3
+    assert proc.stderr.startswith(f"ct-tune: {src.procfs.parent / facts.MACHINE_FILE}: not a")
