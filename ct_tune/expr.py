@@ -22,7 +22,7 @@ from jinja2.environment import TemplateExpression
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from ct_tune import __version__, cache, drift, formulas, whatif
+from ct_tune import __version__, cache, drift, formulas, kernelmodel, whatif
 
 
 class NoneDict(dict):
@@ -51,6 +51,7 @@ HELPERS: dict[str, Callable[..., Any]] = {
     "default_max_factor": formulas.default_max_factor,
     "kernel_default_expect_max": formulas.kernel_default_expect_max,
     "buckets_writable": formulas.buckets_writable,
+    "kernel_model": kernelmodel.describe,
     "round_buckets": formulas.round_buckets,
     "round_max": formulas.round_max,
     "bucket_granularity": formulas.bucket_granularity,

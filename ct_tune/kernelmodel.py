@@ -330,6 +330,17 @@ def readonly_reason(short: str, writable: bool | None, kernel: Any,
     return None
 
 
+def _label(e: Era) -> str:
+    """'2.6.24 to 3.18', ..., '5.15 and later'."""
+    i = ERAS.index(e)
+    first = ".".join(map(str, e.since))
+    if i + 1 == len(ERAS):
+        return f"{first} and later"
+    nxt = ERAS[i + 1].since
+    last = f"{nxt[0]}.{nxt[1] - 1}" if nxt[1] > 0 else "?"
+    return f"{first} to {last}"
+
+
 def describe(kernel: Any, release: str | None, mem_bytes: int | None,
              pointer_size: int | None, hashsize: int | None = None,
              expect_hashsize: int | None = None) -> dict[str, Any]:
@@ -341,7 +352,7 @@ def describe(kernel: Any, release: str | None, mem_bytes: int | None,
     if dist and dist.startswith("rhel"):
         sources.append(SRC_RHEL)
     return {
-        "era": ".".join(map(str, e.since)) + "+" if e else None,
+        "era": _label(e) if e else None,
         "distribution": dist,
         "buckets": boot_buckets(kernel, mem_bytes, pointer_size, hashsize),
         "max": boot_max(kernel, mem_bytes, pointer_size, hashsize),
