@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ct_tune import kernelmodel, sysctld
-from ct_tune.sysctlkeys import full_name, short_name
+from ct_tune.sysctlkeys import OLD_PREFIX, full_name, short_name
 
 #: Compiled-in defaults of the keys whose default does not depend on the host, by the
 #: short name rules use.  Every group cites where the kernel sets it; keys whose default
@@ -247,7 +247,11 @@ def unpersisted(sysctl: Mapping[str, Any], persist: Mapping[str, Any] | None,
     """
     if persist is None:
         return []
-    configured = {short_name(k) for k in _winners(persist)}
+    # an old ip_conntrack_* name sets the key only where this host has it
+    old_here = _old_names_here(conntrack)
+    configured = {short_name(k) for k in _winners(persist)
+                  if not k.startswith(OLD_PREFIX) or k in old_here
+                  or "old_names" not in conntrack}
     defaults = boot_defaults(host, conntrack, persist, sysctl)
     out = []
     for short, default in defaults.items():
@@ -322,6 +326,12 @@ def _live_keys(sysctl: Mapping[str, Any]) -> set[str]:
     return keys
 
 
+def _old_names_here(conntrack: Mapping[str, Any]) -> set[str]:
+    """The old ip_conntrack_* names this host has (facts conntrack.old_names): valid
+    sysctl.d keys there, keys the kernel lacks everywhere else."""
+    return set(conntrack.get("old_names") or [])
+
+
 def _judged(key: str, live: set[str]) -> bool:
     """Whether the snapshot can tell that `key` is missing.  The collector reads all of
     net.netfilter but only the three tcp_keepalive_* keys of net.ipv4 (all the kernel has,
@@ -368,12 +378,14 @@ def unknown(persist: Mapping[str, Any] | None, sysctl: Mapping[str, Any],
     """
     if not conntrack.get("loaded"):
         return []
-    live = _live_keys(sysctl)
+    live = _live_keys(sysctl) | _old_names_here(conntrack)
     out = []
     for a in _assignments(persist):
         key = a["key"]
         if key in live or not _judged(key, live):
             continue
+        if key.startswith(OLD_PREFIX) and "old_names" not in conntrack:
+            continue  # a snapshot from before ct-tune looked for the old names
         out.append({"key": key, "configured": normalize(a["value"]), **where(persist, a),
                     "optional": bool(a.get("optional")), "suggestion": _suggest(key, sysctl)})
     return out

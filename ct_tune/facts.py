@@ -139,6 +139,16 @@ def _old_names(roots: Roots, sysctls: dict[str, dict[str, Any]]) -> None:
             sysctls[modern] = entry
 
 
+def _old_name_list(roots: Roots) -> list[str]:
+    """The net.ipv4.netfilter.ip_conntrack_* keys this host has: a sysctl.d line naming
+    one of them applies, one naming any other is a key the kernel lacks."""
+    try:
+        return sorted("net.ipv4.netfilter." + p.name for p in roots.proc(OLD_NAMES_DIR).iterdir()
+                      if p.name.startswith(OLD_PREFIX))
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return []
+
+
 def _readonly_reasons(sysctls: dict[str, dict[str, Any]], kernel: list[int] | None,
                       initial: bool | None) -> None:
     """Why each unwritable key is read-only, told apart (kernelmodel.readonly_reason):
@@ -314,6 +324,7 @@ def _conntrack(roots: Roots, sysctls: dict[str, dict[str, Any]]) -> dict[str, An
     return {
         "loaded": loaded,
         "builtin": builtin,
+        "old_names": _old_name_list(roots),
         "initial_netns": initial,
         "hashsize_param": hashsize,
         "slab_object_size": size,

@@ -221,6 +221,9 @@ def test_apply_on_the_ip_conntrack_module_writes_the_names_the_host_has(tree, tm
     old = roots.procfs / "sys/net/ipv4/netfilter/ip_conntrack_tcp_timeout_established"
     assert old.read_text().strip() == "86400"
     assert not (root / "etc/modprobe.d/ct-tune.conf").exists()
+    back = run_cli("rollback", "--procfs", str(roots.procfs), "--root", str(root))
+    assert back.returncode == 0, back.stderr
+    assert old.read_text().strip() == "432000"
 
 
 def _replayed(src: facts.Roots, out) -> dict:
