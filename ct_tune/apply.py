@@ -107,18 +107,21 @@ def _same(live: str, wanted: Any) -> bool:
 
 
 def changes(plan: Plan, files: dict[str, str], root: Path, procfs: Path,
-            live: bool = True) -> Changes:
+            live: bool = True, persist: bool = True) -> Changes:
     """What would change: file contents (by their settings, not their comments), module
     files an earlier plan wrote and this one no longer needs, and live values that differ
-    from the plan."""
+    from the plan.  persist=False: live values only, no file is looked at (a non-initial
+    network namespace, whose boot configuration is not under this /etc)."""
     out = Changes()
+    if not persist:
+        files = {}
     for rel, text in sorted(files.items()):
         old = _read_text(root / rel)
         if fragments.content(old) == fragments.content(text) and old is not None:
             out.unchanged_files.append(rel)
         else:
             out.files.append(FileChange(rel, old, text))
-    for rel in fragments.MODULE_FILES:
+    for rel in fragments.MODULE_FILES if persist else ():
         old = _read_text(root / rel)
         if rel not in files and fragments.written_by_ct_tune(old):
             out.files.append(FileChange(rel, old, None))
@@ -214,6 +217,18 @@ def _clean_stale_temps(root: Path, files: list[FileChange]) -> None:
                 stale.unlink()
 
 
+def netns_id(procfs: Path) -> str | None:
+    """This process's network namespace ("net:[4026531840]") when writing the running
+    kernel, else None.  Live values saved in one namespace must be restored in that one:
+    /var/lib/ct-tune is shared with the host under 'ip netns exec'."""
+    if procfs != Path("/proc"):
+        return None
+    try:
+        return os.readlink("/proc/self/ns/net")
+    except OSError:
+        return None
+
+
 def save_state(root: Path, ch: Changes, procfs: Path, version: str) -> Path:
     """The previous state, written before any change: rollback.json and file copies."""
     state = root / STATE_DIR
@@ -225,7 +240,8 @@ def save_state(root: Path, ch: Changes, procfs: Path, version: str) -> Path:
             write_atomic(backup / f.rel, f.old.encode(), mode=0o644)
     doc = {
         "version": STATE_VERSION, "tool_version": version, "saved_at": stamp,
-        "procfs": str(procfs), "backup": str(backup) if any(f.old for f in ch.files) else None,
+        "procfs": str(procfs), "netns": netns_id(procfs) if ch.live else None,
+        "backup": str(backup) if any(f.old for f in ch.files) else None,
         "files": [{"path": f.rel, "content": f.old} for f in ch.files],
         "live": [{"key": c.key, "path": c.path, "value": c.old} for c in ch.live],
     }
@@ -318,12 +334,18 @@ def load_state(root: Path) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError, AssertionError):
         raise CtTuneError(f"{path}: not a ct-tune rollback state (corrupt or from another "
                           "version)") from None
-    return {"path": path, "files": files, "live": live, "saved_at": doc.get("saved_at")}
+    return {"path": path, "files": files, "live": live, "saved_at": doc.get("saved_at"),
+            "netns": doc.get("netns")}
 
 
 def rollback_changes(root: Path, procfs: Path) -> Changes:
     """What a rollback would do: the saved values and files, as changes from now."""
     state = load_state(root)
+    here = netns_id(procfs)
+    if state["live"] and state["netns"] and here and state["netns"] != here:
+        raise CtTuneError(f"{state['path']}: its live values were saved in network namespace "
+                          f"{state['netns']}, this is {here}: run the rollback there "
+                          "(ip netns exec NAME ct-tune rollback), or it would write them here")
     ch = Changes()
     for rel, old in state["files"]:
         now = _read_text(root / rel)

@@ -24,6 +24,10 @@ from ct_tune.sysctlkeys import short_name
 T = TypeVar("T")
 
 NETFILTER_DIR = "sys/net/netfilter"
+#: Written by ``ct-tune capture`` under the captured sysfs when the live host had
+#: nf_conntrack built in: live, that is told by /sys/module/nf_conntrack existing
+#: without initstate, which a tree cannot tell apart from a capture that missed initstate.
+BUILTIN_MARKER = "module/nf_conntrack/builtin.ct-tune"
 KEEPALIVE_KEYS = ("tcp_keepalive_time", "tcp_keepalive_intvl", "tcp_keepalive_probes")
 
 #: Keys whose value the rules do arithmetic on: a non-integer here is corrupt input.
@@ -314,13 +318,8 @@ def _conntrack(roots: Roots, sysctls: dict[str, dict[str, Any]]) -> dict[str, An
     hashsize = _parse(hs_path, _read(hs_path), parsers.parse_int)
     size, size_source = _slab_object_size(roots) if loaded else (None, None)
     initial = _initial_netns(roots, sysctls) if loaded else None
-    # A loadable module has /sys/module/nf_conntrack/initstate; a built-in one does not
-    # (modules-load.d and modprobe.d options then do nothing).  None: cannot tell.
-    builtin: bool | None = None
-    if roots.sys("module/nf_conntrack/initstate").exists():
-        builtin = False
-    elif loaded and roots.live and roots.sys("module/nf_conntrack").exists():
-        builtin = True
+    # built in: modules-load.d and modprobe.d options do nothing
+    builtin = builtin_module(roots, loaded)
     return {
         "loaded": loaded,
         "builtin": builtin,
@@ -330,6 +329,22 @@ def _conntrack(roots: Roots, sysctls: dict[str, dict[str, Any]]) -> dict[str, An
         "slab_object_size": size,
         "slab_object_size_source": size_source,
     }
+
+
+def builtin_module(roots: Roots, loaded: bool) -> bool | None:
+    """Whether nf_conntrack is built into the kernel (None: cannot tell).
+
+    A loadable module has /sys/module/nf_conntrack/initstate; a built-in one has the
+    directory (for its parameters) without it.  A captured tree says so with
+    BUILTIN_MARKER, so its replay decides as the live host did.
+    """
+    if roots.sys("module/nf_conntrack/initstate").exists():
+        return False
+    if not loaded:
+        return None
+    if roots.live:
+        return True if roots.sys("module/nf_conntrack").exists() else None
+    return True if (_read(roots.sys(BUILTIN_MARKER)) or "").strip() == "1" else None
 
 
 def _stat_table(roots: Roots) -> dict[str, Any] | None:
