@@ -38,8 +38,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ct_tune import sysctld, writers
-from ct_tune.errors import CtTuneError
+from ct_tune import safeio, sysctld, writers
+from ct_tune.errors import CtTuneError, InputError
 from ct_tune.facts import (
     BUILTIN_MARKER,
     KEEPALIVE_KEYS,
@@ -53,6 +53,8 @@ from ct_tune.facts import (
 )
 from ct_tune.facts import machine as facts_machine
 
+#: procfs tables among PROC_FILES: more than one value (see safeio.PROC_TABLE)
+PROC_TABLES = {"meminfo", "net/stat/nf_conntrack", "slabinfo"}
 PROC_FILES = ["meminfo", "uptime", "sys/kernel/arch", "sys/kernel/osrelease",
               "sys/kernel/hostname", "net/stat/nf_conntrack", "sys/net/nf_conntrack_max",
               *(f"sys/net/ipv4/{k}" for k in KEEPALIVE_KEYS)]
@@ -65,23 +67,26 @@ TABLE = "net/nf_conntrack"
 COPY_BLOCK = 1 << 20
 
 
-def _copy(src: Path, dst: Path, keep: list[str], rel: str, filter_lines: str | None = None
-          ) -> None:
-    try:
-        data = src.read_bytes()
-        mode = src.stat().st_mode & 0o777
-        if rel.startswith("proc/sys/") and os.statvfs(src).f_flag & os.ST_RDONLY:
-            mode &= ~0o222  # what facts._writable sees on a read-only mount
-    except OSError:
+def _copy(src: Path, dst: Path, keep: list[str], rel: str, filter_lines: str | None = None,
+          bound: safeio.Bound = safeio.VALUE) -> None:
+    """Copy one file as read; one that is missing or unreadable is left out (the facts
+    treat it as absent too), one that is not a regular file or too large is an error."""
+    fd = safeio.open_regular(src, missing_ok=True, denied_ok=True)
+    if fd is None:
         return
+    try:
+        mode = os.fstat(fd).st_mode & 0o777
+        if rel.startswith("proc/sys/") and os.fstatvfs(fd).f_flag & os.ST_RDONLY:
+            mode &= ~0o222  # what facts._writable sees on a read-only mount
+        data = safeio.read_fd(fd, src, bound)
+    finally:
+        os.close(fd)
     if filter_lines is not None:
         lines = data.decode(errors="replace").splitlines(keepends=True)
         data = "".join(ln for ln in lines[:2] if ln.startswith(("slabinfo", "#"))
                        ).encode() + "".join(ln for ln in lines if ln.startswith(filter_lines)
                                             ).encode()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.write_bytes(data)
-    os.chmod(dst, mode)
+    _write(dst, data, mode)
     keep.append(f"{rel} {mode:04o}")
 
 
@@ -90,11 +95,11 @@ def _copy_stream(src: Path, dst: Path, keep: list[str], rel: str) -> None:
     Absent or unreadable: skipped, as a live audit would find it.  A failure half way
     (the disk fills) removes the partial copy: a truncated dump would replay as a
     smaller table."""
-    try:
-        f = open(src, "rb", buffering=0)  # noqa: SIM115
-        mode = os.fstat(f.fileno()).st_mode & 0o777
-    except OSError:
+    fd = safeio.open_regular(src, missing_ok=True, denied_ok=True)
+    if fd is None:
         return
+    f = os.fdopen(fd, "rb", buffering=0)
+    mode = os.fstat(fd).st_mode & 0o777
     with f:
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -152,17 +157,46 @@ def _capture_table(roots: Roots, out: Path, modes: list[str], source: str) -> No
     modes.append(f"{rel} 0440")
 
 
+def _write(dst: Path, data: bytes, mode: int) -> None:
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(data)
+        os.chmod(dst, mode)
+    except OSError as e:
+        raise InputError(str(dst), f"cannot write: {e.strerror or e}") from None
+
+
+def _prepare(out: Path) -> None:
+    """DIRECTORY itself is created, its parents are not: a mistyped path is an error,
+    not a tree of new directories made by root."""
+    try:
+        out.mkdir(exist_ok=True)
+    except FileNotFoundError:
+        raise InputError(str(out), "cannot create the directory: its parent does not exist"
+                         ) from None
+    except FileExistsError:
+        raise InputError(str(out), "not a directory") from None
+    except OSError as e:
+        raise InputError(str(out), f"cannot create the directory: {e.strerror or e}"
+                         ) from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise InputError(str(out), "cannot write into the directory: permission denied or "
+                         "read-only")
+
+
 def capture(roots: Roots, out: Path, table: bool = True, table_source: str = "auto") -> int:
     """Write the tree under out/proc and out/sys; returns the number of files copied.
     table: copy the conntrack table too, read as the audit's --table-source reads it
     (see the module docstring)."""
+    _prepare(out)
     modes: list[str] = []
     if table:
         _capture_table(roots, out, modes, table_source)
     for rel in PROC_FILES:
-        _copy(roots.proc(rel), out / "proc" / rel, modes, f"proc/{rel}")
+        _copy(roots.proc(rel), out / "proc" / rel, modes, f"proc/{rel}",
+              bound=safeio.PROC_TABLE if rel in PROC_TABLES else safeio.VALUE)
     _copy(roots.proc("slabinfo"), out / "proc/slabinfo", modes, "proc/slabinfo",
-          filter_lines="nf_conntrack ")
+          filter_lines="nf_conntrack ", bound=safeio.PROC_TABLE)
     base = roots.proc(NETFILTER_DIR)
     for dirpath, _dirs, files in os.walk(base):
         for name in sorted(files):
@@ -185,7 +219,7 @@ def capture(roots: Roots, out: Path, table: bool = True, table_source: str = "au
         modes.append(f"sys/{BUILTIN_MARKER} 0644")
     links = _capture_config(roots.config_root, out, modes)
     _capture_writers(roots, out, modes)
-    (out / "MODES").write_text("".join(f"{m}\n" for m in sorted(modes)))
+    _write(out / "MODES", "".join(f"{m}\n" for m in sorted(modes)).encode(), 0o644)
     return len(modes) + links
 
 
@@ -240,11 +274,10 @@ def config_files(root: Path) -> list[str]:
                 continue
             for name in names:
                 if mention is not None:
-                    try:
-                        text = in_root(root, f"{d}/{name}").read_text(errors="replace")
-                    except OSError:
-                        continue
-                    if mention not in text:
+                    real_file = in_root(root, f"{d}/{name}")
+                    data = (b"" if real_file == root / "dev/null" else safeio.read_bytes(
+                        real_file, safeio.CONFIG, missing_ok=True, denied_ok=True))
+                    if data is None or mention.encode() not in data:
                         continue
                 rels.append(f"{d}/{name}")
     rels += [rel for rel in CONFIG_FILES if (root / rel).exists() or (root / rel).is_symlink()]
@@ -263,7 +296,7 @@ def _capture_config(root: Path, out: Path, modes: list[str]) -> int:
         dst = out / rel
         real = in_root(root, rel)
         if not is_link[rel]:
-            _copy(real, dst, modes, rel)
+            _copy(real, dst, modes, rel, bound=safeio.CONFIG)
             continue
         if real == root / "dev/null":
             target = "/dev/null"
@@ -272,15 +305,18 @@ def _capture_config(root: Path, out: Path, modes: list[str]) -> int:
         elif real.is_file() and real.relative_to(root).parts[0] not in ("proc", "sys"):
             # the file the link names is part of the configuration: copy it where it is
             copied[real] = real.relative_to(root).as_posix()
-            _copy(real, out / copied[real], modes, copied[real])
+            _copy(real, out / copied[real], modes, copied[real], bound=safeio.CONFIG)
             target = os.path.relpath(out / copied[real], dst.parent)
         else:
-            _copy(real, dst, modes, rel)
+            _copy(real, dst, modes, rel, bound=safeio.CONFIG)
             continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if dst.is_symlink() or dst.exists():
-            dst.unlink()
-        os.symlink(target, dst)
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if dst.is_symlink() or dst.exists():
+                dst.unlink()
+            os.symlink(target, dst)
+        except OSError as e:
+            raise InputError(str(dst), f"cannot write: {e.strerror or e}") from None
         made += 1
     return made
 
@@ -290,7 +326,8 @@ def apply_modes(tree: Path) -> None:
     manifest = tree / "MODES"
     if not manifest.exists():
         return
-    for line in manifest.read_text().splitlines():
+    text = safeio.read_text(manifest, safeio.CONFIG) or ""
+    for line in text.splitlines():
         rel, _, mode = line.rpartition(" ")
         target = tree / rel
         if rel and target.exists():

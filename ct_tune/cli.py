@@ -20,7 +20,7 @@ import click
 
 # Only what every command needs: the rest (jinja2 through the rule engine, tabulate,
 # the table readers) is imported by the commands that use it, to keep startup short.
-from ct_tune import __version__, facts, writers
+from ct_tune import __version__, facts, safeio, writers
 from ct_tune.errors import EXIT_OK, EXIT_UNKNOWN, CtTuneError
 
 if TYPE_CHECKING:
@@ -302,7 +302,7 @@ def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_r
     """Make the recommendations take effect now and at every boot, or change nothing."""
     from ct_tune import apply, engine, fragments, profiles, render
 
-    if "/" in name or not name.endswith(".conf"):
+    if not apply.valid_name(name):
         raise click.BadParameter("must be a file name ending in .conf", param_hint="--name")
     c = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules, root)
     target = c.roots.config_root
@@ -331,20 +331,24 @@ def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_r
             return
         apply.refuse_if_interrupted(target)
         _flush_stdout()  # output that cannot be written stops the apply before any change
-        state = apply.execute(ch, target, c.roots.procfs, __version__)
+        state = apply.execute(ch, target, c.roots.procfs, __version__,
+                              temps=apply.writable_files(name))
         _out(f"applied: {len(ch.live)} live value(s), {len(ch.files)} file(s); the "
              f"previous state is in {state}: 'ct-tune rollback' restores it")
 
 
 @cli.command("rollback")
-@click.option("--procfs", default="/proc", show_default=True, metavar="DIR")
+@click.option("--procfs", metavar="DIR",
+              help="Must be where the apply wrote its live values (recorded in the state; "
+              "the default).")
 @click.option("--root", metavar="DIR", type=click.Path(file_okay=False),
               help="The --root the apply wrote to (its state is in DIR/var/lib/ct-tune) "
               "[default: /].")
 @click.option("--dry-run", is_flag=True, help="Show what would be restored; change nothing.")
 @click.option("--lock-wait", type=click.FloatRange(min=0), default=5.0, show_default=True,
               metavar="S", help="Wait this long for another apply/rollback, then exit 4.")
-def rollback_cmd(procfs: str, root: str | None, dry_run: bool, lock_wait: float) -> None:
+def rollback_cmd(procfs: str | None, root: str | None, dry_run: bool, lock_wait: float
+                 ) -> None:
     """Restore the files and live values saved by the last apply that changed something."""
     from ct_tune import apply, render
 
@@ -352,19 +356,23 @@ def rollback_cmd(procfs: str, root: str | None, dry_run: bool, lock_wait: float)
     if not dry_run:
         # the running kernel is written only when the apply wrote live values
         # (an unprivileged 'apply --root SCRATCH --no-live' rolls back unprivileged)
-        apply.require_root(target, kernel=Path(procfs) == Path("/proc")
-                           and bool(apply.load_state(target)["live"]))
+        saved = apply.load_state(target)
+        live_root = apply.rollback_procfs(saved, procfs)
+        apply.require_root(target, kernel=os.path.realpath(live_root) == "/proc"
+                           and bool(saved.live))
     with (apply.locked(target, lock_wait) if not dry_run else _nolock()):
-        state = apply.state_path(target)
-        ch = apply.rollback_changes(target, Path(procfs))
-        if state.name == apply.PENDING_FILE:
-            _out(f"an apply was interrupted: restoring the state it saved in {state}")
+        state = apply.load_state(target)
+        live_root = apply.rollback_procfs(state, procfs)
+        ch = apply.rollback_changes(target, state, live_root)
+        if state.path.name == apply.PENDING_FILE:
+            _out(f"an apply was interrupted: restoring the state it saved in {state.path}")
         _out(render.changes(ch, (), target, dry_run, verb="restore"))
         if dry_run:
             return
         _flush_stdout()
-        apply.execute(ch, target, Path(procfs), __version__, save=False)
-        done = apply.finish_rollback(target)
+        apply.execute(ch, target, live_root, __version__, save=False,
+                      temps=[rel for rel, _ in state.files])
+        done = apply.finish_rollback(target, state)
         _out(f"rolled back: {len(ch.live)} live value(s), {len(ch.files)} file(s); "
              f"the saved state is kept as {done}")
 
@@ -454,7 +462,7 @@ def rules_show(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_
     for r in _ctx(procfs, sysfs, rules_dirs, no_builtin_rules).rules():
         if r.id == rule_id:
             _out(f"# {r.path}")
-            _out(Path(r.path).read_text(encoding="utf-8"), nl=False)
+            _out(safeio.read_text(r.path, safeio.RULE), nl=False)
             return
     raise CtTuneError(f"no rule with id {rule_id!r} (see 'ct-tune rules list')")
 

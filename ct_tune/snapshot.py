@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ct_tune import safeio
 from ct_tune.errors import InputError
 
 SCHEMA_NAME = "ct-tune/facts"
@@ -147,17 +148,13 @@ def validate(data: Any, path: str) -> dict[str, Any]:
 def load(path: str | Path) -> dict[str, Any]:
     """Read and validate a snapshot file ('-' is standard input)."""
     name = str(path)
-    try:
-        if name == "-":
-            import sys
+    if name == "-":
+        import sys
 
-            text = sys.stdin.read()
-        else:
-            text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise InputError(name, f"cannot read: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise InputError(name, "not text (invalid UTF-8)") from None
+        # A pipe is what '-' is for: stdin is not checked for a regular file, only bounded.
+        text = safeio.decode(safeio.read_stream(sys.stdin.buffer, name, safeio.SNAPSHOT), name)
+    else:
+        text = safeio.read_text(path, safeio.SNAPSHOT) or ""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
