@@ -22,7 +22,7 @@ from jinja2.environment import TemplateExpression
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from ct_tune import __version__, bootinit, cache, drift, formulas, kernelmodel, kubeproxy, whatif
+from ct_tune import __version__, attribution, bootinit, cache, drift, formulas, kernelmodel, kubeproxy, whatif
 
 
 class NoneDict(dict):
@@ -74,6 +74,9 @@ HELPERS: dict[str, Callable[..., Any]] = {
     "whatif": whatif.whatif,
     "occupancy": whatif.occupancy,
     "class_share": whatif.share,
+    # which timeouts hold the table and what changing each frees (ct_tune/attribution.py)
+    "attribution": attribution.attribution, "relief": attribution.relief,
+    "held_by": attribution.held_by, "dominant_port": attribution.dominant_port,
     # boot configuration against the running kernel (None/[] without persist facts)
     "drift": drift.drift, "overridden": drift.overridden, "unpersisted": drift.unpersisted,
     "boot_defaults": drift.boot_defaults, "early_load": drift.early_load,

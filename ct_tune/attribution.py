@@ -1,0 +1,108 @@
+"""Which timeouts hold the table, and what changing each would free.
+
+A full table has a cause: some class of flows (protocol/state/flag) is held by some
+timeout.  When that timeout is not the kernel's default, the default is the first
+candidate change, and the sample's what-if (:mod:`ct_tune.whatif`, Little's law) says
+how many entries it would free.  Rules call these pure functions through the expression
+sandbox so a warning about a timeout is only given when changing it relieves the table
+(a lower established timeout frees nothing on a table of unreplied UDP).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from ct_tune import whatif
+from ct_tune.sysctlkeys import short_name
+
+
+def _total(flows: Mapping[str, Any] | None) -> int:
+    if not flows:
+        return 0
+    return int(flows.get("entries_estimated") or 0)
+
+
+def relief(flows: Mapping[str, Any] | None, key: str,
+           seconds: float | None) -> dict[str, Any] | None:
+    """Entries the sampled table would lose with `key` set to `seconds`, and their share of
+    the whole sampled table; None without a sample (unknown), zeros when no sampled flow is
+    held by `key` (the change frees nothing)."""
+    total = _total(flows)
+    if not total or seconds is None:
+        return None
+    result = whatif.whatif(flows, key, seconds)
+    if result is None:
+        return {"entries": 0, "projected": 0, "freed": 0, "share": 0.0, "of_table": 0.0}
+    freed = max(0, result["entries"] - result["projected"])
+    return {
+        "entries": result["entries"],
+        "projected": result["projected"],
+        "freed": freed,
+        "share": round(result["entries"] / total, 4),
+        "of_table": round(freed / total, 4),
+    }
+
+
+def attribution(flows: Mapping[str, Any] | None,
+                defaults: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every timeout key that holds sampled entries: its classes, entries and share of the
+    table, its value against the kernel default (`defaults`, by short name: drift's
+    boot_defaults), and the relief of returning it to the default; largest relief first,
+    then largest share."""
+    total = _total(flows)
+    if not flows or not total:
+        return []
+    by_key: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
+    for name, cls in flows.get("classes", {}).items():
+        by_key.setdefault(short_name(cls["timeout_key"]), []).append((name, cls))
+    out = []
+    for short, classes in by_key.items():
+        entries = sum(c["entries"] for _, c in classes)
+        timeout = max(c["timeout"] for _, c in classes)
+        default = defaults.get(short)
+        non_default = isinstance(default, int) and default != timeout
+        r = relief(flows, short, default) if non_default else None
+        out.append({
+            "key": short,
+            "classes": [n for n, _ in sorted(classes, key=lambda nc: -nc[1]["entries"])],
+            "entries": entries,
+            "share": round(entries / total, 4),
+            "timeout": timeout,
+            "default": default,
+            "non_default": non_default,
+            "factor": round(timeout / default, 2) if non_default and default else None,
+            "freed": r["freed"] if r else 0,
+            "freed_share": r["of_table"] if r else 0.0,
+            "projected": r["projected"] if r else entries,
+        })
+    out.sort(key=lambda a: (-a["freed"], -a["entries"]))
+    return out
+
+
+def held_by(attr: list[Mapping[str, Any]], key: str) -> Mapping[str, Any] | None:
+    """The attribution row of one timeout key (short or full name), None when no sampled
+    entry is held by it."""
+    short = short_name(key)
+    return next((a for a in attr if a["key"] == short), None)
+
+
+def dominant_port(flows: Mapping[str, Any] | None, name: str,
+                  threshold: float) -> list[Any] | None:
+    """The destination port that holds at least `threshold` of one class's sampled entries,
+    as [port, entries, share of the class]; None when no port does (a port with 4 of
+    200,000 entries is not the cause of anything)."""
+    if not flows:
+        return None
+    cls = flows.get("classes", {}).get(name)
+    if not cls or not cls.get("entries"):
+        return None
+    ports: Counter[str] = Counter()
+    for bin_ports in cls["idle_ports"]:
+        ports.update(bin_ports)
+    if not ports:
+        return None
+    port, n = ports.most_common(1)[0]
+    share = n / cls["entries"]
+    return [int(port), n, round(share, 4)] if share >= threshold else None
