@@ -42,6 +42,7 @@ from ct_tune import safeio, sysctld, writers
 from ct_tune.errors import CtTuneError, InputError
 from ct_tune.facts import (
     BUILTIN_MARKER,
+    FORWARDING_FILES,
     KEEPALIVE_KEYS,
     MACHINE_FILE,
     NETFILTER_DIR,
@@ -57,7 +58,7 @@ from ct_tune.facts import machine as facts_machine
 PROC_TABLES = {"meminfo", "net/stat/nf_conntrack", "slabinfo"}
 PROC_FILES = ["meminfo", "uptime", "sys/kernel/arch", "sys/kernel/osrelease",
               "sys/kernel/hostname", "net/stat/nf_conntrack", "sys/net/nf_conntrack_max",
-              *(f"sys/net/ipv4/{k}" for k in KEEPALIVE_KEYS)]
+              *(f"sys/net/ipv4/{k}" for k in KEEPALIVE_KEYS), *FORWARDING_FILES]
 SYS_FILES = ["devices/system/cpu/online", "module/nf_conntrack/parameters/hashsize",
              "kernel/slab/nf_conntrack/slab_size", "kernel/slab/nf_conntrack/object_size",
              # present only for a loadable module: tells built-in from modular

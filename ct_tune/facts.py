@@ -215,7 +215,33 @@ def _host(roots: Roots) -> dict[str, Any]:
         "mem_total_bytes": meminfo.get("MemTotal"),
         "low_total_bytes": meminfo.get("LowTotal"),
         "uptime_seconds": _uptime(roots),
+        # whether this namespace routes packets (IPv4 or IPv6): the established timeout's
+        # floor is then RFC 5382 REQ-5's, not this host's own keepalive (None: unknown)
+        "forwarding": _forwarding(roots),
     }
+
+
+#: The forwarding switches, IPv4 and IPv6 (net/ipv4/sysctl_net_ipv4.c ip_forward,
+#: net/ipv6/addrconf.c conf/all/forwarding); per network namespace.
+FORWARDING_FILES = ("sys/net/ipv4/ip_forward", "sys/net/ipv6/conf/all/forwarding")
+
+
+def _forwarding(roots: Roots) -> bool | None:
+    """True when either family forwards, False when both that can be read do not, None
+    when neither can be read (an old capture)."""
+    seen = None
+    for rel in FORWARDING_FILES:
+        path = roots.proc(rel)
+        text = _read(path)
+        if text is None:
+            continue
+        value = text.strip()
+        if not value.isdigit():
+            raise InputError(str(path), f"expected 0 or 1, got {value[:40]!r}")
+        if int(value):
+            return True
+        seen = False
+    return seen
 
 
 #: Written by ``ct-tune capture`` beside proc/ and sys/ on kernels without
