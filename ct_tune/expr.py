@@ -22,7 +22,17 @@ from jinja2.environment import TemplateExpression
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from ct_tune import __version__, attribution, bootinit, cache, drift, formulas, kernelmodel, kubeproxy, whatif
+from ct_tune import (
+    __version__,
+    attribution,
+    bootinit,
+    cache,
+    drift,
+    formulas,
+    kernelmodel,
+    kubeproxy,
+    whatif,
+)
 
 
 class NoneDict(dict):

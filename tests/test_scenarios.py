@@ -56,7 +56,7 @@ def test_keepalive_trap_is_flagged_and_fixed_above_the_window(tree):
     assert rc == 1
     est = by_rule(report)["tcp-timeout-established"]
     assert est["severity"] == "warning"
-    assert "keepalive window" in est["summary"]
+    assert "keepalive floor" in est["summary"]
     assert est["evidence"]["ka_window"] == 7875
     assert est["recommended"] >= 7875
 
