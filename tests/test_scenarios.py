@@ -35,15 +35,18 @@ def test_defaults_16g_only_trims_the_established_timeout(tree):
     assert not [x for x in report["findings"] if x["severity"] in ("warning", "critical")]
 
 
-def test_nearly_full_table_with_drops_is_critical_and_sized_from_count(tree):
+def test_nearly_full_table_with_drops_is_critical_and_stepped_up(tree):
     report, rc = audit_json(tree("nearly-full-drops"))
     assert rc == 2 and report["status"] == "critical"
     f = by_rule(report)
     assert f["conntrack-max"]["severity"] == "critical"
-    # 251000 entries at a 50 % target -> 502000, rounded up to a page of 512 buckets
-    assert f["conntrack-max"]["recommended"] == 502272
+    # 251,000 of 262,144: the count is a lower bound of demand, so max steps up 4x
+    # (within the memory budget) rather than to 2x the count as if demand were known
+    assert f["conntrack-max"]["recommended"] == 4 * 262144
+    assert "demand above the limit is unknown" in f["conntrack-max"]["summary"]
+    assert "measure again" in f["conntrack-max"]["summary"]
     # buckets follow the recommended max (factor 1), not the current one
-    assert f["hash-buckets"]["recommended"] == 502272
+    assert f["hash-buckets"]["recommended"] == 4 * 262144
     assert f["table-drops"]["severity"] == "critical"
     assert f["table-drops"]["evidence"]["drop"] == 4 * 0x120
     assert f["insert-races"]["severity"] == "warning"
