@@ -106,3 +106,19 @@ def dominant_port(flows: Mapping[str, Any] | None, name: str,
     port, n = ports.most_common(1)[0]
     share = n / cls["entries"]
     return [int(port), n, round(share, 4)] if share >= threshold else None
+
+
+def protocol_mix(flows: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The sampled table's protocol mix, to tell the UDP DNS race from the TCP SNAT port
+    race when the insert counters alone cannot: shares of UDP, TCP and of destination port
+    53, and the protocol holding the majority ("udp", "tcp" or None); None without a
+    sample."""
+    total = _total(flows)
+    if not flows or not total:
+        return None
+    by_l4 = flows.get("by_l4") or {}
+    udp = (by_l4.get("udp") or 0) / total
+    tcp = (by_l4.get("tcp") or 0) / total
+    dns = sum(n for p, n in flows.get("top_dports") or [] if int(p) == 53) / total
+    major = "udp" if udp > 0.5 else "tcp" if tcp > 0.5 else None
+    return {"udp": round(udp, 4), "tcp": round(tcp, 4), "dns": round(dns, 4), "major": major}
