@@ -122,3 +122,78 @@ def protocol_mix(flows: Mapping[str, Any] | None) -> dict[str, Any] | None:
     dns = sum(n for p, n in flows.get("top_dports") or [] if int(p) == 53) / total
     major = "udp" if udp > 0.5 else "tcp" if tcp > 0.5 else None
     return {"udp": round(udp, 4), "tcp": round(tcp, 4), "dns": round(dns, 4), "major": major}
+
+
+#: UDP ports of traffic that needs no connection state where it is terminated or merely
+#: routed (no NAT, no stateful filtering): a local resolver and tunnel endpoints.
+#: IANA: 53 domain; 4789 VXLAN (RFC 7348); 6081 GENEVE (RFC 8926); 51820 WireGuard's
+#: customary port (wg(8) examples).
+STATELESS_UDP = {53: "DNS", 4789: "VXLAN", 6081: "GENEVE", 51820: "WireGuard"}
+
+
+def _ports(flows: Mapping[str, Any], prefix: str) -> tuple[Counter[str], int]:
+    ports: Counter[str] = Counter()
+    entries = 0
+    for name, cls in flows.get("classes", {}).items():
+        if name.split("/")[0] != prefix:
+            continue
+        entries += cls["entries"]
+        for bin_ports in cls["idle_ports"]:
+            ports.update(bin_ports)
+    return ports, entries
+
+
+def notrack_candidate(flows: Mapping[str, Any] | None,
+                      threshold: float) -> dict[str, Any] | None:
+    """The class of traffic that holds at least `threshold` of the sampled table and could
+    skip tracking: GRE, UDP to a stateless-safe port (:data:`STATELESS_UDP`), or failing
+    those one UDP or TCP destination port; with the exact raw-table rules for it.  None
+    when nothing dominates (or without a sample)."""
+    total = _total(flows)
+    if not flows or not total:
+        return None
+    gre = (flows.get("by_l4") or {}).get("gre") or 0
+    if gre / total >= threshold:
+        return _with_rules({"proto": "gre", "port": None, "kind": "GRE tunnel",
+                            "entries": gre, "share": round(gre / total, 4)})
+    found = []
+    for proto in ("udp", "tcp"):
+        ports, _ = _ports(flows, proto)
+        for port, n in ports.most_common(3):
+            if n / total >= threshold:
+                kind = STATELESS_UDP.get(int(port)) if proto == "udp" else None
+                found.append({"proto": proto, "port": int(port),
+                              "kind": kind or f"{proto.upper()} port {port}",
+                              "stateless": kind is not None,
+                              "entries": n, "share": round(n / total, 4)})
+    if not found:
+        return None
+    found.sort(key=lambda c: (not c["stateless"], -c["entries"]))
+    return _with_rules(found[0])
+
+
+def _with_rules(cand: dict[str, Any]) -> dict[str, Any]:
+    """nft (inet family: IPv4 and IPv6) and iptables/ip6tables raw-table rules that keep the
+    class out of the table in both directions: its packets to the port and the replies from
+    it, arriving (prerouting) and locally sent (output)."""
+    proto, port = cand["proto"], cand["port"]
+    if port is None:
+        nft_matches = ["meta l4proto gre"]
+        ipt_matches = [f"-p {proto}"]
+    else:
+        nft_matches = [f"{proto} dport {port}", f"{proto} sport {port}"]
+        ipt_matches = [f"-p {proto} --dport {port}", f"-p {proto} --sport {port}"]
+    nft = ["nft add table inet ct_tune_raw",
+           "nft add chain inet ct_tune_raw prerouting "
+           "'{ type filter hook prerouting priority raw; policy accept; }'",
+           "nft add chain inet ct_tune_raw output "
+           "'{ type filter hook output priority raw; policy accept; }'"]
+    ipt = []
+    for chain in ("prerouting", "output"):
+        for m in nft_matches:
+            nft.append(f"nft add rule inet ct_tune_raw {chain} {m} notrack")
+    for tool in ("iptables", "ip6tables"):
+        for chain in ("PREROUTING", "OUTPUT"):
+            for m in ipt_matches:
+                ipt.append(f"{tool} -t raw -A {chain} {m} -j CT --notrack")
+    return {**cand, "nft": nft, "iptables": ipt}

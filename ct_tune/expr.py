@@ -87,7 +87,7 @@ HELPERS: dict[str, Callable[..., Any]] = {
     # which timeouts hold the table and what changing each frees (ct_tune/attribution.py)
     "attribution": attribution.attribution, "relief": attribution.relief,
     "held_by": attribution.held_by, "dominant_port": attribution.dominant_port,
-    "protocol_mix": attribution.protocol_mix,
+    "protocol_mix": attribution.protocol_mix, "notrack_candidate": attribution.notrack_candidate,
     # boot configuration against the running kernel (None/[] without persist facts)
     "drift": drift.drift, "overridden": drift.overridden, "unpersisted": drift.unpersisted,
     "boot_defaults": drift.boot_defaults, "early_load": drift.early_load,
