@@ -90,15 +90,15 @@ def test_module_hashsize_and_max_are_persisted_together(tree, tmp_path):
     sysctl = (root / "etc/sysctl.d/99-ct-tune.conf").read_text()
     modprobe = (root / "etc/modprobe.d/ct-tune.conf").read_text()
     load = (root / "etc/modules-load.d/ct-tune.conf").read_text()
-    assert "options nf_conntrack hashsize=502272\n" in modprobe
-    assert "sets nf_conntrack_max = 502272 explicitly" in modprobe
-    assert f"\n{MAX} = 502272\n" in sysctl
+    assert "options nf_conntrack hashsize=1048576\n" in modprobe
+    assert "sets nf_conntrack_max = 1048576 explicitly" in modprobe
+    assert f"\n{MAX} = 1048576\n" in sysctl
     assert fragments.content(load) == ["nf_conntrack"]
     for path in ("etc/sysctl.d/99-ct-tune.conf", "etc/modprobe.d/ct-tune.conf",
                  "etc/modules-load.d/ct-tune.conf"):
         assert stat.S_IMODE((root / path).stat().st_mode) == 0o644
-    assert live(roots, MAX) == "502272"
-    assert live(roots, "net.netfilter.nf_conntrack_buckets") == "502272"
+    assert live(roots, MAX) == "1048576"
+    assert live(roots, "net.netfilter.nf_conntrack_buckets") == "1048576"
 
 
 def test_module_options_no_longer_needed_are_removed_and_rolled_back(tree, tmp_path):
@@ -108,7 +108,7 @@ def test_module_options_no_longer_needed_are_removed_and_rolled_back(tree, tmp_p
     assert run_cli(*args).returncode == 0
     modprobe, load = root / "etc/modprobe.d/ct-tune.conf", root / "etc/modules-load.d/ct-tune.conf"
     before = modprobe.read_text()
-    assert "hashsize=502272" in before
+    assert "hashsize=1048576" in before
     # max and buckets become read-only here (the host moved them into a container's view):
     # max is no longer pinned, and hashsize= alone would mean max = 8 x hashsize at boot
     for key in ("nf_conntrack_max", "nf_conntrack_buckets"):
@@ -190,4 +190,4 @@ def test_no_live_writes_only_the_files(tree, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "live values" not in proc.stdout
     assert live(roots, MAX) == "262144"
-    assert f"\n{MAX} = 502272\n" in (root / "etc/sysctl.d/99-ct-tune.conf").read_text()
+    assert f"\n{MAX} = 1048576\n" in (root / "etc/sysctl.d/99-ct-tune.conf").read_text()
