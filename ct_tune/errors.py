@@ -39,3 +39,15 @@ class InputError(CtTuneError):
         self.problem = problem
         prefix = f"{self.path}: {item}: " if item else f"{self.path}: "
         super().__init__(prefix + problem)
+
+
+class InputErrors(CtTuneError):
+    """Several input problems found in one pass: one ``ct-tune: PATH: problem`` line each.
+
+    The CLI prints ``ct-tune: {error}``, so every line after the first carries the
+    prefix in the message itself.
+    """
+
+    def __init__(self, errors: list[InputError]) -> None:
+        self.errors = errors
+        super().__init__("\nct-tune: ".join(e.message for e in errors))

@@ -27,13 +27,39 @@ _ARCH_POINTER = {
 }
 
 
+#: Digits a decimal number read from procfs may have: 20 holds any 64-bit value; longer
+#: is corrupt (and Python refuses int() of more than 4300 digits with its own message).
+MAX_DIGITS = 20
+#: Hexadecimal digits of one /proc/net/stat/nf_conntrack counter (unsigned int, printed
+#: as %08x; 16 allows 64 bits)
+MAX_HEX_DIGITS = 16
+#: CONFIG_NR_CPUS is at most 8192 on any architecture; a CPU list naming more is corrupt
+MAX_CPUS = 1 << 16
+_DECIMAL = re.compile(r"[+-]?[0-9]+")
+_HEX = re.compile(rf"[0-9a-fA-F]{{1,{MAX_HEX_DIGITS}}}")
+_MEMINFO_VALUE = re.compile(rf"[0-9]{{1,{MAX_DIGITS}}}")
+
+
+def _clip(value: str, width: int = 40) -> str:
+    return value if len(value) <= width else value[:width - 3] + "..."
+
+
+def decimal(value: str) -> int:
+    """An ASCII decimal integer of sane length (not '²', not '1_000', not 5000 digits)."""
+    if not _DECIMAL.fullmatch(value):
+        raise ValueError(f"expected an integer, found {_clip(value)!r}")
+    if len(value.lstrip("+-")) > MAX_DIGITS:
+        raise ValueError(f"expected an integer, found a number of {len(value)} digits")
+    return int(value)
+
+
 def parse_sysctl_value(text: str) -> int | list[int] | str:
     """A sysctl file's value: an int, a list of ints (multi-field), or the raw string."""
     fields = text.split()
     if not fields:
         return ""
     try:
-        ints = [int(f) for f in fields]
+        ints = [decimal(f) for f in fields]
     except ValueError:
         return text.strip()
     return ints[0] if len(ints) == 1 else ints
@@ -42,11 +68,9 @@ def parse_sysctl_value(text: str) -> int | list[int] | str:
 def parse_int(text: str) -> int:
     """A single integer value, or ValueError naming what was found instead."""
     value = text.strip()
-    try:
-        return int(value)
-    except ValueError:
-        shown = value if len(value) <= 40 else value[:37] + "..."
-        raise ValueError(f"expected an integer, found {shown!r}") from None
+    if not value:
+        raise ValueError("empty, expected an integer")
+    return decimal(value)
 
 
 def parse_uptime(text: str) -> int:
@@ -56,7 +80,7 @@ def parse_uptime(text: str) -> int:
         seconds = float(fields[0])
     except (IndexError, ValueError):
         raise ValueError(f"expected seconds since boot, got {text.strip()[:40]!r}") from None
-    if not math.isfinite(seconds) or seconds < 0:
+    if not math.isfinite(seconds) or not 0 <= seconds < 2**63:
         raise ValueError(f"expected seconds since boot, got {fields[0]!r}")
     return int(seconds)
 
@@ -69,7 +93,7 @@ def parse_meminfo(text: str) -> dict[str, int]:
             continue
         key, sep, rest = line.partition(":")
         parts = rest.split()
-        if not sep or not parts or not parts[0].isdigit():
+        if not sep or not parts or not _MEMINFO_VALUE.fullmatch(parts[0]):
             raise ValueError(f"line {n}: expected 'Key: value kB', found {line.strip()[:60]!r}")
         scale = 1024 if len(parts) > 1 and parts[1].lower() == "kb" else 1
         out[key.strip()] = int(parts[0]) * scale
@@ -83,11 +107,13 @@ def parse_cpu_list(text: str) -> list[int]:
     if not value:
         return cpus
     for part in value.split(","):
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part.strip())
+        m = re.fullmatch(r"([0-9]{1,9})(?:-([0-9]{1,9}))?", part.strip())
         if not m:
             raise ValueError(f"expected a CPU list like '0-3,8', found {value[:40]!r}")
         lo = int(m.group(1))
         hi = int(m.group(2)) if m.group(2) else lo
+        if hi >= MAX_CPUS or len(cpus) + hi - lo >= MAX_CPUS:
+            raise ValueError(f"more CPUs than any kernel supports ({MAX_CPUS}): {value[:40]!r}")
         if hi < lo:
             raise ValueError(f"CPU range {part!r} runs backwards")
         cpus.extend(range(lo, hi + 1))
@@ -96,7 +122,7 @@ def parse_cpu_list(text: str) -> list[int]:
 
 def parse_kernel_version(release: str) -> tuple[int, int, int] | None:
     """'6.18.44-fc-v657' -> (6, 18, 44); None when it does not start with a version."""
-    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", release.strip())
+    m = re.match(r"([0-9]{1,6})\.([0-9]{1,6})(?:\.([0-9]{1,6}))?", release.strip())
     if not m:
         return None
     return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
@@ -118,7 +144,7 @@ def parse_slabinfo(text: str, cache: str = "nf_conntrack") -> int | None:
     for line in text.splitlines():
         fields = line.split()
         if fields and fields[0] == cache:
-            if len(fields) < 4 or not fields[3].isdigit():
+            if len(fields) < 4 or not re.fullmatch(r"[0-9]{1,9}", fields[3]):
                 raise ValueError(f"malformed {cache} line: {line.strip()[:60]!r}")
             return int(fields[3])
     return None
@@ -145,6 +171,8 @@ def parse_conntrack_stat(text: str) -> dict:
         if len(fields) != len(header):
             raise ValueError(f"line {n}: {len(fields)} fields, header has {len(header)}")
         try:
+            if not all(_HEX.fullmatch(f) for f in fields):
+                raise ValueError
             values = [int(f, 16) for f in fields]
         except ValueError:
             raise ValueError(f"line {n}: expected hexadecimal counters") from None
