@@ -94,6 +94,7 @@ def gather(roots: facts.Roots, no_sample: bool, sample_limit: int | None,
     from ct_tune import sampler
 
     host = facts.collect(roots)
+    _report_problems(host)
     sampler.fill_missing_stat(roots, host)
     dump = roots.proc("net/nf_conntrack")
     # A captured tree without a table dump just has no sample; a live host says why.
@@ -110,6 +111,15 @@ def gather(roots: facts.Roots, no_sample: bool, sample_limit: int | None,
         if sys.stderr.isatty():
             click.echo("", err=True)
     return host
+
+
+def _report_problems(host: dict[str, Any]) -> None:
+    """Every input problem, one ``ct-tune: PATH: what is wrong`` line each on stderr: the
+    facts they concern are unknown, and so are the findings that needed them."""
+    from ct_tune.findings import error_text
+
+    for err in host.get("errors") or []:
+        click.echo(f"ct-tune: {error_text(err)}", err=True)
 
 
 def root_options(f: Any) -> Any:
@@ -171,10 +181,13 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
     c = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules, root)
     prof = profiles.get(c.profiles(), profile)
     loaded_rules = c.rules()
-    host = (snapshot.load(facts_file) if facts_file
-            else gather(c.roots, no_sample, sample_limit, table_source, duration, interval))
+    if facts_file:
+        host = snapshot.load(facts_file)
+        _report_problems(host)
+    else:
+        host = gather(c.roots, no_sample, sample_limit, table_source, duration, interval)
     result = engine.evaluate(loaded_rules, host, prof)
-    state = findings.status(result)
+    state = findings.status(result, host.get("errors") or [])
     if fmt == "json":
         click.echo(json.dumps(render.report(result, host, state, prof.name), indent=2))
     elif fmt == "sysctl":
@@ -191,7 +204,7 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
         click.echo(render.explain(result))
     else:
         click.echo(render.table(result))
-        click.echo(f"\nstatus: {state.upper()} ({len(result)} findings, profile {prof.name})")
+        click.echo("\n" + render.status_line(result, host, state, prof.name))
     sys.exit(findings.exit_code(state))
 
 

@@ -354,9 +354,10 @@ def in_root(root: Path, rel: str) -> Path:
     return here
 
 
-def _persistence(root: Path, problems: Problems) -> dict[str, Any]:
+def _persistence(root: Path, problems: Problems | None = None) -> dict[str, Any]:
     """sysctl.d/sysctl.conf assignments of conntrack keys, in systemd's reading order, and
     what loads nf_conntrack at boot (modules-load.d, /etc/modules, a udev rule)."""
+    problems = problems if problems is not None else Problems()
     fact = ("persist",)  # a boot file that cannot be read leaves the boot config unknown
     files = sysctld.ordered({d: _conf_names(in_root(root, d)) for d in sysctld.SYSCTL_DIRS})
     files.append(sysctld.SYSCTL_CONF)

@@ -19,7 +19,9 @@ from ct_tune.errors import InputError, InputErrors
 from ct_tune.sysctlkeys import spec as key_spec
 
 SCHEMA_NAME = "ct-tune/facts"
-SCHEMA_VERSION = 1
+#: 2 added errors[] and null sysctl values (a value that could not be read); 1 is read too
+SCHEMA_VERSION = 2
+READS_VERSIONS = (1, 2)
 
 INT = (int,)
 NUM = (int, float)
@@ -271,10 +273,10 @@ def validate(data: Any, path: str) -> dict[str, Any]:
         raise InputError(path, f"not a ct-tune facts snapshot (schema is "
                                f"{_show(data.get('schema'))}, expected {SCHEMA_NAME!r})")
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION or isinstance(version, bool):
+    if version not in READS_VERSIONS or isinstance(version, bool):
         raise InputError(path, f"facts schema_version {_show(version)} is not supported by "
-                               f"this ct-tune (reads version {SCHEMA_VERSION}); re-collect or "
-                               "upgrade")
+                               f"this ct-tune (reads versions 1 and {SCHEMA_VERSION}); "
+                               "re-collect or upgrade")
     problems: list[tuple[str, str]] = []
     _check(data, SPEC, "", problems)
     if not problems:
