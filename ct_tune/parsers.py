@@ -163,6 +163,10 @@ def parse_conntrack_stat(text: str) -> dict:
     header = lines[0].split()
     if not header or any(not re.fullmatch(r"[a-z_]+", h) for h in header):
         raise ValueError(f"expected a header of column names, found {lines[0].strip()[:60]!r}")
+    if "drop" not in header or "entries" not in header:
+        raise ValueError(f"no drop or entries column in the header {lines[0].strip()[:60]!r}")
+    if len(lines) < 2:
+        raise ValueError("no CPU lines after the header")
     names = [STAT_ALIASES.get(h, h) for h in header]
     totals = {name: 0 for name in names if name not in STAT_NOT_SUMMED}
     entries = 0
