@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -66,4 +67,13 @@ def error_text(err: Mapping[str, Any]) -> str:
     """One facts["errors"] item as the CLI prints it: PATH: [FIELD: ]what is wrong."""
     item = err.get("item")
     where = f"{err['path']}: {item}" if item else err["path"]
-    return f"{where}: {err['problem']}"
+    return one_line(f"{where}: {err['problem']}")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: str) -> str:
+    """Control characters (a newline in a file name or a snapshot's key) escaped, so one
+    problem is one line on stderr and in a table cell."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)

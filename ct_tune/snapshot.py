@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ct_tune.errors import InputError, InputErrors
+from ct_tune.findings import one_line
 from ct_tune.sysctlkeys import spec as key_spec
 
 SCHEMA_NAME = "ct-tune/facts"
@@ -282,7 +283,7 @@ def validate(data: Any, path: str) -> dict[str, Any]:
     if not problems:
         _flow_bins(data, problems)
     if problems:
-        raise InputErrors([InputError(path, problem, item=where or None)
+        raise InputErrors([InputError(path, one_line(problem), item=one_line(where) or None)
                            for where, problem in problems])
     _degrade_ranges(data, path)
     return data
