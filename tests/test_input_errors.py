@@ -292,3 +292,38 @@ def test_deeply_nested_snapshot_is_exit_3(tmp_path, raw):
     path, proc = _audit_snapshot(tmp_path, None, raw)
     assert proc.returncode == 3
     assert proc.stderr == f"ct-tune: {path}: invalid snapshot: nested too deeply\n"
+
+
+RULE = """
+id = "{rid}"
+title = "t"
+sources = ["x"]
+explanation = "e"
+[let]
+v = "{expr}"
+[[severity]]
+level = "ok"
+summary = "fine"
+"""
+
+
+def test_a_broken_rule_is_still_the_rule_files_fault_next_to_a_corrupt_input(tree, tmp_path):
+    roots = tree("defaults-16g")
+    (roots.procfs / NF / "nf_conntrack_udp_timeout").write_text("30s\n")
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    # reads a good fact and fails: the rule's fault, whatever else is corrupt
+    (rules / "broken.toml").write_text(RULE.format(rid="broken",
+                                                   expr="sysctl.nf_conntrack_max / 0"))
+    proc = run_cli("audit", *tree_args(roots), "--rules-dir", str(rules))
+    assert proc.returncode == 3 and proc.stdout == ""
+    assert proc.stderr.splitlines()[-1].startswith(f"ct-tune: {rules / 'broken.toml'}: broken: ")
+    # the same arithmetic on the corrupt value: unknown, blamed on the proc file
+    (rules / "broken.toml").write_text(RULE.format(
+        rid="broken", expr="sysctl.nf_conntrack_udp_timeout * 2"))
+    proc, report = _audit_json(roots, "--rules-dir", str(rules))
+    finding = _by_rule(report)["broken"]
+    assert finding["severity"] == "unknown"
+    assert finding["unavailable"] == [
+        f"{roots.procfs / NF / 'nf_conntrack_udp_timeout'}: expected an integer, found '30s'"]
+    assert "broken.toml" not in proc.stderr
