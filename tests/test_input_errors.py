@@ -252,13 +252,17 @@ def test_nan_inf_and_huge_numbers_in_a_snapshot_name_the_field(snapshot, tmp_pat
     assert proc.stderr == f"ct-tune: {path}: {field}: {problem}\n"
 
 
-def test_huge_sysctl_value_in_a_snapshot_names_the_field(snapshot, tmp_path):
+@pytest.mark.parametrize(("token", "found"), [("7" * 5000, "a number of 5000 digits"),
+                                              ("NaN", "nan"), ("-Infinity", "-inf"),
+                                              ("2.5", "2.5"), ("true", "true")])
+def test_huge_or_not_integer_sysctl_value_in_a_snapshot_names_the_field(snapshot, tmp_path,
+                                                                        token, found):
     snapshot["sysctl"]["net.netfilter.nf_conntrack_max"]["value"] = "@@"
-    raw = json.dumps(snapshot).replace('"@@"', "7" * 5000)
+    raw = json.dumps(snapshot).replace('"@@"', token)
     path, proc = _audit_snapshot(tmp_path, None, raw)
     assert proc.returncode == 3
     assert proc.stderr == (f"ct-tune: {path}: sysctl.net.netfilter.nf_conntrack_max.value: "
-                           "expected integer, found a number of 5000 digits\n")
+                           f"expected integer, found {found}\n")
 
 
 def test_every_snapshot_problem_is_listed(snapshot, tmp_path):
