@@ -65,6 +65,8 @@ def explain(findings: list[Finding]) -> str:
             change = (f"{_fmt_value(f.parameter, f.current)} -> "
                       f"{_fmt_value(f.parameter, f.recommended)}") if f.changes else (
                       f"{_fmt_value(f.parameter, f.current)} (keep)")
+            if f.severity == "unknown":
+                change = f"{_fmt_value(f.parameter, f.current)} (not assessed)"
             lines.append(f"{f.parameter}: {change}")
             if f.scope == "host":
                 lines.append("scope: read-only in this network namespace; set it on the host")

@@ -104,6 +104,10 @@ def test_negative_max_names_the_file_and_the_range_and_gives_no_nonsense(tree):
                                           "(int, 0 means unlimited for max)"]
     assert "-0.00" not in proc.stdout
     assert report["facts"]["sysctl"]["net.netfilter.nf_conntrack_max"]["value"] is None
+    explain = run_cli("audit", "--explain", *tree_args(roots))
+    assert "[UNKNOWN] conntrack-max" in explain.stdout
+    assert "net.netfilter.nf_conntrack_max: - (not assessed)" in explain.stdout
+    assert explain.returncode == 3
 
 
 def test_a_value_beyond_the_kernels_type_is_an_error(tree):
