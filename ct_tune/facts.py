@@ -17,13 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ct_tune import __version__, parsers, sysctld
+from ct_tune import __version__, parsers, safeio, sysctld
 from ct_tune.errors import InputError
 from ct_tune.sysctlkeys import short_name, spec
 
 T = TypeVar("T")
 
 NETFILTER_DIR = "sys/net/netfilter"
+#: Written by ``ct-tune capture`` under the captured sysfs when the live host had
+#: nf_conntrack built in: live, that is told by /sys/module/nf_conntrack existing
+#: without initstate, which a tree cannot tell apart from a capture that missed initstate.
+BUILTIN_MARKER = "module/nf_conntrack/builtin.ct-tune"
 KEEPALIVE_KEYS = ("tcp_keepalive_time", "tcp_keepalive_intvl", "tcp_keepalive_probes")
 
 #: Keys whose value the rules do arithmetic on: a non-integer here is corrupt input.
@@ -64,20 +68,11 @@ class Roots:
         return self.procfs == Path("/proc") and self.sysfs == Path("/sys")
 
 
-def _read(path: Path) -> str | None:
+def _read(path: Path, bound: safeio.Bound = safeio.VALUE) -> str | None:
     """File text, or None when it does not exist or may not be read (not an error:
-    many facts are optional, e.g. slabinfo needs root, stat may be compiled out)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(1 << 20)
-    except (FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError):
-        return None
-    except OSError as e:
-        raise InputError(str(path), f"cannot read: {e.strerror or e}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InputError(str(path), "not text (invalid UTF-8)") from None
+    many facts are optional, e.g. slabinfo needs root, stat may be compiled out).
+    A FIFO, device or directory in its place, or more than `bound`, is an InputError."""
+    return safeio.read_text(path, bound, missing_ok=True, denied_ok=True)
 
 
 class Problems:
@@ -97,18 +92,19 @@ class Problems:
         self.items.append({"path": str(path), "problem": problem,
                            "facts": [list(f) for f in facts]})
 
-    def read(self, path: Path, *facts: tuple[str, ...]) -> str | None:
+    def read(self, path: Path, *facts: tuple[str, ...],
+             bound: safeio.Bound = safeio.VALUE) -> str | None:
         """_read(path), a problem recorded (and None returned) instead of raised."""
         try:
-            return _read(path)
+            return _read(path, bound)
         except InputError as e:
             self.add(e.path, e.problem, *facts)
             return None
 
-    def parse(self, path: Path, parse: Callable[[str], T], *facts: tuple[str, ...]
-              ) -> T | None:
+    def parse(self, path: Path, parse: Callable[[str], T], *facts: tuple[str, ...],
+              bound: safeio.Bound = safeio.VALUE) -> T | None:
         """parse(text of path); None when missing, corrupt or unreadable (recorded)."""
-        text = self.read(path, *facts)
+        text = self.read(path, *facts, bound=bound)
         if text is None:
             return None
         try:
@@ -217,7 +213,8 @@ def _netfilter_sysctls(roots: Roots, problems: Problems) -> dict[str, dict[str, 
 def _host(roots: Roots, problems: Problems) -> dict[str, Any]:
     meminfo_path = roots.proc("meminfo")
     mem_facts = (("host", "mem_total_bytes"), ("host", "low_total_bytes"))
-    meminfo = problems.parse(meminfo_path, parsers.parse_meminfo, *mem_facts) or {}
+    meminfo = problems.parse(meminfo_path, parsers.parse_meminfo, *mem_facts,
+                             bound=safeio.PROC_TABLE) or {}
     if meminfo and "MemTotal" not in meminfo:
         problems.add(meminfo_path, "no MemTotal line", *mem_facts)
     for name in ("MemTotal", "LowTotal"):
@@ -270,7 +267,7 @@ def _slab_object_size(roots: Roots, problems: Problems) -> tuple[int | None, str
     tried = Problems()
     path = roots.proc("slabinfo")
     size = tried.parse(path, lambda t: (lambda v: _SLAB_SIZE(v) if v is not None else None)(
-        parsers.parse_slabinfo(t)))
+        parsers.parse_slabinfo(t)), bound=safeio.PROC_TABLE)
     found: tuple[int | None, str | None] = (size, str(path)) if size else (None, None)
     if not size:
         for name in ("slab_size", "object_size"):
@@ -299,13 +296,8 @@ def _conntrack(roots: Roots, sysctls: dict[str, dict[str, Any]],
             sysctls["net.netfilter.nf_conntrack_max"]["writable"]
             or roots.proc("sys/net/nf_conntrack_max").exists()
         )
-    # A loadable module has /sys/module/nf_conntrack/initstate; a built-in one does not
-    # (modules-load.d and modprobe.d options then do nothing).  None: cannot tell.
-    builtin: bool | None = None
-    if roots.sys("module/nf_conntrack/initstate").exists():
-        builtin = False
-    elif loaded and roots.live and roots.sys("module/nf_conntrack").exists():
-        builtin = True
+    # built in: modules-load.d and modprobe.d options do nothing
+    builtin = builtin_module(roots, loaded)
     return {
         "loaded": loaded,
         "builtin": builtin,
@@ -316,9 +308,26 @@ def _conntrack(roots: Roots, sysctls: dict[str, dict[str, Any]],
     }
 
 
+def builtin_module(roots: Roots, loaded: bool) -> bool | None:
+    """Whether nf_conntrack is built into the kernel (None: cannot tell).
+
+    A loadable module has /sys/module/nf_conntrack/initstate; a built-in one has the
+    directory (for its parameters) without it.  A captured tree says so with
+    BUILTIN_MARKER, so its replay decides as the live host did.
+    """
+    if roots.sys("module/nf_conntrack/initstate").exists():
+        return False
+    if not loaded:
+        return None
+    if roots.live:
+        return True if roots.sys("module/nf_conntrack").exists() else None
+    return True if (_read(roots.sys(BUILTIN_MARKER)) or "").strip() == "1" else None
+
+
 def _stat_table(roots: Roots, problems: Problems) -> dict[str, Any] | None:
     path = roots.proc("net/stat/nf_conntrack")
-    parsed = problems.parse(path, parsers.parse_conntrack_stat, ("stat",))
+    parsed = problems.parse(path, parsers.parse_conntrack_stat, ("stat",),
+                            bound=safeio.PROC_TABLE)
     if parsed is None:
         return None
     return {"source": str(path), **parsed}
@@ -354,6 +363,15 @@ def in_root(root: Path, rel: str) -> Path:
     return here
 
 
+def _read_conf(root: Path, real: Path, problems: Problems) -> str | None:
+    """A boot configuration file (resolved by in_root); one masked by a link to /dev/null
+    reads as empty, as systemd and udev take it (any other device is refused).  One that
+    cannot be read leaves the boot configuration unknown (a problem, not an exception)."""
+    if real == root / "dev/null":
+        return ""
+    return problems.read(real, ("persist",), bound=safeio.CONFIG)
+
+
 def _persistence(root: Path, problems: Problems | None = None) -> dict[str, Any]:
     """sysctl.d/sysctl.conf assignments of conntrack keys, in systemd's reading order, and
     what loads nf_conntrack at boot (modules-load.d, /etc/modules, a udev rule)."""
@@ -367,7 +385,7 @@ def _persistence(root: Path, problems: Problems | None = None) -> dict[str, Any]
         real = in_root(root, rel)
         if real == root / "dev/null":
             continue  # masked
-        text = problems.read(real, fact)
+        text = problems.read(real, fact, bound=safeio.CONFIG)
         # a link to /etc/sysctl.conf (Debian's 99-sysctl.conf) is read where it sorts
         if text is None or (rel == sysctld.SYSCTL_CONF and real in seen):
             continue
@@ -381,14 +399,14 @@ def _persistence(root: Path, problems: Problems | None = None) -> dict[str, Any]
     loads = sysctld.ordered({d: _conf_names(in_root(root, d)) for d in sysctld.MODULES_LOAD_DIRS})
     for rel in [*loads, sysctld.ETC_MODULES]:
         real = in_root(root, rel)
-        text = None if real in seen else problems.read(real, fact)
+        text = None if real in seen else _read_conf(root, real, problems)
         seen.add(real)  # Debian links modules-load.d/modules.conf to /etc/modules
         users = [m for m in sysctld.parse_modules_load(text or "") if sysctld.loads_conntrack(m)]
         if users:
             early.append({"module": users[0], "file": "/" + rel})
     modprobe: dict[str, Any] = {}
     for rel in sysctld.ordered({d: _conf_names(in_root(root, d)) for d in sysctld.MODPROBE_DIRS}):
-        text = problems.read(in_root(root, rel), fact)
+        text = _read_conf(root, in_root(root, rel), problems)
         opts = sysctld.parse_modprobe_options(text, "nf_conntrack") if text else {}
         for key, value in opts.items():
             modprobe[key] = {"value": value, "file": "/" + rel}
@@ -398,7 +416,7 @@ def _persistence(root: Path, problems: Problems | None = None) -> dict[str, Any]
             if p.name.endswith(".rules"):
                 rules.setdefault(p.name, f"{d}/{p.name}")
     for name in sorted(rules):
-        text = problems.read(in_root(root, rules[name]), fact)
+        text = _read_conf(root, in_root(root, rules[name]), problems)
         if text and sysctld.udev_reloads_sysctl(text):
             udev.append("/" + rules[name])
     return {"root": str(root), "links": links,

@@ -27,17 +27,27 @@ _ARCH_POINTER = {
 }
 
 
-#: Digits a decimal number read from procfs may have: 20 holds any 64-bit value; longer
-#: is corrupt (and Python refuses int() of more than 4300 digits with its own message).
-MAX_DIGITS = 20
-#: Hexadecimal digits of one /proc/net/stat/nf_conntrack counter (unsigned int, printed
-#: as %08x; 16 allows 64 bits)
+#: More digits than any value the kernel prints (a u64 has 20); also well under Python's
+#: int conversion limit (4300 digits), whose ValueError would otherwise escape as noise.
+MAX_DIGITS = 40
+
+
+def _int(text: str, base: int = 10) -> int:
+    """int(text, base), refusing a number too long to be one the kernel printed."""
+    digits = text.strip().lstrip("+-")
+    if len(digits) > MAX_DIGITS:
+        raise ValueError(f"number too long ({len(digits)} digits)")
+    return int(text, base)
+
+
+#: Digits of a decimal value read from a sysctl file: 20 holds any 64-bit value; longer
+#: is corrupt.  Hexadecimal digits of one /proc/net/stat/nf_conntrack counter (an
+#: unsigned int printed as %08x; 16 allows 64 bits).
+DECIMAL_DIGITS = 20
 MAX_HEX_DIGITS = 16
-#: CONFIG_NR_CPUS is at most 8192 on any architecture; a CPU list naming more is corrupt
-MAX_CPUS = 1 << 16
 _DECIMAL = re.compile(r"[+-]?[0-9]+")
 _HEX = re.compile(rf"[0-9a-fA-F]{{1,{MAX_HEX_DIGITS}}}")
-_MEMINFO_VALUE = re.compile(rf"[0-9]{{1,{MAX_DIGITS}}}")
+_MEMINFO_VALUE = re.compile(rf"[0-9]{{1,{DECIMAL_DIGITS}}}")
 
 
 def _clip(value: str, width: int = 40) -> str:
@@ -45,10 +55,10 @@ def _clip(value: str, width: int = 40) -> str:
 
 
 def decimal(value: str) -> int:
-    """An ASCII decimal integer of sane length (not '²', not '1_000', not 5000 digits)."""
+    """An ASCII decimal integer of sane length (not '\u00b2', not '1_000', not 5000 digits)."""
     if not _DECIMAL.fullmatch(value):
         raise ValueError(f"expected an integer, found {_clip(value)!r}")
-    if len(value.lstrip("+-")) > MAX_DIGITS:
+    if len(value.lstrip("+-")) > DECIMAL_DIGITS:
         raise ValueError(f"expected an integer, found a number of {len(value)} digits")
     return int(value)
 
@@ -60,7 +70,7 @@ def parse_sysctl_value(text: str) -> int | list[int] | str:
         return ""
     try:
         ints = [decimal(f) for f in fields]
-    except ValueError:
+    except ValueError:  # not numbers, or a number too long to be one: keep the text
         return text.strip()
     return ints[0] if len(ints) == 1 else ints
 
@@ -96,33 +106,47 @@ def parse_meminfo(text: str) -> dict[str, int]:
         if not sep or not parts or not _MEMINFO_VALUE.fullmatch(parts[0]):
             raise ValueError(f"line {n}: expected 'Key: value kB', found {line.strip()[:60]!r}")
         scale = 1024 if len(parts) > 1 and parts[1].lower() == "kb" else 1
-        out[key.strip()] = int(parts[0]) * scale
+        out[key.strip()] = _int(parts[0]) * scale
     return out
 
 
 def parse_cpu_list(text: str) -> list[int]:
-    """A kernel CPU list such as '0-3,8,10-11'."""
-    cpus: list[int] = []
+    """A kernel CPU list such as '0-3,8,10-11', each CPU once, in order.
+
+    The ranges are merged before they are expanded, so the work and the result stay
+    within MAX_CPUS however many (overlapping) ranges a corrupt file repeats.
+    """
     value = text.strip()
     if not value:
-        return cpus
+        return []
+    spans: list[tuple[int, int]] = []
     for part in value.split(","):
         m = re.fullmatch(r"([0-9]{1,9})(?:-([0-9]{1,9}))?", part.strip())
         if not m:
             raise ValueError(f"expected a CPU list like '0-3,8', found {value[:40]!r}")
-        lo = int(m.group(1))
-        hi = int(m.group(2)) if m.group(2) else lo
-        if hi >= MAX_CPUS or len(cpus) + hi - lo >= MAX_CPUS:
-            raise ValueError(f"more CPUs than any kernel supports ({MAX_CPUS}): {value[:40]!r}")
+        lo = _int(m.group(1))
+        hi = _int(m.group(2)) if m.group(2) else lo
         if hi < lo:
-            raise ValueError(f"CPU range {part!r} runs backwards")
-        cpus.extend(range(lo, hi + 1))
+            raise ValueError(f"CPU range {part[:40]!r} runs backwards")
+        if hi >= MAX_CPUS:
+            raise ValueError(f"CPU {hi} is beyond any kernel's CPU count (under {MAX_CPUS})")
+        spans.append((lo, hi))
+    cpus: list[int] = []
+    for lo, hi in sorted(spans):
+        start = max(lo, cpus[-1] + 1) if cpus else lo
+        cpus.extend(range(start, hi + 1))
     return cpus
+
+
+#: A CPU number no kernel reaches (x86's MAXSMP sets CONFIG_NR_CPUS to 8192, the largest
+#: in arch/*/Kconfig): one beyond it is corrupt input, and expanding a range up to it
+#: (0-99999999999) would exhaust memory.
+MAX_CPUS = 1 << 16
 
 
 def parse_kernel_version(release: str) -> tuple[int, int, int] | None:
     """'6.18.44-fc-v657' -> (6, 18, 44); None when it does not start with a version."""
-    m = re.match(r"([0-9]{1,6})\.([0-9]{1,6})(?:\.([0-9]{1,6}))?", release.strip())
+    m = re.match(r"(\d{1,9})\.(\d{1,9})(?:\.(\d{1,9}))?(?!\d)", release.strip())
     if not m:
         return None
     return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
@@ -146,7 +170,7 @@ def parse_slabinfo(text: str, cache: str = "nf_conntrack") -> int | None:
         if fields and fields[0] == cache:
             if len(fields) < 4 or not re.fullmatch(r"[0-9]{1,9}", fields[3]):
                 raise ValueError(f"malformed {cache} line: {line.strip()[:60]!r}")
-            return int(fields[3])
+            return _int(fields[3])
     return None
 
 

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ct_tune import safeio
 from ct_tune.errors import InputError, InputErrors
 from ct_tune.findings import one_line
 from ct_tune.sysctlkeys import spec as key_spec
@@ -121,6 +122,22 @@ SPEC: dict[str, Any] = {
         "early_load": LIST({"module": STR, "file": STR}),
         "modprobe": MAP({"value": STR, "file": STR}),
         "udev_sysctl_rules": LIST(STR)})),
+    # other writers of the keys and the boot system (ct_tune.writers); optional so that
+    # snapshots from before it was collected still load
+    "writers": OPTIONAL({
+        "kube_proxy": NULLABLE({
+            "pid": INT + NULL, "source": STR, "argv0": STR,
+            # conntrack settings by KubeProxyConfiguration field name: int or null
+            "flags": MAP(INT + NULL),
+            "config_file": STR + NULL, "config_read_from": STR + NULL,
+            "config": NULLABLE(MAP(INT + NULL)), "version": STR + NULL,
+            "version_source": STR + NULL}),
+        "init": STR + NULL, "init_evidence": (list,),
+        "distro": NULLABLE({"id": STR + NULL, "name": STR + NULL, "version": STR + NULL,
+                            "source": STR}),
+        "containers": {"in_container": BOOL, "evidence": (list,)},
+        "modules_d": (list,), "pids_scanned": INT, "pids_truncated": BOOL,
+    }),
     "stat": NULLABLE(
         {"source": STR, "columns": LIST(STR), "cpus": U(), "entries": U(),
          "counters": MAP(U())},
@@ -292,17 +309,13 @@ def validate(data: Any, path: str) -> dict[str, Any]:
 def load(path: str | Path) -> dict[str, Any]:
     """Read and validate a snapshot file ('-' is standard input)."""
     name = str(path)
-    try:
-        if name == "-":
-            import sys
+    if name == "-":
+        import sys
 
-            text = sys.stdin.read()
-        else:
-            text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise InputError(name, f"cannot read: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise InputError(name, "not text (invalid UTF-8)") from None
+        # A pipe is what '-' is for: stdin is not checked for a regular file, only bounded.
+        text = safeio.decode(safeio.read_stream(sys.stdin.buffer, name, safeio.SNAPSHOT), name)
+    else:
+        text = safeio.read_text(path, safeio.SNAPSHOT) or ""
     try:
         data = json.loads(text, parse_int=_parse_int)
     except json.JSONDecodeError as e:

