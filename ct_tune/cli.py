@@ -325,6 +325,10 @@ def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_r
     loaded_rules = c.rules()
     with (apply.locked(target, lock_wait) if not dry_run else _nolock()):
         host = gather(c.roots, no_sample, sample_limit, table_source, duration, interval)
+        if host.get("errors"):
+            # the problems are on stderr already: a host that could not be read whole is
+            # not changed (exit 3, nothing changed), whatever the readable part says
+            sys.exit(EXIT_UNKNOWN)
         # In a non-initial network namespace /etc is the host's (ip netns exec) or the
         # image's (a container): boot applies it to the initial namespace, never this one.
         persist = root is not None or host["conntrack"]["initial_netns"] is not False

@@ -41,13 +41,15 @@ class InputError(CtTuneError):
         super().__init__(prefix + problem)
 
 
-class InputErrors(CtTuneError):
+class InputErrors(InputError):
     """Several input problems found in one pass: one ``ct-tune: PATH: problem`` line each.
 
     The CLI prints ``ct-tune: {error}``, so every line after the first carries the
-    prefix in the message itself.
+    prefix in the message itself.  path, item and problem are the first one's.
     """
 
     def __init__(self, errors: list[InputError]) -> None:
         self.errors = errors
-        super().__init__("\nct-tune: ".join(e.message for e in errors))
+        first = errors[0]
+        self.path, self.item, self.problem = first.path, first.item, first.problem
+        CtTuneError.__init__(self, "\nct-tune: ".join(e.message for e in errors))

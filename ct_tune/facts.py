@@ -434,7 +434,8 @@ def check_roots(roots: Roots) -> None:
     """Refuse a --procfs/--sysfs that is not one (a mistyped capture path): read as an
     empty host it would audit as OK.  Every procfs since 2.6 has meminfo and sys/kernel,
     every sysfs has devices/; so does every tree ``capture`` writes."""
-    if not (roots.procfs / "meminfo").is_file() or not (roots.procfs / "sys/kernel").is_dir():
+    # exists, not is_file: a FIFO or directory in its place is refused when it is read
+    if not (roots.procfs / "meminfo").exists() or not (roots.procfs / "sys/kernel").is_dir():
         what = "does not exist" if not roots.procfs.exists() else "has no meminfo or sys/kernel"
         raise InputError(str(roots.procfs), f"not a procfs (--procfs): {what}")
     if not (roots.sysfs / "devices").is_dir():

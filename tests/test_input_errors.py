@@ -74,7 +74,7 @@ def test_four_corrupt_files_give_four_messages(tree):
         roots.procfs / NF / "nf_conntrack_max": (b"-5\n", "-5 is below 0"),
         roots.procfs / NF / "nf_conntrack_udp_timeout": (b"\xff\xfe\n", "not text"),
         roots.procfs / NF / "nf_conntrack_tcp_timeout_established": (
-            b"9" * 5000 + b"\n", "a number of 5000 digits"),
+            b"9" * 5000 + b"\n", "number too long (5000 digits)"),
         roots.procfs / "meminfo": (b"MemTotal lots\n", "expected 'Key: value kB'"),
     }
     for path, (content, _) in bad.items():
@@ -335,3 +335,14 @@ def test_a_broken_rule_is_still_the_rule_files_fault_next_to_a_corrupt_input(tre
     assert finding["unavailable"] == [
         f"{roots.procfs / NF / 'nf_conntrack_udp_timeout'}: expected an integer, found '30s'"]
     assert "broken.toml" not in proc.stderr
+
+
+def test_apply_refuses_a_host_it_could_not_read_whole(tree, tmp_path):
+    roots = tree("defaults-16g")
+    path = roots.procfs / NF / "nf_conntrack_max"
+    path.write_text("-5\n")
+    proc = run_cli("apply", "--dry-run", "--no-live", "--root", str(tmp_path / "scratch"),
+                   *tree_args(roots))
+    assert proc.returncode == 3
+    assert proc.stderr.startswith(f"ct-tune: {path}: -5 is below 0")
+    assert "nothing to apply" not in proc.stdout

@@ -101,7 +101,7 @@ def test_uptime_whole_seconds_and_corrupt_input():
 @pytest.mark.parametrize("text", ["-", "1_000", "\u00b2", "\u0663", "9" * 21, "9" * 5000,
                                   "", " ", "0x10", "1e3"])
 def test_parse_int_refuses_what_is_not_a_sane_decimal(text):
-    with pytest.raises(ValueError, match=r"expected an integer|empty"):
+    with pytest.raises(ValueError, match=r"expected an integer|empty|number too long"):
         p.parse_int(text)
 
 
@@ -118,7 +118,7 @@ def test_cpu_list_beyond_any_kernel_is_refused_without_building_it(text):
 
 def test_meminfo_refuses_huge_and_non_ascii_numbers():
     for value in ("9" * 5000, "\u00b2", "-5"):
-        with pytest.raises(ValueError, match="line 1"):
+        with pytest.raises(ValueError, match="line 1|number too long"):
             p.parse_meminfo(f"MemTotal: {value} kB\n")
 
 
