@@ -118,7 +118,7 @@ def test_cpu_list_beyond_any_kernel_is_refused_without_building_it(text):
 
 def test_meminfo_refuses_huge_and_non_ascii_numbers():
     for value in ("9" * 5000, "\u00b2", "-5"):
-        with pytest.raises(ValueError, match="line 1|number too long"):
+        with pytest.raises(ValueError, match=r"line 1|number too long"):
             p.parse_meminfo(f"MemTotal: {value} kB\n")
 
 
