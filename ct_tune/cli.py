@@ -157,6 +157,7 @@ def gather(roots: facts.Roots, no_sample: bool, sample_limit: int | None,
     from ct_tune import sampler
 
     host = facts.collect(roots)
+    _report_problems(host)
     host["writers"] = writers.collect(roots)
     sampler.fill_missing_stat(roots, host)
     dump = roots.proc("net/nf_conntrack")
@@ -174,6 +175,15 @@ def gather(roots: facts.Roots, no_sample: bool, sample_limit: int | None,
         if sys.stderr.isatty():
             click.echo("", err=True)
     return host
+
+
+def _report_problems(host: dict[str, Any]) -> None:
+    """Every input problem, one ``ct-tune: PATH: what is wrong`` line each on stderr: the
+    facts they concern are unknown, and so are the findings that needed them."""
+    from ct_tune.findings import error_text
+
+    for err in host.get("errors") or []:
+        click.echo(f"ct-tune: {error_text(err)}", err=True)
 
 
 def root_options(f: Any) -> Any:
@@ -235,10 +245,13 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
     c = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules, root)
     prof = profiles.get(c.profiles(), profile)
     loaded_rules = c.rules()
-    host = (snapshot.load(facts_file) if facts_file
-            else gather(c.roots, no_sample, sample_limit, table_source, duration, interval))
+    if facts_file:
+        host = snapshot.load(facts_file)
+        _report_problems(host)
+    else:
+        host = gather(c.roots, no_sample, sample_limit, table_source, duration, interval)
     result = engine.evaluate(loaded_rules, host, prof)
-    state = findings.status(result)
+    state = findings.status(result, host.get("errors") or [])
     if fmt == "json":
         _out(json.dumps(render.report(result, host, state, prof.name), indent=2))
     elif fmt == "sysctl":
@@ -260,7 +273,7 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
         _out(render.explain(result))
     else:
         _out(render.table(result))
-        _out(f"\nstatus: {state.upper()} ({len(result)} findings, profile {prof.name})")
+        _out("\n" + render.status_line(result, host, state, prof.name))
     sys.exit(findings.exit_code(state))
 
 
@@ -312,6 +325,10 @@ def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_r
     loaded_rules = c.rules()
     with (apply.locked(target, lock_wait) if not dry_run else _nolock()):
         host = gather(c.roots, no_sample, sample_limit, table_source, duration, interval)
+        if host.get("errors"):
+            # the problems are on stderr already: a host that could not be read whole is
+            # not changed (exit 3, nothing changed), whatever the readable part says
+            sys.exit(EXIT_UNKNOWN)
         # In a non-initial network namespace /etc is the host's (ip netns exec) or the
         # image's (a container): boot applies it to the initial namespace, never this one.
         persist = root is not None or host["conntrack"]["initial_netns"] is not False

@@ -39,3 +39,17 @@ class InputError(CtTuneError):
         self.problem = problem
         prefix = f"{self.path}: {item}: " if item else f"{self.path}: "
         super().__init__(prefix + problem)
+
+
+class InputErrors(InputError):
+    """Several input problems found in one pass: one ``ct-tune: PATH: problem`` line each.
+
+    The CLI prints ``ct-tune: {error}``, so every line after the first carries the
+    prefix in the message itself.  path, item and problem are the first one's.
+    """
+
+    def __init__(self, errors: list[InputError]) -> None:
+        self.errors = errors
+        first = errors[0]
+        self.path, self.item, self.problem = first.path, first.item, first.problem
+        CtTuneError.__init__(self, "\nct-tune: ".join(e.message for e in errors))
