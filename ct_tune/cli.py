@@ -20,6 +20,7 @@ import click
 # the table readers) is imported by the commands that use it, to keep startup short.
 from ct_tune import __version__, facts
 from ct_tune.errors import EXIT_UNKNOWN, CtTuneError
+from ct_tune.errors import collect as collect_errors
 
 if TYPE_CHECKING:
     from ct_tune import plan, profiles, ruleset
@@ -169,8 +170,8 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
     from ct_tune import engine, findings, profiles, render, snapshot
 
     c = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules, root)
-    prof = profiles.get(c.profiles(), profile)
-    loaded_rules = c.rules()
+    all_profiles, loaded_rules = collect_errors(c.profiles, c.rules)  # every bad file reported
+    prof = profiles.get(all_profiles, profile)
     host = (snapshot.load(facts_file) if facts_file
             else gather(c.roots, no_sample, sample_limit, table_source, duration, interval))
     result = engine.evaluate(loaded_rules, host, prof)
@@ -239,8 +240,8 @@ def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_r
     target = c.roots.config_root
     if not dry_run:
         apply.require_root(target, live and c.roots.live)
-    prof = profiles.get(c.profiles(), profile)
-    loaded_rules = c.rules()
+    all_profiles, loaded_rules = collect_errors(c.profiles, c.rules)  # every bad file reported
+    prof = profiles.get(all_profiles, profile)
     with (apply.locked(target, lock_wait) if not dry_run else _nolock()):
         host = gather(c.roots, no_sample, sample_limit, table_source, duration, interval)
         p = _plan(loaded_rules, host, prof, allow_lower, engine.evaluate(loaded_rules, host, prof))
@@ -394,7 +395,8 @@ def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except CtTuneError as e:
-        click.echo(f"ct-tune: {e}", err=True)
+        for line in str(e).split("\n"):  # InputErrors: one line per file at fault
+            click.echo(f"ct-tune: {line}", err=True)
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
         click.echo("ct-tune: aborted", err=True)
