@@ -43,7 +43,7 @@ def test_no_import_circles() -> None:
     def visit(node: str, trail: list[str]) -> None:
         for nxt in sorted(graph.get(node, ())):
             if nxt in trail:
-                circles.append(trail[trail.index(nxt):] + [nxt])
+                circles.append([*trail[trail.index(nxt):], nxt])
             elif len(trail) < len(graph):
                 visit(nxt, [*trail, nxt])
 
