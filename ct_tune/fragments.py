@@ -87,7 +87,7 @@ def _check_plan(plan: Plan) -> None:
 def _check_lines(path: str, text: str, plan: Plan) -> None:
     """Every line of a rendered file is blank, a comment, or one the plan asked for,
     split as str.splitlines() splits (every line break any reader may honour)."""
-    wanted = {s.key: s.value for s in plan.settings}
+    wanted = {(s.key, s.value) for s in plan.settings}
     for line in text.splitlines():
         if not line.strip() or line.startswith("#"):
             continue
@@ -97,8 +97,7 @@ def _check_lines(path: str, text: str, plan: Plan) -> None:
         if path == MODPROBE and m and int(m.group(1)) == plan.hashsize:
             continue
         m = _SETTING.fullmatch(line)
-        if path.startswith(SYSCTL_DIR + "/") and m and m.group(1) in wanted \
-                and int(m.group(2)) == wanted[m.group(1)]:
+        if path.startswith(SYSCTL_DIR + "/") and m and (m.group(1), int(m.group(2))) in wanted:
             continue
         raise FragmentError(f"refusing to write /{path}: unexpected line {one_line(line)!r}")
 

@@ -405,3 +405,20 @@ def test_hostile_files_as_a_separate_process_within_a_timeout(tmp_path, tree):
         assert proc.returncode == 3
         assert proc.stderr.startswith(f"ct-tune: {one / 'r.toml'}: inject: expression ")
         assert "internal error" not in proc.stderr
+
+
+def test_two_rules_for_one_key_still_render(tmp_path, tree):
+    """The line check compares each line with the plan's settings, not one value per key:
+    a site rule for a key a shipped rule also sets is written twice (the later wins at boot),
+    as before, not refused as an injected line."""
+    d = tmp_path / "rules"
+    d.mkdir()
+    (d / "a.toml").write_text(rule(rid="site-udp-a", recommended="45"))
+    (d / "b.toml").write_text(rule(rid="site-udp-b", recommended="50"))
+    code, out, err = run_main("audit", "--format", "sysctl", "--no-sample",
+                              "--no-builtin-rules", "--rules-dir", str(d),
+                              *tree_args(tree("defaults-16g")))
+    assert code in (0, 1, 2), err
+    lines = [ln for ln in out.splitlines() if ln and not ln.startswith("#")]
+    assert lines == ["net.netfilter.nf_conntrack_udp_timeout = 45",
+                     "net.netfilter.nf_conntrack_udp_timeout = 50"]
