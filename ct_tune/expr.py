@@ -53,6 +53,8 @@ def _fmt_num(value: Any) -> str:
 
 
 def _fmt_pct(value: Any, digits: int = 1) -> str:
+    if not isinstance(digits, int) or not 0 <= digits <= 20:
+        raise ValueError(f"pct: digits must be 0 to 20, not {digits!r}")
     return "unknown" if value is None else f"{value * 100:.{digits}f}%"
 
 
@@ -113,6 +115,12 @@ SAFE_FILTERS = {"abs", "attr", "capitalize", "count", "d", "default", "dictsort"
 #: str methods that build a string from a size argument or a repeat count.
 UNSAFE_STR_METHODS = {"center", "ljust", "rjust", "zfill", "expandtabs", "format",
                       "format_map", "join", "replace", "translate", "maketrans"}
+#: Filters that only count, pick or pass on references: every other filter may turn its
+#: whole input into text, so its input is weighed first (a list literal can repeat one
+#: 1 MiB string a thousand times at the cost of a thousand references).
+CHEAP_FILTERS = {"length", "count", "first", "last", "default", "d", "attr", "list", "map",
+                 "select", "reject", "selectattr", "rejectattr", "items", "abs", "int",
+                 "float", "round", "reverse", "max", "min", "sum", "num"}
 _PRINTF_SPEC = re.compile(r"%(?:\([^)]*\))?[-+ #0]*(\*|\d*)(?:\.(\*|\d*))?[a-zA-Z%]")
 
 
@@ -246,6 +254,13 @@ class _BoundedTree(NodeTransformer):
     visit_FromImport = visit_Extends = visit_Block = _refuse
 
 
+def ct_iterate_all(iterable: Iterable[Any]) -> Iterator[Any]:
+    """The items of an iterable, each spent from the budget."""
+    for item in iterable:
+        _Budget.spend(STEP)
+        yield item
+
+
 class BoundedSandbox(ImmutableSandboxedEnvironment):
     """The immutable sandbox, with every operation that can build a large value checked."""
 
@@ -256,29 +271,30 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         self.binop_table.update({"*": _multiply, "**": _power, "+": _add, "%": _modulo})
         for name in ("lipsum", "cycler", "joiner", "namespace"):
             self.globals.pop(name, None)
-        self.filters = {name: self._bounded_filter(f) for name, f in self.filters.items()
-                        if name in SAFE_FILTERS}
+        self.filters = {name: self._bounded_filter(name, f)
+                        for name, f in self.filters.items() if name in SAFE_FILTERS}
 
     @staticmethod
     def _finalize(value: Any) -> Any:
         return _bounded(value, "output")
 
     @staticmethod
-    def _bounded_filter(f: Callable[..., Any]) -> Callable[..., Any]:
+    def _bounded_filter(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(f)
         def bounded(*args: Any, **kwargs: Any) -> Any:
             _Budget.spend(STEP)
-            if f.__name__ == "do_format" and args and isinstance(args[0], str):
-                _modulo_room = _printf_room(args[0], args[1:])
-                if _modulo_room > MAX_SIZE:
-                    raise LimitError("formatted string too large")
-            if f.__name__ == "sync_do_join":
-                _bounded(args[1:], "join")
-            if f.__name__ == "sync_do_sum":
-                seq = list(args[1]) if len(args) > 1 else []
-                if not all(isinstance(x, (int, float)) for x in seq):
-                    raise LimitError("sum adds numbers only")
-            return _bounded(f(*args, **kwargs), f"result of the {f.__name__} filter")
+            if name in ("join", "sum") and len(args) > 1:
+                # (eval context or environment, iterable, ...): a lazy iterable (map,
+                # select) is taken as the list it yields, so it is weighed before use
+                args = (args[0], _bounded(list(ct_iterate_all(args[1])), name), *args[2:])
+            if name == "sum" and not all(isinstance(x, (int, float)) for x in args[1]):
+                raise LimitError("sum adds numbers only")
+            if name not in CHEAP_FILTERS:
+                _bounded((args, kwargs), f"input of the {name} filter")
+            if name == "format" and args and isinstance(args[0], str) \
+                    and _printf_room(args[0], args[1:]) > MAX_SIZE:
+                raise LimitError("formatted string too large")
+            return _bounded(f(*args, **kwargs), f"result of the {name} filter")
         return bounded
 
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
@@ -297,18 +313,14 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         _bounded(parts, "concatenation")
         return "".join(map(str, parts))
 
-    @staticmethod
-    def ct_iterate(iterable: Iterable[Any]) -> Iterator[Any]:
-        """A loop's items, each one spent from the budget."""
-        for item in iterable:
-            _Budget.spend(STEP)
-            yield item
+    #: a loop's items, each one spent from the budget
+    ct_iterate = staticmethod(ct_iterate_all)
 
 
 _ENV = BoundedSandbox(undefined=StrictUndefined, autoescape=False,
                       keep_trailing_newline=False)
 _ENV.globals.update(HELPERS)
-_ENV.filters.update(FILTERS)
+_ENV.filters.update({name: _ENV._bounded_filter(name, f) for name, f in FILTERS.items()})
 
 
 def _expression_tree(source: str) -> nodes.Template:

@@ -328,6 +328,8 @@ NESTED = "a = " + "[" * 5000 + "]" * 5000 + "\n"
      "nested too deeply"),
     (lambda t: t.replace('recommended = "45"', 'recommended = "10**10**10**10"'),
      "power too large"),
+    (lambda t: t.replace('recommended = "45"', 'recommended = "' + "9" * 5000 + '"'),
+     "Exceeds the limit (4300 digits)"),
     (lambda t: t.replace('summary = "s"', 'summary = "{% for i in range(99999) %}'
                          '{% for j in range(99999) %}{% endfor %}{% endfor %}"'),
      "too much work"),
@@ -335,6 +337,10 @@ NESTED = "a = " + "[" * 5000 + "]" * 5000 + "\n"
      "format width or precision 999999999 is too large"),
     (lambda t: t.replace('summary = "s"', 'summary = "{{ \'x\'.center(10**9) }}"'),
      "access to attribute 'center' of 'str' object is unsafe"),
+    (lambda t: t.replace('summary = "s"', 'summary = "{{ 0.5|pct(999999999) }}"'),
+     "pct: digits must be 0 to 20"),
+    (lambda t: t.replace('summary = "s"', 'summary = "{{ [' + ", ".join(["'x'*1000000"] * 3)
+                         + ']|string }}"'), "input of the string filter too large"),
 ])
 def test_hostile_rule_file_is_one_clean_line(tmp_path, tree, edit, problem):
     d = tmp_path / "rules"
