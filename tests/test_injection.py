@@ -256,6 +256,17 @@ def test_recommending_a_key_ct_tune_only_reads_is_refused_at_load(tmp_path):
                                   "'net.ipv4.tcp_keepalive_time' is not a key ct-tune may write")
 
 
+def test_a_report_only_rule_may_name_a_key_it_reads(tmp_path, tree):
+    d = tmp_path / "rules"
+    d.mkdir()
+    (d / "keepalive.toml").write_text(rule(parameter="net.ipv4.tcp_keepalive_time")
+                                      .replace('recommended = "45"\n', ""))
+    code, out, err = run_main("audit", "--format", "json", "--no-builtin-rules", "--no-sample",
+                              "--rules-dir", str(d), *tree_args(tree("defaults-16g")))
+    assert code == 0, err
+    assert '"parameter": "net.ipv4.tcp_keepalive_time"' in out
+
+
 def test_duplicate_ids_in_one_directory_name_both_files(tmp_path):
     d = tmp_path / "rules"
     d.mkdir()
