@@ -29,8 +29,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, BinaryIO, TextIO
 
-from ct_tune.errors import CtTuneError
+from ct_tune import safeio
+from ct_tune.errors import CtTuneError, InputError
 from ct_tune.facts import Roots
+from ct_tune.flowparse import MAX_LINE
 
 CONNTRACK_TIMEOUT = 300
 
@@ -56,10 +58,16 @@ def table_blocks(roots: Roots, source: str = "auto") -> Iterator[tuple[str, Iter
     """
     path = roots.proc("net/nf_conntrack")
     if source == "procfs" or (source == "auto" and path.exists()):
+        # A FIFO, device or directory in its place is refused before anything reads it
+        # (the live file is a regular procfs file); missing or unreadable says why.
         try:
-            f = open(path, "rb", buffering=0)  # noqa: SIM115
-        except OSError as e:
-            raise SourceError(f"{path}: cannot read: {e.strerror}") from None
+            fd = safeio.open_regular(path)
+        except InputError as e:
+            if e.problem.startswith("not a regular file"):
+                raise
+            raise SourceError(str(e)) from None
+        assert fd is not None
+        f = open(fd, "rb", buffering=0)  # noqa: SIM115
         with f, _procfs_text(f, path) as text:
             yield str(path), _blocks(text)
         return
@@ -127,18 +135,49 @@ def _grow_pipe(stream: IO) -> None:
         fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
 
-def _blocks(text: TextIO) -> Iterator[str]:
-    """Blocks of whole lines from a text stream: lines are never split between blocks."""
+def _blocks(text: TextIO, size: int = BLOCK_CHARS) -> Iterator[str]:
+    """Blocks of whole lines from a text stream: lines are never split between blocks.
+
+    A line longer than MAX_LINE characters (no conntrack entry comes near it) is passed
+    on cut to MAX_LINE + 1 characters, which the parsers count as one malformed line,
+    and the rest of it is skipped as it arrives: memory stays bounded even when a
+    "line" never ends (a stream of NULs), and no character is searched twice.
+    """
     pending = ""
-    while chunk := text.read(BLOCK_CHARS):
+    head: str | None = None  # the start of an over-long line whose end is being skipped
+    blank = True             # ... and whether it is all whitespace so far
+    while chunk := text.read(size):
+        if head is not None:
+            nl = chunk.find("\n")
+            rest = chunk if nl < 0 else chunk[:nl]
+            if blank and rest and not rest.isspace():
+                blank = False
+            if nl < 0:
+                continue
+            yield from _cut(head, blank)
+            head = None
+            chunk = chunk[nl + 1:]
         if pending:
             chunk = pending + chunk
         cut = chunk.rfind("\n") + 1
         pending = chunk[cut:]
         if cut:
             yield chunk[:cut]
+        if len(pending) > MAX_LINE:
+            head, pending = pending[:MAX_LINE + 1], ""
+            blank = head.isspace()
+    if head is not None:
+        yield from _cut(head, blank)
     if pending:
         yield pending
+
+
+def _cut(head: str, blank: bool) -> Iterator[str]:
+    """The stand-in for an over-long line: none for a blank one (blank lines are not
+    entries), else MAX_LINE + 1 characters that are not all whitespace."""
+    if blank:
+        return
+    yield (head if not head.isspace() else head[:MAX_LINE] + "\ufffd") + "\n"
 
 
 def conntrack_stats(exe: str) -> dict:
@@ -152,7 +191,7 @@ def conntrack_stats(exe: str) -> dict:
             continue
         cpus += 1
         for k, v in fields.items():
-            if k != "cpu" and v.isdigit():
+            if k != "cpu" and v.isdigit() and len(v) <= 20:  # a 64-bit counter
                 totals[k] = totals.get(k, 0) + int(v)
     return {"source": f"{exe} -S (ctnetlink)", "columns": sorted(totals), "cpus": cpus,
             "entries": 0, "counters": totals}

@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ct_tune import safeio
 from ct_tune.errors import InputError
 
 SITE_RULES_DIR = Path("/etc/ct-tune/rules.d")
@@ -46,26 +47,25 @@ def search_path(extra: Sequence[str | Path] = (), builtin: bool = True,
 
 
 def toml_files(directory: Path) -> Iterator[Path]:
-    """The *.toml files of one directory, in name order (not recursive)."""
+    """The *.toml entries of one directory, in name order (not recursive).  Every entry
+    so named is a rule or profile file: one that is not a regular file (a FIFO, a
+    directory) is reported by read_toml rather than silently left out."""
     if directory.is_dir():
-        yield from sorted(p for p in directory.glob("*.toml") if p.is_file())
+        yield from sorted(directory.glob("*.toml"))
 
 
 def read_toml(path: Path) -> dict[str, Any]:
     """Parse a TOML file, turning every failure into one ``PATH: problem`` line."""
+    text = safeio.read_text(path, safeio.RULE)
+    assert text is not None
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise InputError(str(path), f"invalid TOML: {e}") from None
     except RecursionError:
         raise InputError(str(path), "invalid TOML: arrays or tables nested too deeply") from None
     except ValueError as e:  # an integer past Python's digit limit
         raise InputError(str(path), f"invalid TOML: {e}") from None
-    except UnicodeDecodeError:
-        raise InputError(str(path), "not text (invalid UTF-8)") from None
-    except OSError as e:
-        raise InputError(str(path), f"cannot read: {e.strerror or e}") from None
 
 
 #: TOML integers are 64-bit signed (toml.io, "Integer"); Python's tomllib reads any size

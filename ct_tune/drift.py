@@ -120,20 +120,34 @@ def where(persist: Mapping[str, Any] | None, a: Mapping[str, Any]) -> dict[str, 
     return {"file": target or a["file"], "line": a["line"], "via": a["file"] if target else None}
 
 
+def booted_here(conntrack: Mapping[str, Any] | None, short: str) -> bool:
+    """Whether boot's sysctl.d gives this key its value in the namespace read.
+
+    Boot applies sysctl.d in the initial network namespace.  Elsewhere (a container,
+    'ip netns exec') only the global keys are the host's; every per-namespace key
+    starts from the kernel default when the namespace is created (each protocol's
+    *_init_net(), e.g. nf_conntrack_tcp_init_net() copies tcp_timeouts[]), whatever
+    the /etc seen from inside says.
+    """
+    return (conntrack or {}).get("initial_netns") is not False or short in GLOBAL_KEYS
+
+
 def drift(persist: Mapping[str, Any] | None, sysctl: Mapping[str, Any],
-          writable: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+          writable: Mapping[str, Any] | None = None,
+          conntrack: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """Keys whose value at boot (the winning assignment) is not the live value.
 
     Either someone changed the key by hand since boot, or the file did not apply:
     the module was not loaded yet, the value was refused, or the file was added
     after boot and never loaded.  Keys that do not exist live (module not loaded,
-    a key this kernel lacks) are skipped: there is nothing to compare.
+    a key this kernel lacks) are skipped: there is nothing to compare, and so are
+    per-namespace keys outside the initial namespace (see booted_here).
     """
     out = []
     for key, a in sorted(_winners(persist).items()):
         short = short_name(key)
         live = sysctl.get(short)
-        if live is None or same(a["value"], live):
+        if live is None or same(a["value"], live) or not booted_here(conntrack, short):
             continue
         out.append({"key": key, "live": live, "configured": normalize(a["value"]),
                     **where(persist, a),
@@ -239,11 +253,13 @@ def unpersisted(sysctl: Mapping[str, Any], persist: Mapping[str, Any] | None,
     ``shrinks`` marks a table-size key whose default is smaller than the live value
     (0 is "no limit"): after the reboot the table refuses connections it holds today.
     Global keys are skipped outside the initial network namespace (the host owns them),
-    and keys are skipped when no file could set them: nothing persisted (None).
+    and there no sysctl.d file persists a per-namespace key (see booted_here); keys are
+    skipped when no file could set them: nothing persisted (None).
     """
     if persist is None:
         return []
-    configured = {short_name(k) for k in _winners(persist)}
+    configured = {short for short in map(short_name, _winners(persist))
+                  if booted_here(conntrack, short)}
     defaults = boot_defaults(host, conntrack, persist, sysctl)
     out = []
     for short, default in defaults.items():

@@ -52,6 +52,8 @@ def build_context(facts: dict[str, Any], profile: Profile) -> dict[str, Any]:
         "window": NoneDict(facts["window"]) if facts.get("window") else None,
         # the boot configuration (sysctl.d, modules-load.d); None for older snapshots
         "persist": facts.get("persist"),
+        # other writers of the keys and the boot system (ct_tune.writers); None if unknown
+        "writers": facts.get("writers"),
     }
 
 

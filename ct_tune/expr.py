@@ -33,7 +33,7 @@ from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.visitor import NodeTransformer
 
-from ct_tune import __version__, cache, drift, formulas, whatif
+from ct_tune import __version__, bootinit, cache, drift, formulas, kubeproxy, whatif
 
 
 class NoneDict(dict):
@@ -88,6 +88,11 @@ HELPERS: dict[str, Callable[..., Any]] = {
     "drift": drift.drift, "overridden": drift.overridden, "unpersisted": drift.unpersisted,
     "boot_defaults": drift.boot_defaults, "early_load": drift.early_load,
     "unknown": drift.unknown,
+    # other writers of the keys (kube-proxy) and the boot system (None without facts)
+    "kube_proxy": kubeproxy.for_profile,
+    "kube_proxy_owns": kubeproxy.owns, "kube_proxy_after": kubeproxy.after_start,
+    "kube_proxy_hashsize": kubeproxy.hashsize_after, "after_reboot": kubeproxy.after_reboot,
+    "boot_system": bootinit.boot_system, "early_load_at_boot": bootinit.early_load_at_boot,
 }
 
 FILTERS: dict[str, Callable[..., Any]] = {

@@ -17,13 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ct_tune import __version__, parsers, sysctld
+from ct_tune import __version__, parsers, safeio, sysctld
 from ct_tune.errors import InputError
 from ct_tune.sysctlkeys import short_name
 
 T = TypeVar("T")
 
 NETFILTER_DIR = "sys/net/netfilter"
+#: Written by ``ct-tune capture`` under the captured sysfs when the live host had
+#: nf_conntrack built in: live, that is told by /sys/module/nf_conntrack existing
+#: without initstate, which a tree cannot tell apart from a capture that missed initstate.
+BUILTIN_MARKER = "module/nf_conntrack/builtin.ct-tune"
 KEEPALIVE_KEYS = ("tcp_keepalive_time", "tcp_keepalive_intvl", "tcp_keepalive_probes")
 
 #: Keys whose value the rules do arithmetic on: a non-integer here is corrupt input.
@@ -64,20 +68,11 @@ class Roots:
         return self.procfs == Path("/proc") and self.sysfs == Path("/sys")
 
 
-def _read(path: Path) -> str | None:
+def _read(path: Path, bound: safeio.Bound = safeio.VALUE) -> str | None:
     """File text, or None when it does not exist or may not be read (not an error:
-    many facts are optional, e.g. slabinfo needs root, stat may be compiled out)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(1 << 20)
-    except (FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError):
-        return None
-    except OSError as e:
-        raise InputError(str(path), f"cannot read: {e.strerror or e}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InputError(str(path), "not text (invalid UTF-8)") from None
+    many facts are optional, e.g. slabinfo needs root, stat may be compiled out).
+    A FIFO, device or directory in its place, or more than `bound`, is an InputError."""
+    return safeio.read_text(path, bound, missing_ok=True, denied_ok=True)
 
 
 def _parse(path: Path, text: str | None, parse: Callable[[str], T]) -> T | None:
@@ -137,7 +132,8 @@ def _netfilter_sysctls(roots: Roots) -> dict[str, dict[str, Any]]:
 
 def _host(roots: Roots) -> dict[str, Any]:
     meminfo_path = roots.proc("meminfo")
-    meminfo = _parse(meminfo_path, _read(meminfo_path), parsers.parse_meminfo) or {}
+    meminfo = _parse(meminfo_path, _read(meminfo_path, safeio.PROC_TABLE),
+                     parsers.parse_meminfo) or {}
     if meminfo_path.exists() and "MemTotal" not in meminfo:
         raise InputError(str(meminfo_path), "no MemTotal line")
     arch_path = roots.proc("sys/kernel/arch")
@@ -178,7 +174,7 @@ def _slab_object_size(roots: Roots) -> tuple[int | None, str | None]:
     struct, used only as a last resort.
     """
     path = roots.proc("slabinfo")
-    size = _parse(path, _read(path), parsers.parse_slabinfo)
+    size = _parse(path, _read(path, safeio.PROC_TABLE), parsers.parse_slabinfo)
     if size:
         return size, str(path)
     for name in ("slab_size", "object_size"):
@@ -202,13 +198,8 @@ def _conntrack(roots: Roots, sysctls: dict[str, dict[str, Any]]) -> dict[str, An
             sysctls["net.netfilter.nf_conntrack_max"]["writable"]
             or roots.proc("sys/net/nf_conntrack_max").exists()
         )
-    # A loadable module has /sys/module/nf_conntrack/initstate; a built-in one does not
-    # (modules-load.d and modprobe.d options then do nothing).  None: cannot tell.
-    builtin: bool | None = None
-    if roots.sys("module/nf_conntrack/initstate").exists():
-        builtin = False
-    elif loaded and roots.live and roots.sys("module/nf_conntrack").exists():
-        builtin = True
+    # built in: modules-load.d and modprobe.d options do nothing
+    builtin = builtin_module(roots, loaded)
     return {
         "loaded": loaded,
         "builtin": builtin,
@@ -219,9 +210,25 @@ def _conntrack(roots: Roots, sysctls: dict[str, dict[str, Any]]) -> dict[str, An
     }
 
 
+def builtin_module(roots: Roots, loaded: bool) -> bool | None:
+    """Whether nf_conntrack is built into the kernel (None: cannot tell).
+
+    A loadable module has /sys/module/nf_conntrack/initstate; a built-in one has the
+    directory (for its parameters) without it.  A captured tree says so with
+    BUILTIN_MARKER, so its replay decides as the live host did.
+    """
+    if roots.sys("module/nf_conntrack/initstate").exists():
+        return False
+    if not loaded:
+        return None
+    if roots.live:
+        return True if roots.sys("module/nf_conntrack").exists() else None
+    return True if (_read(roots.sys(BUILTIN_MARKER)) or "").strip() == "1" else None
+
+
 def _stat_table(roots: Roots) -> dict[str, Any] | None:
     path = roots.proc("net/stat/nf_conntrack")
-    parsed = _parse(path, _read(path), parsers.parse_conntrack_stat)
+    parsed = _parse(path, _read(path, safeio.PROC_TABLE), parsers.parse_conntrack_stat)
     if parsed is None:
         return None
     return {"source": str(path), **parsed}
@@ -257,6 +264,14 @@ def in_root(root: Path, rel: str) -> Path:
     return here
 
 
+def _read_conf(root: Path, real: Path) -> str | None:
+    """A boot configuration file (resolved by in_root); one masked by a link to /dev/null
+    reads as empty, as systemd and udev take it (any other device is refused)."""
+    if real == root / "dev/null":
+        return ""
+    return _read(real, safeio.CONFIG)
+
+
 def _persistence(root: Path) -> dict[str, Any]:
     """sysctl.d/sysctl.conf assignments of conntrack keys, in systemd's reading order, and
     what loads nf_conntrack at boot (modules-load.d, /etc/modules, a udev rule)."""
@@ -268,7 +283,7 @@ def _persistence(root: Path) -> dict[str, Any]:
         real = in_root(root, rel)
         if real == root / "dev/null":
             continue  # masked
-        text = _read(real)
+        text = _read(real, safeio.CONFIG)
         # a link to /etc/sysctl.conf (Debian's 99-sysctl.conf) is read where it sorts
         if text is None or (rel == sysctld.SYSCTL_CONF and real in seen):
             continue
@@ -282,14 +297,14 @@ def _persistence(root: Path) -> dict[str, Any]:
     loads = sysctld.ordered({d: _conf_names(in_root(root, d)) for d in sysctld.MODULES_LOAD_DIRS})
     for rel in [*loads, sysctld.ETC_MODULES]:
         real = in_root(root, rel)
-        text = None if real in seen else _read(real)
+        text = None if real in seen else _read_conf(root, real)
         seen.add(real)  # Debian links modules-load.d/modules.conf to /etc/modules
         users = [m for m in sysctld.parse_modules_load(text or "") if sysctld.loads_conntrack(m)]
         if users:
             early.append({"module": users[0], "file": "/" + rel})
     modprobe: dict[str, Any] = {}
     for rel in sysctld.ordered({d: _conf_names(in_root(root, d)) for d in sysctld.MODPROBE_DIRS}):
-        text = _read(in_root(root, rel))
+        text = _read_conf(root, in_root(root, rel))
         opts = sysctld.parse_modprobe_options(text, "nf_conntrack") if text else {}
         for key, value in opts.items():
             modprobe[key] = {"value": value, "file": "/" + rel}
@@ -299,7 +314,7 @@ def _persistence(root: Path) -> dict[str, Any]:
             if p.name.endswith(".rules"):
                 rules.setdefault(p.name, f"{d}/{p.name}")
     for name in sorted(rules):
-        text = _read(in_root(root, rules[name]))
+        text = _read_conf(root, in_root(root, rules[name]))
         if text and sysctld.udev_reloads_sysctl(text):
             udev.append("/" + rules[name])
     return {"root": str(root), "links": links,

@@ -31,6 +31,12 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
+#: The longest line taken as an entry, in characters without its newline.  The kernel
+#: prints an entry in well under 400 (ipv6 with accounting, secctx and zone); anything
+#: longer is malformed, and the limit keeps every parse linear in the input (numbers
+#: stay under Python's 4300-digit int conversion limit too).
+MAX_LINE = 4096
+
 L3_NAMES = ("ipv4", "ipv6")
 TUPLE_KEYS = ("src", "dst", "sport", "dport", "type", "code", "id", "packets", "bytes")
 FLAGS = ("UNREPLIED", "ASSURED", "OFFLOAD", "HW_OFFLOAD")
@@ -52,12 +58,18 @@ class Flow(NamedTuple):
         return int(self.extra.get("zone", 0))
 
 
+def _check_length(line: str) -> None:
+    if len(line) > MAX_LINE and len(line.rstrip("\n")) > MAX_LINE:
+        raise ValueError(f"line longer than {MAX_LINE} characters")
+
+
 def _l3_of(dst: str | None) -> str:
     return "ipv6" if dst is not None and ":" in dst else "ipv4"
 
 
 def parse_line(line: str) -> Flow:
     """Every field of one conntrack line."""
+    _check_length(line)
     t = line.split()
     if len(t) < 4:
         raise ValueError("truncated line")
@@ -118,6 +130,7 @@ def scan_line(line: str) -> tuple[str, str, str | None, int, str | None, str | N
 
     Flag bits: 1 UNREPLIED, 2 ASSURED, 4 OFFLOAD, 8 HW_OFFLOAD.
     """
+    _check_length(line)
     m = _SCAN.match(line)
     if m is None:
         raise ValueError("not a conntrack entry (no protocol, timeout and src=/dst=)")
@@ -169,14 +182,22 @@ _ODD_SPACE = "\t\x0b\x0c\r\x1c\x1d\x1e\x1f"
 # then " use=" and the end of the line.  scan_block checks that the flags captured are all
 # the "[" of the block, so the flag substrings scan_line looks for anywhere in a line are
 # exactly these tokens; a block where that fails is scanned line by line.
-_HEAD = (r"^(?> *(?:(ipv[46]) +\d+ +)?(\S+) +\d+ +(\d+) +(?:([A-Z][A-Z_0-9]*) +)?"
+#
+# Linear whatever the line: the lookahead first refuses a line over MAX_LINE characters
+# (scan_line refuses it too), and the groups that search a line for the last " [X] mark="
+# or " zone=" are atomic, so a line without " use=" after them fails at once instead of
+# retrying every earlier " mark=" or " zone=" (which was quadratic in the line length).
+# Giving up those retries changes no result: a line they could have rescued has a "[" or
+# a " zone=" that is not captured, and the counts below refuse its block anyway.
+_HEAD = (rf"^(?=.{{0,{MAX_LINE}}}\n)"
+         r"(?> *(?:(ipv[46]) +\d+ +)?(\S+) +\d+ +(\d+) +(?:([A-Z][A-Z_0-9]*) +)?"
          r"src=\S+ +dst=(\S+)(?: +sport=\d+ +dport=(\d+))?)"
          r"(?:(?: (?:type|code|id|srckey|dstkey|packets|bytes)=\w+)* (\[UNREPLIED\]))?"
-         r"(?:.* (\[[A-Z_]+\]) mark=)?")
+         r"(?>(?:.* (\[[A-Z_]+\]) mark=)?)")
 _BLOCK = re.compile(_HEAD + r".* use=.*\n", re.M)
 # The same, also taking the value of the last " zone=" (scan_block checks it is the only one
 # of its line, so it is the first, as scan_line takes), for blocks with zones other than 0.
-_BLOCK_ZONE = re.compile(_HEAD + r".* zone=(\d+)(?= ).* use=.*\n", re.M)
+_BLOCK_ZONE = re.compile(_HEAD + r"(?>.* zone=(\d+)(?= )).* use=.*\n", re.M)
 _ZONE_NOT_0 = re.compile(r" zone=(?!0 )")
 
 

@@ -27,14 +27,29 @@ _ARCH_POINTER = {
 }
 
 
+#: More digits than any value the kernel prints (a u64 has 20); also well under Python's
+#: int conversion limit (4300 digits), whose ValueError would otherwise escape as noise.
+MAX_DIGITS = 40
+
+
+def _int(text: str, base: int = 10) -> int:
+    """int(text, base), refusing a number too long to be one the kernel printed."""
+    digits = text.strip().lstrip("+-")
+    if len(digits) > MAX_DIGITS:
+        raise ValueError(f"number too long ({len(digits)} digits)")
+    return int(text, base)
+
+
 def parse_sysctl_value(text: str) -> int | list[int] | str:
     """A sysctl file's value: an int, a list of ints (multi-field), or the raw string."""
     fields = text.split()
     if not fields:
         return ""
     try:
-        ints = [int(f) for f in fields]
+        ints = [int(f) for f in fields if len(f) <= MAX_DIGITS]
     except ValueError:
+        return text.strip()
+    if len(ints) != len(fields):  # a number too long to be one: keep the text
         return text.strip()
     return ints[0] if len(ints) == 1 else ints
 
@@ -43,8 +58,10 @@ def parse_int(text: str) -> int:
     """A single integer value, or ValueError naming what was found instead."""
     value = text.strip()
     try:
-        return int(value)
-    except ValueError:
+        return int(value) if len(value) <= MAX_DIGITS + 1 else _int(value)
+    except ValueError as e:
+        if str(e).startswith("number too long"):
+            raise
         shown = value if len(value) <= 40 else value[:37] + "..."
         raise ValueError(f"expected an integer, found {shown!r}") from None
 
@@ -72,31 +89,47 @@ def parse_meminfo(text: str) -> dict[str, int]:
         if not sep or not parts or not parts[0].isdigit():
             raise ValueError(f"line {n}: expected 'Key: value kB', found {line.strip()[:60]!r}")
         scale = 1024 if len(parts) > 1 and parts[1].lower() == "kb" else 1
-        out[key.strip()] = int(parts[0]) * scale
+        out[key.strip()] = _int(parts[0]) * scale
     return out
 
 
 def parse_cpu_list(text: str) -> list[int]:
-    """A kernel CPU list such as '0-3,8,10-11'."""
-    cpus: list[int] = []
+    """A kernel CPU list such as '0-3,8,10-11', each CPU once, in order.
+
+    The ranges are merged before they are expanded, so the work and the result stay
+    within MAX_CPUS however many (overlapping) ranges a corrupt file repeats.
+    """
     value = text.strip()
     if not value:
-        return cpus
+        return []
+    spans: list[tuple[int, int]] = []
     for part in value.split(","):
         m = re.fullmatch(r"(\d+)(?:-(\d+))?", part.strip())
         if not m:
             raise ValueError(f"expected a CPU list like '0-3,8', found {value[:40]!r}")
-        lo = int(m.group(1))
-        hi = int(m.group(2)) if m.group(2) else lo
+        lo = _int(m.group(1))
+        hi = _int(m.group(2)) if m.group(2) else lo
         if hi < lo:
-            raise ValueError(f"CPU range {part!r} runs backwards")
-        cpus.extend(range(lo, hi + 1))
+            raise ValueError(f"CPU range {part[:40]!r} runs backwards")
+        if hi >= MAX_CPUS:
+            raise ValueError(f"CPU {hi} is beyond any kernel's CPU count (under {MAX_CPUS})")
+        spans.append((lo, hi))
+    cpus: list[int] = []
+    for lo, hi in sorted(spans):
+        start = max(lo, cpus[-1] + 1) if cpus else lo
+        cpus.extend(range(start, hi + 1))
     return cpus
+
+
+#: A CPU number no kernel reaches (x86's MAXSMP sets CONFIG_NR_CPUS to 8192, the largest
+#: in arch/*/Kconfig): one beyond it is corrupt input, and expanding a range up to it
+#: (0-99999999999) would exhaust memory.
+MAX_CPUS = 1 << 16
 
 
 def parse_kernel_version(release: str) -> tuple[int, int, int] | None:
     """'6.18.44-fc-v657' -> (6, 18, 44); None when it does not start with a version."""
-    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", release.strip())
+    m = re.match(r"(\d{1,9})\.(\d{1,9})(?:\.(\d{1,9}))?(?!\d)", release.strip())
     if not m:
         return None
     return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
@@ -120,7 +153,7 @@ def parse_slabinfo(text: str, cache: str = "nf_conntrack") -> int | None:
         if fields and fields[0] == cache:
             if len(fields) < 4 or not fields[3].isdigit():
                 raise ValueError(f"malformed {cache} line: {line.strip()[:60]!r}")
-            return int(fields[3])
+            return _int(fields[3])
     return None
 
 

@@ -76,19 +76,23 @@ def window_summary(counts: list[int], first: dict[str, int] | None,
 def poll(roots: Roots, duration: float, interval: float, progress: Any = None
          ) -> dict[str, Any]:
     """Poll nf_conntrack_count and the stat counters for `duration` seconds."""
-    from ct_tune import parsers
+    from ct_tune import parsers, safeio
 
     count_path = roots.proc("sys/net/netfilter/nf_conntrack_count")
     stat_path = roots.proc("net/stat/nf_conntrack")
 
     def read() -> tuple[int | None, dict[str, int] | None]:
+        # Gone or unparsable mid-window: that poll has no value.  A FIFO or device in
+        # their place, or an unbounded file, is bad input (safeio's InputError).
+        text = safeio.read_text(count_path, safeio.VALUE, missing_ok=True, denied_ok=True)
         try:
-            count = int(count_path.read_text())
-        except (OSError, ValueError):
+            count = parsers.parse_int(text) if text is not None else None
+        except ValueError:
             count = None
+        text = safeio.read_text(stat_path, safeio.PROC_TABLE, missing_ok=True, denied_ok=True)
         try:
-            counters = parsers.parse_conntrack_stat(stat_path.read_text())["counters"]
-        except (OSError, ValueError):
+            counters = parsers.parse_conntrack_stat(text)["counters"] if text else None
+        except ValueError:
             counters = None
         return count, counters
 

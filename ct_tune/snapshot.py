@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ct_tune import safeio
 from ct_tune.errors import InputError
 
 SCHEMA_NAME = "ct-tune/facts"
@@ -65,6 +66,22 @@ SPEC: dict[str, Any] = {
     "persist": ("optional", {"root": STR, "files": (list,), "assignments": (list,),
                              "sysctl": (dict,), "early_load": (list,), "modprobe": (dict,),
                              "udev_sysctl_rules": (list,)}),
+    # other writers of the keys and the boot system (ct_tune.writers); optional so that
+    # snapshots from before it was collected still load
+    "writers": ("optional", {
+        "kube_proxy": ("nullable", {
+            "pid": INT + NULL, "source": STR, "argv0": STR,
+            # conntrack settings by KubeProxyConfiguration field name: int or null
+            "flags": ("mapping", INT + NULL),
+            "config_file": STR + NULL, "config_read_from": STR + NULL,
+            "config": ("nullable", ("mapping", INT + NULL)), "version": STR + NULL,
+            "version_source": STR + NULL}),
+        "init": STR + NULL, "init_evidence": (list,),
+        "distro": ("nullable", {"id": STR + NULL, "name": STR + NULL, "version": STR + NULL,
+                                "source": STR}),
+        "containers": {"in_container": BOOL, "evidence": (list,)},
+        "modules_d": (list,), "pids_scanned": INT, "pids_truncated": BOOL,
+    }),
     "stat": (
         "nullable",
         {"source": STR, "columns": (list,), "cpus": INT, "entries": INT, "counters": (dict,)},
@@ -131,17 +148,13 @@ def validate(data: Any, path: str) -> dict[str, Any]:
 def load(path: str | Path) -> dict[str, Any]:
     """Read and validate a snapshot file ('-' is standard input)."""
     name = str(path)
-    try:
-        if name == "-":
-            import sys
+    if name == "-":
+        import sys
 
-            text = sys.stdin.read()
-        else:
-            text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise InputError(name, f"cannot read: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise InputError(name, "not text (invalid UTF-8)") from None
+        # A pipe is what '-' is for: stdin is not checked for a regular file, only bounded.
+        text = safeio.decode(safeio.read_stream(sys.stdin.buffer, name, safeio.SNAPSHOT), name)
+    else:
+        text = safeio.read_text(path, safeio.SNAPSHOT) or ""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

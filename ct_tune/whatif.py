@@ -6,7 +6,7 @@ timeout is lowered or raised:
 
 * Which tracked flows have been idle longer than the proposed timeout?  Under
   it they would already have been forgotten: the pooled connection that dies
-  overnight behind a stateful firewall (shared/seeds/000).  The sample keeps
+  overnight behind a stateful firewall (RFC 5382 REQ-5).  The sample keeps
   each class's idle histogram and the destination ports per coarse idle bin.
 * How full would the table be?  Little's law: entries = arrival rate x hold
   time.  The entries of a class that reach idle age t arrive at the density of

@@ -40,14 +40,14 @@ def tree(tmp_path: Path):
 
 
 def run_cli(*args: str, input: str | None = None, env: dict | None = None,
-            netns: str | None = None) -> subprocess.CompletedProcess:
+            netns: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run ct-tune as a user would (a separate process), optionally inside a netns."""
     cmd = [sys.executable, "-m", "ct_tune", *args]
     if netns:
         cmd = ["ip", "netns", "exec", netns, *cmd]
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run(cmd, capture_output=True, text=True, input=input, env=full_env,
-                          timeout=120, check=False)
+                          timeout=timeout, check=False)
 
 
 def tree_args(roots: facts.Roots) -> list[str]:

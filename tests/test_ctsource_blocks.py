@@ -10,6 +10,7 @@ import pytest
 from test_flowblocks import TIMEOUTS, kernel_like_table
 
 from ct_tune import ctsource
+from ct_tune.errors import InputError
 from ct_tune.facts import Roots
 from ct_tune.flows import FlowStats
 
@@ -52,8 +53,15 @@ def test_stopping_early_closes_the_reader(tmp_path):
     assert not psutil.Process().children()  # the reader was waited for
 
 
-def test_unreadable_table_is_a_source_error(tmp_path):
-    (tmp_path / "proc" / "net" / "nf_conntrack").mkdir(parents=True)
+def test_missing_table_is_a_source_error(tmp_path):
+    (tmp_path / "proc" / "net").mkdir(parents=True)
     with pytest.raises(ctsource.SourceError, match="cannot read"), \
+            ctsource.table_blocks(Roots(tmp_path / "proc", tmp_path / "sys"), "procfs"):
+        pass
+
+
+def test_table_that_is_a_directory_is_bad_input(tmp_path):
+    (tmp_path / "proc" / "net" / "nf_conntrack").mkdir(parents=True)
+    with pytest.raises(InputError, match=r"nf_conntrack: not a regular file \(directory\)"), \
             ctsource.table_blocks(Roots(tmp_path / "proc", tmp_path / "sys"), "procfs"):
         pass

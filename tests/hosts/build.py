@@ -1,6 +1,9 @@
 """Regenerate the captured host trees used by the tests.
 
-`_live/` is `ct-tune capture` of a real 6.18 x86_64 VM (24 GiB, 2 CPUs).  Each
+`_live/` is `ct-tune capture` of a real 6.18 x86_64 VM (24 GiB, 2 CPUs).  The trees of
+build_writers() add the evidence ct_tune.writers reads: /proc/PID/cmdline of kube-proxy or
+k3s, its config file under /proc/PID/root, containerd's record of its image, /proc/1/comm,
+/run/systemd/system, /.dockerenv, /etc/openwrt_release and /etc/modules.d.  Each
 other tree starts from it and changes only what the scenario needs, so every
 file a tree holds is either real or a documented edit of a real one.  Run
 `python tests/hosts/build.py` after changing a scenario; the trees are committed.
@@ -83,6 +86,21 @@ class Tree:
         self.set("sys/module/nf_conntrack/parameters/hashsize", hashsize or buckets, mode=0o600)
         return self
 
+    def process(self, pid: int, argv: list[str], cgroup: str | None = None,
+                comm: str | None = None) -> Tree:
+        """/proc/PID/cmdline (NUL-separated, as the kernel shows it) and /proc/PID/cgroup."""
+        self.set(f"proc/{pid}/cmdline", "\0".join(argv) + "\0", mode=0o444)
+        if comm is not None:
+            self.set(f"proc/{pid}/comm", f"{comm}\n", mode=0o644)
+        if cgroup is not None:
+            self.set(f"proc/{pid}/cgroup", cgroup, mode=0o444)
+        return self
+
+    def marker(self, rel: str) -> Tree:
+        """A directory whose existence is the evidence (/run/systemd/system), kept in git by
+        the same .present file ct-tune capture writes."""
+        return self.set(f"{rel}/.present", "")
+
     def stat(self, cpus: list[dict[str, int]], header: str = STAT_HEADER_NEW) -> Tree:
         return self.set("proc/net/stat/nf_conntrack", stat_table(header, cpus), mode=0o444)
 
@@ -128,6 +146,21 @@ def build() -> None:
     for key in ("nf_conntrack_max", "nf_conntrack_buckets", "nf_conntrack_expect_max"):
         t.set(f"{NF}/{key}", (t.root / NF / key).read_text(), mode=0o444)
     t.remove("proc/sys/net/nf_conntrack_max").remove("proc/slabinfo")
+    t.remove(f"{NF}/nf_log_all_netns")  # registered in init_net only (nf_log.c)
+
+    # 'ip netns exec NS' on a host: a non-initial network namespace that sees the host's
+    # /etc.  Checked against 'ip netns exec NS ct-tune capture' on the 6.18 VM: the global
+    # keys 0444, no net.nf_conntrack_max and no nf_log_all_netns (initial namespace only),
+    # slabinfo and module parameters readable (root), the table (max 524288) as the
+    # host's sysctl.d sets it.  That sysctl.d also sets the established timeout, which
+    # boot applies to the host's namespace: here it is the kernel default.
+    t = Tree("netns-exec").host(mem_kb=16337060).table(max_=524288, buckets=262144, count=40)
+    for key in ("nf_conntrack_max", "nf_conntrack_buckets", "nf_conntrack_expect_max"):
+        t.set(f"{NF}/{key}", (t.root / NF / key).read_text(), mode=0o444)
+    t.remove("proc/sys/net/nf_conntrack_max").remove(f"{NF}/nf_log_all_netns")
+    t.set("etc/sysctl.d/90-conntrack.conf", "net.netfilter.nf_conntrack_max = 524288\n"
+          "net.netfilter.nf_conntrack_tcp_timeout_established = 86400\n")
+    t.set("etc/modules-load.d/nf_conntrack.conf", "nf_conntrack\n")
 
     # Corrupt value: nf_conntrack_max holds garbage.
     Tree("corrupt-values").host(mem_kb=16337060).nf("nf_conntrack_max", "26214x4")
@@ -152,6 +185,104 @@ def build() -> None:
         f"{NF}/nf_conntrack_tcp_ignore_invalid_rst").stat(
         [{"entries": 40000, "searched": 99, "delete_list": 7, "drop": 2}] * 8,
         header=STAT_HEADER_OLD)
+
+    build_writers()
+
+
+#: A containerd container id (64 hex digits) for kube-proxy's pod.
+KP_CID = "4f2b9c1d" * 8
+KP_CGROUP = ("0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1a2b.slice/"
+             f"cri-containerd-{KP_CID}.scope\n")
+KP_CONFIG = """apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  kubeconfig: /var/lib/kube-proxy/kubeconfig.conf
+conntrack:
+  maxPerCore: null
+  min: null
+  tcpCloseWaitTimeout: 1h0m0s
+  tcpEstablishedTimeout: 2h0m0s
+mode: iptables
+"""
+
+
+def kube_node(name: str) -> Tree:
+    """A 16-CPU, 16 GiB systemd node (kernel default max 262144) whose admin raised max to
+    1 Mi at run time; kube-proxy's established timeout is 2 h, close_wait 1 h."""
+    return Tree(name).host(mem_kb=16337060, cpus="0-15").table(
+        max_=1048576, buckets=262144, count=20000).nf(
+        "nf_conntrack_tcp_timeout_established", 7200).nf(
+        "nf_conntrack_tcp_timeout_close_wait", 3600).process(
+        1, ["/sbin/init"], comm="systemd").marker("run/systemd/system")
+
+
+def build_writers() -> None:
+    """Hosts where something else writes the keys, or boot is not systemd's."""
+    # kube-proxy 1.25 (only raises: PR #103174), kubeadm-style: --config file read through
+    # /proc/PID/root, version from the image name containerd recorded for its container.
+    kube_node("kube-proxy-1.25-config").process(
+        4242, ["/usr/local/bin/kube-proxy", "--config=/var/lib/kube-proxy/config.conf",
+               "--hostname-override=node-1"], cgroup=KP_CGROUP).set(
+        "proc/4242/root/var/lib/kube-proxy/config.conf", KP_CONFIG).set(
+        f"run/containerd/io.containerd.runtime.v2.task/k8s.io/{KP_CID}/config.json",
+        '{"annotations": {"io.kubernetes.cri.image-name": '
+        '"registry.k8s.io/kube-proxy:v1.25.16"}}\n').marker("run/containerd")
+
+    # kube-proxy 1.30 (rewrites whenever the value differs: PR #120448), flags only, run by
+    # systemd from a versioned install path.
+    kube_node("kube-proxy-1.30-flags").process(
+        4242, ["/opt/kubernetes/v1.30.2/bin/kube-proxy", "--kubeconfig=/etc/kube-proxy.conf",
+               "--conntrack-max-per-core=32768", "--conntrack-tcp-timeout-established=2h0m0s",
+               "--proxy-mode=iptables"],
+        cgroup="0::/system.slice/kube-proxy.service\n")
+
+    # k3s inside Docker (k3d): a non-initial network namespace (max, buckets, expect_max
+    # 0444, no net.nf_conntrack_max), /.dockerenv, k3s as PID 1 with its title rewritten,
+    # and k3s's kube-proxy told to leave max alone (conntrack-max-per-core=0).
+    t = Tree("k3s-in-docker").host(mem_kb=16337060, cpus="0-7").table(
+        max_=262144, buckets=262144, count=3000).nf(
+        "nf_conntrack_tcp_timeout_established", 86400).nf(
+        "nf_conntrack_tcp_timeout_close_wait", 3600)
+    for key in ("nf_conntrack_max", "nf_conntrack_buckets", "nf_conntrack_expect_max"):
+        t.set(f"{NF}/{key}", (t.root / NF / key).read_text(), mode=0o444)
+    t.remove("proc/sys/net/nf_conntrack_max").remove("proc/slabinfo")
+    t.set(".dockerenv", "").process(1, ["/bin/k3s server"], comm="k3s-server",
+                                    cgroup="0::/\n").set(
+        "proc/1/root/etc/rancher/k3s/config.yaml",
+        'kube-proxy-arg:\n  - "conntrack-max-per-core=0"\n')
+
+    # OpenWrt 23.05 router (procd, no systemd): kmod-nf-conntrack's /etc/modules.d entry
+    # and its /etc/sysctl.d/11-nf-conntrack.conf (package/kernel/linux/files), applied.
+    t = openwrt("openwrt")
+    t.set("etc/modules.d/nf-conntrack", "nf_conntrack\n")
+    # The same router where nothing in /etc/modules.d loads nf_conntrack.
+    openwrt("openwrt-no-modules-d")
+
+
+OPENWRT_SYSCTL = """# Do not edit, changes to this file will be lost on upgrades
+# /etc/sysctl.conf can be used to customize sysctl settings
+
+net.netfilter.nf_conntrack_acct=1
+net.netfilter.nf_conntrack_checksum=0
+net.netfilter.nf_conntrack_tcp_max_retrans=5
+net.netfilter.nf_conntrack_tcp_timeout_established=7440
+net.netfilter.nf_conntrack_udp_timeout=60
+net.netfilter.nf_conntrack_udp_timeout_stream=180
+"""
+
+
+def openwrt(name: str) -> Tree:
+    t = Tree(name).host(mem_kb=509000, cpus="0-3", arch="aarch64",
+                        release="5.15.150").table(max_=4096, buckets=4096, count=300).nf(
+        "nf_conntrack_expect_max", 64)
+    for key, value in (("acct", 1), ("checksum", 0), ("tcp_max_retrans", 5),
+                       ("tcp_timeout_established", 7440), ("udp_timeout", 60),
+                       ("udp_timeout_stream", 180)):
+        t.nf(f"nf_conntrack_{key}", value)
+    t.process(1, ["/sbin/procd"], comm="procd")
+    t.set("etc/openwrt_release", "DISTRIB_ID='OpenWrt'\nDISTRIB_RELEASE='23.05.3'\n"
+          "DISTRIB_TARGET='mediatek/filogic'\n")
+    return t.set("etc/sysctl.d/11-nf-conntrack.conf", OPENWRT_SYSCTL)
 
 
 if __name__ == "__main__":
