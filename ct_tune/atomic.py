@@ -26,6 +26,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from ct_tune import safeio
 from ct_tune.errors import InputError
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -120,17 +121,24 @@ def read_at(fd: int, name: str, path: Path | str, limit: int) -> bytes | None:
     """A regular file's bytes (None if missing), never through a link or from a FIFO or
     device (opened non-blocking, checked on the descriptor), at most `limit` bytes."""
     try:
-        f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                    dir_fd=fd)
+        # O_PATH first: opening a device for reading may act (a watchdog), a FIFO waits
+        pfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
     except FileNotFoundError:
         return None
     except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise link_refused(path) from None
         raise InputError(str(path), f"cannot read: {_why(e)}") from None
     try:
-        if not stat.S_ISREG(os.fstat(f).st_mode):
-            raise InputError(str(path), "not a regular file")
+        mode = os.fstat(pfd).st_mode
+        if stat.S_ISLNK(mode):
+            raise link_refused(path)
+        if not stat.S_ISREG(mode):
+            raise InputError(str(path), f"not a regular file ({safeio.kind(mode)})")
+        f = os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise InputError(str(path), f"cannot read: {_why(e)}") from None
+    finally:
+        os.close(pfd)
+    try:
         chunks, size = [], 0
         while size <= limit:
             chunk = os.read(f, min(1 << 20, limit + 1 - size))

@@ -43,11 +43,15 @@ from ct_tune.errors import CtTuneError, InputError
 from ct_tune.facts import (
     BUILTIN_MARKER,
     KEEPALIVE_KEYS,
+    MACHINE_FILE,
     NETFILTER_DIR,
+    OLD_NAMES_DIR,
+    OLD_PREFIX,
     Roots,
     builtin_module,
     in_root,
 )
+from ct_tune.facts import machine as facts_machine
 
 #: procfs tables among PROC_FILES: more than one value (see safeio.PROC_TABLE)
 PROC_TABLES = {"meminfo", "net/stat/nf_conntrack", "slabinfo"}
@@ -198,8 +202,15 @@ def capture(roots: Roots, out: Path, table: bool = True, table_source: str = "au
         for name in sorted(files):
             rel = (Path(dirpath) / name).relative_to(roots.procfs)
             _copy(Path(dirpath) / name, out / "proc" / rel, modes, f"proc/{rel}")
+    old = roots.proc(OLD_NAMES_DIR)  # the ip_conntrack module's and compatibility names
+    if old.is_dir():
+        for p in sorted(old.iterdir()):
+            if p.name.startswith(OLD_PREFIX):
+                rel = p.relative_to(roots.procfs)
+                _copy(p, out / "proc" / rel, modes, f"proc/{rel}")
     for rel in SYS_FILES:
         _copy(roots.sys(rel), out / "sys" / rel, modes, f"sys/{rel}")
+    _capture_machine(roots, out)
     loaded = roots.proc(f"{NETFILTER_DIR}/nf_conntrack_max").exists()
     if builtin_module(roots, loaded):
         marker = out / "sys" / BUILTIN_MARKER
@@ -210,6 +221,17 @@ def capture(roots: Roots, out: Path, table: bool = True, table_source: str = "au
     _capture_writers(roots, out, modes)
     _write(out / "MODES", "".join(f"{m}\n" for m in sorted(modes)).encode(), 0o644)
     return len(modes) + links
+
+
+def _capture_machine(roots: Roots, out: Path) -> None:
+    """Before 6.1 there is no /proc/sys/kernel/arch and audit asks uname(2) on the live
+    host: keep that answer beside the tree (facts.MACHINE_FILE) so a replay knows the
+    same architecture instead of guessing it from the release string."""
+    if roots.proc("sys/kernel/arch").exists():
+        return
+    machine = facts_machine(roots)
+    if machine:
+        (out / MACHINE_FILE).write_text(f"{machine}\n")
 
 
 def _capture_writers(roots: Roots, out: Path, modes: list[str]) -> None:

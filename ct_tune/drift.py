@@ -18,8 +18,8 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
-from ct_tune import formulas, sysctld
-from ct_tune.sysctlkeys import full_name, short_name
+from ct_tune import kernelmodel, sysctld
+from ct_tune.sysctlkeys import OLD_PREFIX, full_name, short_name
 
 #: Compiled-in defaults of the keys whose default does not depend on the host, by the
 #: short name rules use.  Every group cites where the kernel sets it; keys whose default
@@ -211,9 +211,10 @@ def boot_defaults(host: Mapping[str, Any], conntrack: Mapping[str, Any],
     sizes nf_conntrack_init_start() derives from RAM and the module options in modprobe.d
     (hashsize=, expect_hashsize=, acct=, tstamp=).
 
-    Table sizes are left out when they cannot be known: RAM, pointer size or kernel
-    release unknown, or the live table shows max = 8 x buckets (hashsize= given at load)
-    while no persisted option explains it (the kernel command line, an initramfs).
+    Table sizes are left out when they cannot be known: RAM or kernel release unknown,
+    an era ct-tune has not pinned (:mod:`ct_tune.kernelmodel`), a pointer size that is
+    unknown and matters, or the live table shows max = 8 x buckets (hashsize= given at
+    load) while no persisted option explains it (the kernel command line, an initramfs).
     """
     out = dict(KERNEL_DEFAULTS)
     version = _version(host)
@@ -233,16 +234,19 @@ def boot_defaults(host: Mapping[str, Any], conntrack: Mapping[str, Any],
     unseen_hashsize = (hashsize is None and isinstance(live_max, int)
                        and isinstance(live_buckets, int) and live_buckets > 0
                        and live_max == 8 * live_buckets)
-    if mem and ptr and version is not None and not unseen_hashsize:
-        # nf_conntrack_core.c sizes from totalram_pages() (MemTotal, highmem included)
-        buckets = (formulas.round_buckets(hashsize, ptr) if hashsize
-                   else formulas.kernel_default_buckets(mem, ptr, version))
-        out["nf_conntrack_buckets"] = buckets
-        out["nf_conntrack_max"] = formulas.kernel_default_max(mem, ptr, version, hashsize)
-        # nf_conntrack_expect.c, nf_conntrack_expect_init(): expect_hsize = buckets / 256
-        # (at least 1) unless expect_hashsize= is given; expect_max = expect_hsize * 4
+    if mem and version is not None and not unseen_hashsize:
+        # the sizes by kernel era (kernelmodel cites each): nf_conntrack_init_start()
+        # sizes from totalram_pages() (MemTotal, highmem included); an era ct-tune has
+        # not pinned leaves the key out, so nothing claims "a reboot brings back" it
+        kernel = host.get("kernel_version")
         expect_hsize = _int_option(_module_option(persist, conntrack, "expect_hashsize"))
-        out["nf_conntrack_expect_max"] = 4 * (expect_hsize or max(1, buckets // 256))
+        sizes = {
+            "nf_conntrack_buckets": kernelmodel.boot_buckets(kernel, mem, ptr, hashsize),
+            "nf_conntrack_max": kernelmodel.boot_max(kernel, mem, ptr, hashsize),
+            "nf_conntrack_expect_max": kernelmodel.boot_expect_max(kernel, mem, ptr, hashsize,
+                                                                   expect_hsize),
+        }
+        out.update({k: v for k, v in sizes.items() if v is not None})
     return out
 
 
@@ -258,8 +262,12 @@ def unpersisted(sysctl: Mapping[str, Any], persist: Mapping[str, Any] | None,
     """
     if persist is None:
         return []
-    configured = {short for short in map(short_name, _winners(persist))
-                  if booted_here(conntrack, short)}
+    # an old ip_conntrack_* name sets the key only where this host has it
+    old_here = _old_names_here(conntrack)
+    configured = {short_name(k) for k in _winners(persist)
+                  if (not k.startswith(OLD_PREFIX) or k in old_here
+                      or "old_names" not in conntrack)
+                  and booted_here(conntrack, short_name(k))}
     defaults = boot_defaults(host, conntrack, persist, sysctl)
     out = []
     for short, default in defaults.items():
@@ -334,6 +342,12 @@ def _live_keys(sysctl: Mapping[str, Any]) -> set[str]:
     return keys
 
 
+def _old_names_here(conntrack: Mapping[str, Any]) -> set[str]:
+    """The old ip_conntrack_* names this host has (facts conntrack.old_names): valid
+    sysctl.d keys there, keys the kernel lacks everywhere else."""
+    return set(conntrack.get("old_names") or [])
+
+
 def _judged(key: str, live: set[str]) -> bool:
     """Whether the snapshot can tell that `key` is missing.  The collector reads all of
     net.netfilter but only the three tcp_keepalive_* keys of net.ipv4 (all the kernel has,
@@ -380,12 +394,14 @@ def unknown(persist: Mapping[str, Any] | None, sysctl: Mapping[str, Any],
     """
     if not conntrack.get("loaded"):
         return []
-    live = _live_keys(sysctl)
+    live = _live_keys(sysctl) | _old_names_here(conntrack)
     out = []
     for a in _assignments(persist):
         key = a["key"]
         if key in live or not _judged(key, live):
             continue
+        if key.startswith(OLD_PREFIX) and "old_names" not in conntrack:
+            continue  # a snapshot from before ct-tune looked for the old names
         out.append({"key": key, "configured": normalize(a["value"]), **where(persist, a),
                     "optional": bool(a.get("optional")), "suggestion": _suggest(key, sysctl)})
     return out

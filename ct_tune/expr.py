@@ -33,7 +33,7 @@ from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.visitor import NodeTransformer
 
-from ct_tune import __version__, bootinit, cache, drift, formulas, kubeproxy, whatif
+from ct_tune import __version__, bootinit, cache, drift, formulas, kernelmodel, kubeproxy, whatif
 
 
 class NoneDict(dict):
@@ -62,6 +62,9 @@ HELPERS: dict[str, Callable[..., Any]] = {
     "kernel_default_buckets": formulas.kernel_default_buckets,
     "kernel_default_max": formulas.kernel_default_max,
     "default_max_factor": formulas.default_max_factor,
+    "kernel_default_expect_max": formulas.kernel_default_expect_max,
+    "buckets_writable": formulas.buckets_writable,
+    "kernel_model": kernelmodel.describe,
     "round_buckets": formulas.round_buckets,
     "round_max": formulas.round_max,
     "bucket_granularity": formulas.bucket_granularity,

@@ -67,6 +67,8 @@ def explain(findings: list[Finding]) -> str:
             lines.append(f"{f.parameter}: {change}")
             if f.scope == "host":
                 lines.append("scope: read-only in this network namespace; set it on the host")
+            elif f.scope == "module":
+                lines.append("scope: read-only on this kernel; set through the module parameter")
         lines += [f.summary, "", f.explanation]
         if f.evidence:
             lines += ["", "evidence:"]

@@ -34,7 +34,7 @@ _KEYS = {"id", "title", "parameter", "needs", "when", "let", "recommended", "out
          "severity", "explanation", "evidence", "sources"}
 _CASE_KEYS = {"level", "if", "summary"}
 #: Names a rule's [let] may not shadow: they are the context every rule reads.
-RESERVED = {"sysctl", "writable", "host", "conntrack", "counters", "stat", "profile",
+RESERVED = {"sysctl", "writable", "readonly", "host", "conntrack", "counters", "stat", "profile",
             "planned", "current", "recommended", "parameter", "rule", "severity",
             "flows", "window", "persist"}
 

@@ -28,11 +28,19 @@ MAX_HZ = 1000
 _PREFIXES = ("net.netfilter.", "net.ipv4.", "net.")
 
 #: the conntrack keys ct-tune may write: a rule's parameter, a live key in a state file
-WRITABLE_KEY = re.compile(r"^(net\.netfilter\.nf_conntrack_[a-z0-9_]+|net\.nf_conntrack_max)$")
+WRITABLE_KEY = re.compile(r"^(net\.netfilter\.nf_conntrack_[a-z0-9_]+|net\.nf_conntrack_max"
+                          r"|net\.ipv4\.netfilter\.ip_conntrack_[a-z0-9_]+)$")
+
+#: The old names of the same keys: the ip_conntrack module (2.6.x before nf_conntrack)
+#: and nf_conntrack's compatibility names (CONFIG_NF_CONNTRACK_PROC_COMPAT).
+OLD_PREFIX = "net.ipv4.netfilter.ip_conntrack_"
 
 
 def short_name(key: str) -> str:
-    """The name rules use for a sysctl (its name under net.netfilter, net.ipv4 or net)."""
+    """The name rules use for a sysctl (its name under net.netfilter, net.ipv4 or net);
+    an old net.ipv4.netfilter.ip_conntrack_X name stands for nf_conntrack_X."""
+    if key.startswith(OLD_PREFIX):
+        return "nf_conntrack_" + key[len(OLD_PREFIX):]
     for prefix in _PREFIXES:
         if key.startswith(prefix):
             return key[len(prefix):]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parent.parent / "ct_tune"
 PURE = {"engine", "plan", "fragments", "render", "drift", "whatif", "formulas", "parsers",
-        "kubeproxy", "bootinit",
+        "kernelmodel", "kubeproxy", "bootinit",
         "sysctld", "sysctlkeys", "findings", "flowparse", "flows"}
 IO = {"facts", "sampler", "ctsource", "apply", "atomic", "capture", "cli", "cache", "writers"}
 

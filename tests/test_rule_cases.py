@@ -71,6 +71,10 @@ def test_rule_case(path: Path, tmp_path: Path):
         for name, value in want.get("approx", {}).items():
             assert _at(got.evidence, name) == pytest.approx(value, rel=0.02), (
                 f"evidence {name}: {got.evidence}")
+        if "scope" in want:
+            assert got.scope == want["scope"], got.summary
+        if "summary_excludes" in want:
+            assert want["summary_excludes"] not in got.summary, got.summary
         if "summary_contains" in want:
             assert want["summary_contains"] in got.summary
         if "explanation_contains" in want:

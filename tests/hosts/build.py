@@ -72,12 +72,16 @@ class Tree:
         lines.append(f"{rel} {mode:04o}")
         (self.root / "MODES").write_text("".join(f"{ln}\n" for ln in sorted(lines)))
 
-    def host(self, *, mem_kb: int, cpus: str = "0-7", arch: str = "x86_64",
+    def host(self, *, mem_kb: int, cpus: str = "0-7", arch: str | None = "x86_64",
              release: str = "6.18.44-fc-v657", low_kb: int | None = None) -> Tree:
+        """arch=None: no /proc/sys/kernel/arch, as on every kernel before 6.1."""
         self.set("proc/meminfo", meminfo(mem_kb, low_kb))
         self.set("sys/devices/system/cpu/online", f"{cpus}\n")
-        self.set("proc/sys/kernel/arch", f"{arch}\n")
-        return self.set("proc/sys/kernel/osrelease", f"{release}\n")
+        if arch is None:
+            self.remove("proc/sys/kernel/arch")
+        else:
+            self.set("proc/sys/kernel/arch", f"{arch}\n", mode=0o444)
+        return self.set("proc/sys/kernel/osrelease", f"{release}\n", mode=0o444)
 
     def table(self, *, max_: int, buckets: int, count: int, hashsize: int | None = None) -> Tree:
         self.nf("nf_conntrack_max", max_).nf("nf_conntrack_buckets", buckets)
@@ -103,6 +107,28 @@ class Tree:
 
     def stat(self, cpus: list[dict[str, int]], header: str = STAT_HEADER_NEW) -> Tree:
         return self.set("proc/net/stat/nf_conntrack", stat_table(header, cpus), mode=0o444)
+
+    def era(self, version: tuple[int, int], *, buckets_mode: int, expect_max: int) -> Tree:
+        """Keys the release has, as that kernel shows them (each edit cites its source):
+
+        * nf_conntrack_buckets 0444 in the initial namespace before 4.7 (writable since
+          commit 3183ab8997a4, nf_conntrack_standalone.c nf_conntrack_hash_sysctl);
+        * nf_conntrack_expect_max = 4 x (buckets / 256) (nf_conntrack_expect.c,
+          nf_conntrack_expect_init);
+        * no nf_conntrack_tcp_ignore_invalid_rst before 5.14, no nf_hooks_lwtunnel before
+          5.15, no nf_log_all_netns before 4.11 (the releases that added them);
+        * udp_timeout_stream 180 s up to 5.18 (nf_conntrack_proto_udp.c udp_timeouts[]).
+        """
+        self.set(f"{NF}/nf_conntrack_buckets",
+                 (self.root / NF / "nf_conntrack_buckets").read_text(), mode=buckets_mode)
+        self.nf("nf_conntrack_expect_max", expect_max)
+        for key, since in (("nf_conntrack_tcp_ignore_invalid_rst", (5, 14)),
+                           ("nf_hooks_lwtunnel", (5, 15)), ("nf_log_all_netns", (4, 11))):
+            if version < since:
+                self.remove(f"{NF}/{key}")
+        if version <= (5, 18):
+            self.nf("nf_conntrack_udp_timeout_stream", 180)
+        return self
 
 
 GIB_KB = 1024 * 1024
@@ -169,8 +195,9 @@ def build() -> None:
     Tree("corrupt-stat").host(mem_kb=16337060).set(
         "proc/net/stat/nf_conntrack", STAT_HEADER_NEW + "\n00000001 00000000 0000\n", mode=0o444)
 
-    # 32-bit i686 with 4 GiB RAM (highmem) and ~870 MiB lowmem, max left at 262144.
-    Tree("i686-lowmem").host(mem_kb=4 * GIB_KB - 60000, arch="i686", cpus="0-3",
+    # 32-bit i686 with 4 GiB RAM (highmem) and ~870 MiB lowmem, max left at 262144; 5.10 has no
+    # kernel/arch: "-686-pae" names the machine.
+    Tree("i686-lowmem").host(mem_kb=4 * GIB_KB - 60000, arch=None, cpus="0-3",
                              release="5.10.0-28-686-pae", low_kb=870000).table(
         max_=262144, buckets=65536, count=2000).set("proc/slabinfo", (
             "slabinfo - version: 2.1\n"
@@ -178,13 +205,111 @@ def build() -> None:
             " : slabdata     96     96      0\n"), mode=0o400)
 
     # Pre-5.15 kernel (4.19, RHEL 8 / Debian 10 era) on 8 GiB: 65536 buckets, max = 4 x buckets,
-    # old stat header, UDP stream 180 s, no tcp_ignore_invalid_rst.
-    Tree("kernel-4.19").host(mem_kb=8 * GIB_KB - 200000, release="4.19.0-27-amd64").table(
-        max_=262144, buckets=65536, count=40000).nf(
-        "nf_conntrack_udp_timeout_stream", 180).remove(
-        f"{NF}/nf_conntrack_tcp_ignore_invalid_rst").stat(
+    # old stat header, UDP stream 180 s, no tcp_ignore_invalid_rst, no kernel/arch (6.1+):
+    # the "-amd64" flavour names the machine.
+    Tree("kernel-4.19").host(mem_kb=8 * GIB_KB - 200000, release="4.19.0-27-amd64",
+                             arch=None).table(
+        max_=262144, buckets=65536, count=40000).era(
+        (4, 19), buckets_mode=0o644, expect_max=1024).stat(
         [{"entries": 40000, "searched": 99, "delete_list": 7, "drop": 2}] * 8,
         header=STAT_HEADER_OLD)
+
+    # A container (non-initial netns) on 4.19: no net.nf_conntrack_max (init_net only), buckets
+    # 0444 (3183ab8997a4), but max and expect_max still 0644: they became 0444 outside init_net
+    # only in 5.13 (commit 2671fa4dc010), so writing them here changes the host's global value.
+    t = Tree("kernel-4.19-netns").host(mem_kb=8 * GIB_KB - 200000, release="4.19.0-27-amd64",
+                                       arch=None).table(
+        max_=262144, buckets=65536, count=3000).era((4, 19), buckets_mode=0o444,
+                                                    expect_max=1024)
+    t.remove("proc/sys/net/nf_conntrack_max").remove("proc/slabinfo")
+
+    # Kernel eras (ct_tune/kernelmodel.py cites each formula).  Every tree holds the boot
+    # defaults that kernel computes for its RAM in nf_conntrack_init_start()
+    # (nf_conntrack_init_init_net on 2.6.x), no /proc/sys/kernel/arch (6.1+ only), and
+    # the keys of its era (Tree.era).
+    #
+    # RHEL 6, 2.6.32-754.el6.x86_64, 8 GiB: RAM > 1 GiB -> 16384 buckets, max = 4 x 16384
+    # = 65536, expect_max = 4 x 16384/256 = 256; buckets 0444; the nf_conntrack
+    # compatibility names (CONFIG_NF_CONNTRACK_PROC_COMPAT) under net/ipv4/netfilter.
+    t = Tree("kernel-2.6.32-el6").host(mem_kb=8 * GIB_KB - 150000, arch=None, cpus="0-3",
+                                       release="2.6.32-754.35.1.el6.x86_64").table(
+        max_=65536, buckets=16384, count=20000).era(
+        (2, 6), buckets_mode=0o444, expect_max=256).stat(
+        [{"entries": 20000, "searched": 50}] * 4, header=STAT_HEADER_OLD)
+    for name, value, mode in (("ip_conntrack_max", 65536, 0o644),
+                              ("ip_conntrack_buckets", 16384, 0o444),
+                              ("ip_conntrack_count", 20000, 0o444),
+                              ("ip_conntrack_tcp_timeout_established", 432000, 0o644)):
+        t.set(f"proc/sys/net/ipv4/netfilter/{name}", value, mode=mode)
+
+    # The same on 32-bit: 2.6.32-754.el6.i686, 3 GiB (PAE, ~870 MiB lowmem): RAM > 1 GiB ->
+    # 16384 buckets (a whole number of 1024-head pages), max 65536, expect_max 256.
+    Tree("kernel-2.6.32-el6-i686").host(
+        mem_kb=3 * GIB_KB - 100000, arch=None, cpus="0-1", low_kb=870000,
+        release="2.6.32-754.el6.i686").table(max_=65536, buckets=16384, count=3000).era(
+        (2, 6), buckets_mode=0o444, expect_max=256).stat(
+        [{"entries": 3000}] * 2, header=STAT_HEADER_OLD)
+
+    # RHEL 7, 3.10.0-1160.el7.x86_64, 16 GiB: 16384 buckets (no 4 GiB cap yet), max 65536,
+    # expect_max 256, buckets 0444 in the initial namespace.
+    Tree("kernel-3.10-el7").host(mem_kb=16 * GIB_KB - 250000, arch=None,
+                                 release="3.10.0-1160.119.1.el7.x86_64").table(
+        max_=65536, buckets=16384, count=30000).era(
+        (3, 10), buckets_mode=0o444, expect_max=256).stat(
+        [{"entries": 30000, "searched": 80}] * 8, header=STAT_HEADER_OLD)
+
+    # Ubuntu 14.04, 3.13.0-170-generic, 4 GiB: 16384 buckets, max 65536, expect_max 256,
+    # buckets 0444.  "-generic" names no machine: the architecture is unknown here.
+    Tree("kernel-3.13-ubuntu").host(mem_kb=4 * GIB_KB - 150000, arch=None, cpus="0-1",
+                                    release="3.13.0-170-generic").table(
+        max_=65536, buckets=16384, count=5000).era(
+        (3, 13), buckets_mode=0o444, expect_max=256).stat(
+        [{"entries": 5000}] * 2, header=STAT_HEADER_OLD)
+
+    # Ubuntu 16.04, 4.4.0-210-generic, 8 GiB: RAM > 4 GiB -> 65536 buckets (since 3.19/4.0),
+    # max 262144, expect_max 1024, buckets still 0444 (writable from 4.7).
+    Tree("kernel-4.4-ubuntu").host(mem_kb=8 * GIB_KB - 180000, arch=None, cpus="0-3",
+                                   release="4.4.0-210-generic").table(
+        max_=262144, buckets=65536, count=12000).era(
+        (4, 4), buckets_mode=0o444, expect_max=1024).stat(
+        [{"entries": 12000}] * 4, header=STAT_HEADER_OLD)
+
+    # Ubuntu 20.04, 5.4.0-200-generic, 2 GiB: RAM > 1 GiB -> 16384 buckets, max 65536,
+    # expect_max 256, buckets writable.
+    Tree("kernel-5.4-ubuntu").host(mem_kb=2 * GIB_KB - 60000, arch=None, cpus="0-1",
+                                   release="5.4.0-200-generic").table(
+        max_=65536, buckets=16384, count=2000).era(
+        (5, 4), buckets_mode=0o644, expect_max=256)
+
+    # Debian 11, 5.10.0-30-amd64, 32 GiB: 65536 buckets, max 262144, expect_max 1024.
+    Tree("kernel-5.10-debian").host(mem_kb=32 * GIB_KB - 400000, arch=None,
+                                    release="5.10.0-30-amd64").table(
+        max_=262144, buckets=65536, count=90000).era(
+        (5, 10), buckets_mode=0o644, expect_max=1024)
+
+    # Ubuntu 22.04, 5.15.0-130-generic, 16 GiB: the 5.15 sizing (d532bcd0b269): 262144
+    # buckets, max = buckets, expect_max 4096.  The arch is unknown ("-generic"), and
+    # above 4 GiB the 262144 cap is for 64-bit only, so the default is not claimed.
+    Tree("kernel-5.15-ubuntu").host(mem_kb=16 * GIB_KB - 300000, arch=None,
+                                    release="5.15.0-130-generic").table(
+        max_=262144, buckets=262144, count=40000).era(
+        (5, 15), buckets_mode=0o644, expect_max=4096)
+
+    # RHEL 5 style 2.6.18 with the old ip_conntrack module: no net/netfilter at all, only
+    # net/ipv4/netfilter/ip_conntrack_* (ip_conntrack_standalone.c).  8192 buckets above
+    # 1 GiB and max = 8 x buckets in that module (ip_conntrack_core.c).
+    t = Tree("kernel-2.6.18-ip-conntrack").host(mem_kb=4 * GIB_KB - 100000, arch=None,
+                                                 cpus="0-1", release="2.6.18-419.el5")
+    for rel in (NF, "proc/sys/net/nf_conntrack_max", "sys/module/nf_conntrack",
+                "sys/kernel/slab/nf_conntrack", "proc/slabinfo", "proc/net/stat"):
+        t.remove(rel)
+    for name, value, mode in (("ip_conntrack_max", 65536, 0o644),
+                              ("ip_conntrack_buckets", 8192, 0o444),
+                              ("ip_conntrack_count", 9000, 0o444),
+                              ("ip_conntrack_tcp_timeout_established", 432000, 0o644),
+                              ("ip_conntrack_udp_timeout", 30, 0o644),
+                              ("ip_conntrack_generic_timeout", 600, 0o644)):
+        t.set(f"proc/sys/net/ipv4/netfilter/{name}", value, mode=mode)
 
     build_writers()
 
