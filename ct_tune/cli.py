@@ -22,6 +22,7 @@ import click
 # the table readers) is imported by the commands that use it, to keep startup short.
 from ct_tune import __version__, facts, safeio, writers
 from ct_tune.errors import EXIT_OK, EXIT_UNKNOWN, CtTuneError
+from ct_tune.errors import collect as collect_errors
 
 if TYPE_CHECKING:
     from ct_tune import plan, profiles, ruleset
@@ -243,8 +244,8 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
     from ct_tune import engine, findings, profiles, render, snapshot
 
     c = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules, root)
-    prof = profiles.get(c.profiles(), profile)
-    loaded_rules = c.rules()
+    all_profiles, loaded_rules = collect_errors(c.profiles, c.rules)  # every bad file reported
+    prof = profiles.get(all_profiles, profile)
     if facts_file:
         host = snapshot.load(facts_file)
         _report_problems(host)
@@ -321,8 +322,8 @@ def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_r
     target = c.roots.config_root
     if not dry_run:
         apply.require_root(target, live and c.roots.live)
-    prof = profiles.get(c.profiles(), profile)
-    loaded_rules = c.rules()
+    all_profiles, loaded_rules = collect_errors(c.profiles, c.rules)  # every bad file reported
+    prof = profiles.get(all_profiles, profile)
     with (apply.locked(target, lock_wait) if not dry_run else _nolock()):
         host = gather(c.roots, no_sample, sample_limit, table_source, duration, interval)
         if host.get("errors"):
@@ -534,7 +535,8 @@ def _run(argv: list[str] | None) -> int:
             _err(f"ct-tune: {OutputError(OSError(errno.EPIPE, os.strerror(errno.EPIPE)))}")
             code = EXIT_UNKNOWN
     except CtTuneError as e:
-        _err(f"ct-tune: {e}")
+        for line in str(e).split("\n"):  # InputErrors: one line per file at fault
+            _err(f"ct-tune: {line}")
         code = e.exit_code
     except click.exceptions.Abort:
         _err("ct-tune: aborted")
