@@ -83,6 +83,7 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "num": _fmt_num,
     "pct": _fmt_pct,
     "whatif_text": whatif.describe,
+    "pm": whatif.pm,
 }
 
 _ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False,
