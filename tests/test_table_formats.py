@@ -17,6 +17,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from conftest import run_cli, tree_args
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_flowparse import entries
@@ -262,3 +263,77 @@ def test_margin_is_the_finite_population_binomial_interval():
     want = 1.96 * (p * (1 - p) / n) ** 0.5 * ((big_n - n) / (big_n - 1)) ** 0.5 * big_n
     assert margin95(1000, n, big_n) == -(-want // 1)
     assert margin95(1000, 3000, 3000) == 0  # the whole table: exact
+
+
+# --- through the CLI: the sample-unreliable finding, estimates shown as estimates -------------
+
+def _udp(i: int, unreplied: bool) -> str:
+    head = f"ipv4     2 udp      17 {20 + i % 9} src=10.9.{i // 250}.{i % 250} dst=192.0.2.53 "
+    ports = f"sport={1024 + i} dport=53 "
+    back = f"src=192.0.2.53 dst=10.9.{i // 250}.{i % 250} sport=53 dport={1024 + i} "
+    return (head + ports + ("[UNREPLIED] " if unreplied else "") + back
+            + ("" if unreplied else "[ASSURED] ") + "mark=0 zone=0 use=2\n")
+
+
+def _tree_with_table(tree, text: str, count: int | None = None):
+    roots = tree("defaults-16g")
+    roots.proc("net/nf_conntrack").write_text(text)
+    if count is not None:
+        roots.proc("sys/net/netfilter/nf_conntrack_count").write_text(f"{count}\n")
+    return roots
+
+
+@pytest.mark.parametrize(("bad", "level"), [(30, "warning"), (2, "info")])
+def test_unreadable_lines_make_the_sample_unreliable(tree, bad, level):
+    good = [_udp(i, i % 3 == 0) for i in range(1000)]
+    junk = ["ipv4     2 udp      17 25 src=10.0.0.1 dst=10.0.0.2 sport=1 dport=53\n",  # no use=
+            "garbage from a broken copy\n"]
+    lines = good[:500] + [junk[i % 2] for i in range(bad)] + good[500:]
+    roots = _tree_with_table(tree, "".join(lines))
+    proc = run_cli("audit", "--format", "json", *tree_args(roots))
+    report = json.loads(proc.stdout)
+    finding = next(f for f in report["findings"] if f["rule"] == "sample-unreliable")
+    assert finding["severity"] == level
+    flows = report["facts"]["flows"]
+    assert flows["malformed"] == bad and flows["entries_read"] == 1000
+    kinds = {k["kind"]: k["lines"] for k in flows["malformed_kinds"]}
+    assert kinds == {"truncated (no use=)": bad // 2, "not a conntrack entry": bad - bad // 2}
+    if level == "warning":
+        share = bad / (1000 + bad)
+        assert f"{share:.1%} of the table sample's lines are unreadable" in finding["summary"]
+        assert "truncated (no use=) x 15" in finding["summary"]
+        assert "garbage from a broken copy" in finding["explanation"]
+        assert proc.returncode == 1
+
+
+def test_a_clean_sample_draws_no_unreliable_finding(tree):
+    roots = _tree_with_table(tree, "".join(_udp(i, True) for i in range(200)))
+    report = json.loads(run_cli("audit", "--format", "json", *tree_args(roots)).stdout)
+    assert not [f for f in report["findings"] if f["rule"] == "sample-unreliable"]
+
+
+def test_scaled_counts_are_shown_as_estimates_everywhere(tree):
+    # 3,000 lines on disk, nf_conntrack_count says 100,000: --sample-limit 2000 reads 2,000
+    # and scales by 50; unreplied UDP is 2 in 3 of them.
+    lines = [_udp(i, i % 3 != 0) for i in range(3000)]
+    roots = _tree_with_table(tree, "".join(lines), count=100000)
+    n, big_n = 2000, 100000
+    unreplied = sum("[UNREPLIED]" in line for line in lines[:n])
+    p = unreplied / n
+    est = round(unreplied * big_n / n)
+    margin = -(-1.96 * (p * (1 - p) / n) ** 0.5 * ((big_n - n) / (big_n - 1)) ** 0.5 * big_n
+               // 1)
+    shown = f"{est:,} \u00b1 {int(margin):,}"
+
+    args = ["--sample-limit", str(n), *tree_args(roots)]
+    table = run_cli("audit", *args).stdout
+    assert f"({shown})" in table  # the dominance finding's summary in the table
+    explain = run_cli("audit", "--explain", *args).stdout
+    assert f"{shown} of the sampled table's entries" in explain
+    assert "95 % sampling margin" in explain
+    report = json.loads(run_cli("audit", "--format", "json", *args).stdout)
+    cls = report["facts"]["flows"]["classes"]["udp/unreplied"]
+    assert (cls["entries"], cls["margin"]) == (est, margin)
+    assert report["facts"]["flows"]["margins"]["by_l4"]["udp"] == 0  # all of them: exact
+    finding = next(f for f in report["findings"] if f["rule"] == "udp-unreplied-dominance")
+    assert shown in finding["summary"]
