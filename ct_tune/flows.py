@@ -42,6 +42,7 @@ from ct_tune.flowparse import (
     scan_block,
     scan_line,
 )
+from ct_tune.formulas import margin95
 
 IDLE_BINS = 1024
 PORTS_PER_BIN = 64
@@ -426,18 +427,6 @@ def malformed_kind(error: Exception) -> str:
         if reason.startswith(prefix):
             return kind
     return "unreadable number"
-
-
-def margin95(estimate: float, read: int, total: int) -> int:
-    """The 95 % margin of a count estimated from a sample of `read` entries of a table of
-    `total`: a proportion p = estimate / total observed in a simple random sample drawn
-    without replacement (normal approximation, finite population correction), times
-    total.  0 when the whole table was read."""
-    if not read or total <= read:
-        return 0
-    p = min(1.0, max(0.0, estimate / total))
-    fpc = math.sqrt((total - read) / max(1, total - 1))
-    return math.ceil(1.96 * math.sqrt(p * (1 - p) / read) * fpc * total)
 
 
 def _sparse(hist: array, scale: float) -> dict[str, int]:

@@ -22,7 +22,7 @@ are kept per idle octave, so they are exact to within a factor of two in time.
 
 A sample cut short by --sample-limit is scaled up to the table's count: every
 count below is then an estimate, and each comes with its 95 % sampling margin
-(``*_margin``, flows.margin95; 0 for a whole table) so texts say "4,263 ± 1,210"
+(``*_margin``, formulas.margin95; 0 for a whole table) so texts say "4,263 ± 1,210"
 rather than a number that looks exact.
 """
 
@@ -33,8 +33,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from ct_tune.flows import margin95
-from ct_tune.formulas import human_duration
+from ct_tune.formulas import human_duration, margin95
 
 _PREFIX = "net.netfilter."
 #: Fraction of the idle range, at its old end, whose density extrapolates a raised timeout.

@@ -25,7 +25,8 @@ from test_flowparse import entries
 from ct_tune import ctsource, parsers
 from ct_tune.facts import Roots
 from ct_tune.flowparse import NotAnEntry, parse_line
-from ct_tune.flows import FlowStats, margin95
+from ct_tune.flows import FlowStats
+from ct_tune.formulas import margin95
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL = FIXTURES / "real-captures"
