@@ -8,6 +8,8 @@ traceback.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import sys
@@ -18,12 +20,73 @@ import click
 
 # Only what every command needs: the rest (jinja2 through the rule engine, tabulate,
 # the table readers) is imported by the commands that use it, to keep startup short.
-from ct_tune import __version__, facts, safeio
-from ct_tune.errors import EXIT_UNKNOWN, CtTuneError
+from ct_tune import __version__, facts, safeio, writers
+from ct_tune.errors import EXIT_OK, EXIT_UNKNOWN, CtTuneError
 
 if TYPE_CHECKING:
     from ct_tune import plan, profiles, ruleset
     from ct_tune.findings import Finding
+
+
+class OutputError(CtTuneError):
+    """Standard output cannot be written: closed, a pipe nobody reads, a full device."""
+
+    def __init__(self, err: OSError | None = None) -> None:
+        reason = (os.strerror(err.errno) if err is not None and err.errno
+                  else str(err) if err is not None else os.strerror(errno.EBADF))
+        super().__init__(f"stdout: {reason}")
+
+
+def _out(text: str = "", nl: bool = True) -> None:
+    """Write to stdout; any failure is an OutputError (click.echo would drop the text
+    when stdout is closed, and click turns a broken pipe into exit 1)."""
+    stream = sys.stdout
+    if stream is None:  # started with fd 1 closed
+        raise OutputError()
+    try:
+        stream.write(text + "\n" if nl else text)
+    except OSError as e:
+        _discard_stdout()
+        raise OutputError(e) from None
+
+
+def _flush_stdout() -> None:
+    """Flush stdout now, so a write error is reported while stderr can still say so."""
+    stream = getattr(sys.stdout, "wrapped", sys.stdout)
+    if stream is None:
+        return
+    try:
+        stream.flush()
+    except OSError as e:
+        _discard_stdout()
+        raise OutputError(e) from None
+
+
+def _from_click_echo(e: BaseException) -> bool:
+    """Whether e was raised writing click's own output (--help, --version, usage)."""
+    tb = e.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "echo" and code.co_filename.endswith(os.path.join("click",
+                                                                             "utils.py")):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _discard_stdout() -> None:
+    """Point fd 1 at /dev/null: what is still buffered goes there, and the interpreter's
+    flush at exit cannot fail a second time (Python's documented SIGPIPE pattern)."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno() if sys.stdout is not None else 1)
+        os.close(devnull)
+
+
+def _err(line: str) -> None:
+    """One line on stderr, if stderr can still take it."""
+    with contextlib.suppress(OSError):
+        click.echo(line, err=True)
 
 
 class Context:
@@ -94,6 +157,7 @@ def gather(roots: facts.Roots, no_sample: bool, sample_limit: int | None,
     from ct_tune import sampler
 
     host = facts.collect(roots)
+    host["writers"] = writers.collect(roots)
     sampler.fill_missing_stat(roots, host)
     dump = roots.proc("net/nf_conntrack")
     # A captured tree without a table dump just has no sample; a live host says why.
@@ -176,22 +240,27 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
     result = engine.evaluate(loaded_rules, host, prof)
     state = findings.status(result)
     if fmt == "json":
-        click.echo(json.dumps(render.report(result, host, state, prof.name), indent=2))
+        _out(json.dumps(render.report(result, host, state, prof.name), indent=2))
     elif fmt == "sysctl":
         from ct_tune import fragments
 
         p = _plan(loaded_rules, host, prof, allow_lower, result)
         meta = _meta(host, prof.name, name)
         text = fragments.render(p, meta).get(fragments.sysctl_path(meta))
-        click.echo(text if text else "# ct-tune: nothing this host may set\n", nl=False)
+        _out(text if text else "# ct-tune: nothing this host may set\n", nl=False)
         for skip in p.skips:
             click.echo(f"ct-tune: not in the fragment: {skip.key}: {skip.reason}", err=True)
-        _warn_overrides(host, name, p)
+        if host["conntrack"]["initial_netns"] is False:
+            click.echo("ct-tune: note: not the initial network namespace: boot applies "
+                       "sysctl.d to the host's namespace, not this one; set these in the pod "
+                       "or container spec ('ct-tune apply' here prints how)", err=True)
+        else:
+            _warn_overrides(host, name, p)
     elif explain:
-        click.echo(render.explain(result))
+        _out(render.explain(result))
     else:
-        click.echo(render.table(result))
-        click.echo(f"\nstatus: {state.upper()} ({len(result)} findings, profile {prof.name})")
+        _out(render.table(result))
+        _out(f"\nstatus: {state.upper()} ({len(result)} findings, profile {prof.name})")
     sys.exit(findings.exit_code(state))
 
 
@@ -233,7 +302,7 @@ def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_r
     """Make the recommendations take effect now and at every boot, or change nothing."""
     from ct_tune import apply, engine, fragments, profiles, render
 
-    if "/" in name or not name.endswith(".conf"):
+    if not apply.valid_name(name):
         raise click.BadParameter("must be a file name ending in .conf", param_hint="--name")
     c = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules, root)
     target = c.roots.config_root
@@ -243,28 +312,43 @@ def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_r
     loaded_rules = c.rules()
     with (apply.locked(target, lock_wait) if not dry_run else _nolock()):
         host = gather(c.roots, no_sample, sample_limit, table_source, duration, interval)
+        # In a non-initial network namespace /etc is the host's (ip netns exec) or the
+        # image's (a container): boot applies it to the initial namespace, never this one.
+        persist = root is not None or host["conntrack"]["initial_netns"] is not False
+        if not persist and not live:
+            raise CtTuneError("--no-live in a non-initial network namespace changes nothing: "
+                              "boot applies /etc/sysctl.d to the host's namespace, not this "
+                              "one (give --root DIR to write the files anyway)")
         p = _plan(loaded_rules, host, prof, allow_lower, engine.evaluate(loaded_rules, host, prof))
         files = fragments.render(p, _meta(host, prof.name, name))
-        ch = apply.changes(p, files, target, c.roots.procfs, live)
-        click.echo(render.changes(ch, p.skips, target, dry_run))
-        _warn_overrides(host, name, p)
+        ch = apply.changes(p, files, target, c.roots.procfs, live, persist=persist)
+        _out(render.changes(ch, p.skips, target, dry_run))
+        if persist:
+            _warn_overrides(host, name, p)
+        else:
+            _out(render.live_only_note(p.settings))
         if dry_run or ch.empty:
             return
         apply.refuse_if_interrupted(target)
-        state = apply.execute(ch, target, c.roots.procfs, __version__)
-        click.echo(f"applied: {len(ch.live)} live value(s), {len(ch.files)} file(s); the "
-                   f"previous state is in {state}: 'ct-tune rollback' restores it")
+        _flush_stdout()  # output that cannot be written stops the apply before any change
+        state = apply.execute(ch, target, c.roots.procfs, __version__,
+                              temps=apply.writable_files(name))
+        _out(f"applied: {len(ch.live)} live value(s), {len(ch.files)} file(s); the "
+             f"previous state is in {state}: 'ct-tune rollback' restores it")
 
 
 @cli.command("rollback")
-@click.option("--procfs", default="/proc", show_default=True, metavar="DIR")
+@click.option("--procfs", metavar="DIR",
+              help="Must be where the apply wrote its live values (recorded in the state; "
+              "the default).")
 @click.option("--root", metavar="DIR", type=click.Path(file_okay=False),
               help="The --root the apply wrote to (its state is in DIR/var/lib/ct-tune) "
               "[default: /].")
 @click.option("--dry-run", is_flag=True, help="Show what would be restored; change nothing.")
 @click.option("--lock-wait", type=click.FloatRange(min=0), default=5.0, show_default=True,
               metavar="S", help="Wait this long for another apply/rollback, then exit 4.")
-def rollback_cmd(procfs: str, root: str | None, dry_run: bool, lock_wait: float) -> None:
+def rollback_cmd(procfs: str | None, root: str | None, dry_run: bool, lock_wait: float
+                 ) -> None:
     """Restore the files and live values saved by the last apply that changed something."""
     from ct_tune import apply, render
 
@@ -272,20 +356,25 @@ def rollback_cmd(procfs: str, root: str | None, dry_run: bool, lock_wait: float)
     if not dry_run:
         # the running kernel is written only when the apply wrote live values
         # (an unprivileged 'apply --root SCRATCH --no-live' rolls back unprivileged)
-        apply.require_root(target, kernel=Path(procfs) == Path("/proc")
-                           and bool(apply.load_state(target)["live"]))
+        saved = apply.load_state(target)
+        live_root = apply.rollback_procfs(saved, procfs)
+        apply.require_root(target, kernel=os.path.realpath(live_root) == "/proc"
+                           and bool(saved.live))
     with (apply.locked(target, lock_wait) if not dry_run else _nolock()):
-        state = apply.state_path(target)
-        ch = apply.rollback_changes(target, Path(procfs))
-        if state.name == apply.PENDING_FILE:
-            click.echo(f"an apply was interrupted: restoring the state it saved in {state}")
-        click.echo(render.changes(ch, (), target, dry_run, verb="restore"))
+        state = apply.load_state(target)
+        live_root = apply.rollback_procfs(state, procfs)
+        ch = apply.rollback_changes(target, state, live_root)
+        if state.path.name == apply.PENDING_FILE:
+            _out(f"an apply was interrupted: restoring the state it saved in {state.path}")
+        _out(render.changes(ch, (), target, dry_run, verb="restore"))
         if dry_run:
             return
-        apply.execute(ch, target, Path(procfs), __version__, save=False)
-        done = apply.finish_rollback(target)
-        click.echo(f"rolled back: {len(ch.live)} live value(s), {len(ch.files)} file(s); "
-                   f"the saved state is kept as {done}")
+        _flush_stdout()
+        apply.execute(ch, target, live_root, __version__, save=False,
+                      temps=[rel for rel, _ in state.files])
+        done = apply.finish_rollback(target, state)
+        _out(f"rolled back: {len(ch.live)} live value(s), {len(ch.files)} file(s); "
+             f"the saved state is kept as {done}")
 
 
 def _warn_overrides(host: dict[str, Any], name: str, p: Any) -> None:
@@ -319,7 +408,7 @@ def collect(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rul
     data = snapshot.dumps(gather(roots, no_sample, sample_limit, table_source, duration,
                                 interval))
     if output == "-":
-        click.echo(data, nl=False)
+        _out(data, nl=False)
     else:
         from ct_tune.atomic import write_atomic
 
@@ -329,13 +418,22 @@ def collect(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rul
 @cli.command()
 @click.option("--procfs", default="/proc", show_default=True, metavar="DIR")
 @click.option("--sysfs", default="/sys", show_default=True, metavar="DIR")
+@click.option("--no-table", is_flag=True,
+              help="Leave out the conntrack table dump (large on a busy host; the replay "
+              "then has no sample).")
+@click.option("--table-source", type=click.Choice(["auto", "procfs", "conntrack"]),
+              default="auto", show_default=True,
+              help="Read the table as audit's --table-source does: /proc/net/nf_conntrack "
+              "or 'conntrack -L'.")
 @click.argument("directory", type=click.Path(file_okay=False))
-def capture(procfs: str, sysfs: str, directory: str) -> None:
+def capture(procfs: str, sysfs: str, no_table: bool, table_source: str,
+            directory: str) -> None:
     """Copy the procfs/sysfs files ct-tune reads into DIRECTORY (replay with --procfs/--sysfs)."""
     from ct_tune.capture import capture as do_capture
 
     out = Path(directory)
-    n = do_capture(facts.Roots(Path(procfs), Path(sysfs)), out)
+    n = do_capture(facts.Roots(Path(procfs), Path(sysfs)), out, table=not no_table,
+                   table_source=table_source)
     click.echo(f"captured {n} files; replay with: ct-tune audit --procfs {out / 'proc'} "
                f"--sysfs {out / 'sys'}", err=True)
 
@@ -352,7 +450,7 @@ def rules_list(procfs: str, sysfs: str, rules_dirs: tuple[str, ...],
     """Each rule's id, worst severity, parameter and the file it came from."""
     from ct_tune import render
 
-    click.echo(render.rules_table(_ctx(procfs, sysfs, rules_dirs, no_builtin_rules).rules()))
+    _out(render.rules_table(_ctx(procfs, sysfs, rules_dirs, no_builtin_rules).rules()))
 
 
 @rules_group.command("show")
@@ -363,8 +461,8 @@ def rules_show(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_
     """Print one rule file: its logic, explanation and sources are its documentation."""
     for r in _ctx(procfs, sysfs, rules_dirs, no_builtin_rules).rules():
         if r.id == rule_id:
-            click.echo(f"# {r.path}")
-            click.echo(safeio.read_text(r.path, safeio.RULE), nl=False)
+            _out(f"# {r.path}")
+            _out(safeio.read_text(r.path, safeio.RULE), nl=False)
             return
     raise CtTuneError(f"no rule with id {rule_id!r} (see 'ct-tune rules list')")
 
@@ -385,30 +483,59 @@ def profiles_list(rules_dirs: tuple[str, ...]) -> None:
 
     rows = [[p.name, p.description, p.path]
             for p in profiles.load(rules_dirs).values()]
-    click.echo(tabulate(rows, headers=["name", "description", "file"],
+    _out(tabulate(rows, headers=["name", "description", "file"],
                         maxcolwidths=[None, 60, None]))
 
 
-def main() -> None:
-    """Console entry point: map every failure to one line and a documented status."""
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: map every failure to one line and a documented status.
+
+    Output that cannot be written (a closed stdout, a reader that went away, a full
+    disk) is an error like any other: ``ct-tune: stdout: ...`` and exit 3, never a
+    silent success or a status that reads as a finding.
+    """
+    code = _run(argv)
     try:
-        cli.main(standalone_mode=False)
+        _flush_stdout()
+    except OutputError as e:
+        _err(f"ct-tune: {e}")
+        code = EXIT_UNKNOWN
+    sys.exit(code)
+
+
+def _run(argv: list[str] | None) -> int:
+    """Run the command; its exit status, after reporting any failure on stderr."""
+    try:
+        rv = cli.main(args=argv, prog_name="ct-tune", standalone_mode=False)
+        code = rv if isinstance(rv, int) else EXIT_OK
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else 1)
+        if hasattr(sys.stdout, "wrapped"):
+            # click met a broken pipe in its own output (--help): it wrapped stdout to
+            # ignore it and exits 1, which reads as WARNING
+            _discard_stdout()
+            _err(f"ct-tune: {OutputError(OSError(errno.EPIPE, os.strerror(errno.EPIPE)))}")
+            code = EXIT_UNKNOWN
     except CtTuneError as e:
-        click.echo(f"ct-tune: {e}", err=True)
-        sys.exit(e.exit_code)
+        _err(f"ct-tune: {e}")
+        code = e.exit_code
     except click.exceptions.Abort:
-        click.echo("ct-tune: aborted", err=True)
-        sys.exit(EXIT_UNKNOWN)
+        _err("ct-tune: aborted")
+        code = EXIT_UNKNOWN
     except click.ClickException as e:
-        e.show()
-        sys.exit(EXIT_UNKNOWN)
-    except BrokenPipeError:
-        sys.exit(EXIT_UNKNOWN)
+        with contextlib.suppress(OSError):
+            e.show()
+        code = EXIT_UNKNOWN
     except KeyboardInterrupt:
-        sys.exit(130)
+        code = 130
     except Exception as e:  # a bug in ct-tune, not bad input: say so, keep it one line
+        if isinstance(e, OSError) and _from_click_echo(e):  # click's own --help output
+            _discard_stdout()
+            _err(f"ct-tune: {OutputError(e)}")
+            return EXIT_UNKNOWN
         if os.environ.get("CT_TUNE_DEBUG"):
             raise
-        click.echo(f"ct-tune: internal error: {type(e).__name__}: {e} "
-                   "(set CT_TUNE_DEBUG=1 for a traceback and please report it)", err=True)
-        sys.exit(EXIT_UNKNOWN)
+        _err(f"ct-tune: internal error: {type(e).__name__}: {e} "
+             "(set CT_TUNE_DEBUG=1 for a traceback and please report it)")
+        code = EXIT_UNKNOWN
+    return code

@@ -164,8 +164,9 @@ def _blocks(text: TextIO, size: int = BLOCK_CHARS) -> Iterator[str]:
         if cut:
             yield chunk[:cut]
         if len(pending) > MAX_LINE:
+            # blank or not is decided on all of it: the part past the cut is dropped
+            blank = pending.isspace()
             head, pending = pending[:MAX_LINE + 1], ""
-            blank = head.isspace()
     if head is not None:
         yield from _cut(head, blank)
     if pending:

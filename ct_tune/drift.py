@@ -18,7 +18,8 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
-from ct_tune import formulas, sysctld
+from ct_tune import kernelmodel, sysctld
+from ct_tune.sysctlkeys import OLD_PREFIX, full_name, short_name
 
 #: Compiled-in defaults of the keys whose default does not depend on the host, by the
 #: short name rules use.  Every group cites where the kernel sets it; keys whose default
@@ -78,17 +79,6 @@ UDP_STREAM_120_SINCE = (6, 0)
 UDP_STREAM_180_UNTIL = (5, 18)
 
 
-def _short(key: str) -> str:
-    from ct_tune.ruleset import short_name  # ruleset imports expr, which imports us
-
-    return short_name(key)
-
-
-def _full(short: str) -> str:
-    """The sysctl key a short name stands for (tcp_keepalive_* live under net.ipv4)."""
-    return f"net.ipv4.{short}" if short.startswith("tcp_keepalive_") else f"net.netfilter.{short}"
-
-
 def normalize(value: Any) -> int | str:
     """A value as the kernel compares it: an integer when it reads as one, else the text
     with runs of whitespace collapsed (multi-value keys are written tab-separated)."""
@@ -130,20 +120,34 @@ def where(persist: Mapping[str, Any] | None, a: Mapping[str, Any]) -> dict[str, 
     return {"file": target or a["file"], "line": a["line"], "via": a["file"] if target else None}
 
 
+def booted_here(conntrack: Mapping[str, Any] | None, short: str) -> bool:
+    """Whether boot's sysctl.d gives this key its value in the namespace read.
+
+    Boot applies sysctl.d in the initial network namespace.  Elsewhere (a container,
+    'ip netns exec') only the global keys are the host's; every per-namespace key
+    starts from the kernel default when the namespace is created (each protocol's
+    *_init_net(), e.g. nf_conntrack_tcp_init_net() copies tcp_timeouts[]), whatever
+    the /etc seen from inside says.
+    """
+    return (conntrack or {}).get("initial_netns") is not False or short in GLOBAL_KEYS
+
+
 def drift(persist: Mapping[str, Any] | None, sysctl: Mapping[str, Any],
-          writable: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+          writable: Mapping[str, Any] | None = None,
+          conntrack: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """Keys whose value at boot (the winning assignment) is not the live value.
 
     Either someone changed the key by hand since boot, or the file did not apply:
     the module was not loaded yet, the value was refused, or the file was added
     after boot and never loaded.  Keys that do not exist live (module not loaded,
-    a key this kernel lacks) are skipped: there is nothing to compare.
+    a key this kernel lacks) are skipped: there is nothing to compare, and so are
+    per-namespace keys outside the initial namespace (see booted_here).
     """
     out = []
     for key, a in sorted(_winners(persist).items()):
-        short = _short(key)
+        short = short_name(key)
         live = sysctl.get(short)
-        if live is None or same(a["value"], live):
+        if live is None or same(a["value"], live) or not booted_here(conntrack, short):
             continue
         out.append({"key": key, "live": live, "configured": normalize(a["value"]),
                     **where(persist, a),
@@ -207,9 +211,10 @@ def boot_defaults(host: Mapping[str, Any], conntrack: Mapping[str, Any],
     sizes nf_conntrack_init_start() derives from RAM and the module options in modprobe.d
     (hashsize=, expect_hashsize=, acct=, tstamp=).
 
-    Table sizes are left out when they cannot be known: RAM, pointer size or kernel
-    release unknown, or the live table shows max = 8 x buckets (hashsize= given at load)
-    while no persisted option explains it (the kernel command line, an initramfs).
+    Table sizes are left out when they cannot be known: RAM or kernel release unknown,
+    an era ct-tune has not pinned (:mod:`ct_tune.kernelmodel`), a pointer size that is
+    unknown and matters, or the live table shows max = 8 x buckets (hashsize= given at
+    load) while no persisted option explains it (the kernel command line, an initramfs).
     """
     out = dict(KERNEL_DEFAULTS)
     version = _version(host)
@@ -229,16 +234,19 @@ def boot_defaults(host: Mapping[str, Any], conntrack: Mapping[str, Any],
     unseen_hashsize = (hashsize is None and isinstance(live_max, int)
                        and isinstance(live_buckets, int) and live_buckets > 0
                        and live_max == 8 * live_buckets)
-    if mem and ptr and version is not None and not unseen_hashsize:
-        # nf_conntrack_core.c sizes from totalram_pages() (MemTotal, highmem included)
-        buckets = (formulas.round_buckets(hashsize, ptr) if hashsize
-                   else formulas.kernel_default_buckets(mem, ptr, version))
-        out["nf_conntrack_buckets"] = buckets
-        out["nf_conntrack_max"] = formulas.kernel_default_max(mem, ptr, version, hashsize)
-        # nf_conntrack_expect.c, nf_conntrack_expect_init(): expect_hsize = buckets / 256
-        # (at least 1) unless expect_hashsize= is given; expect_max = expect_hsize * 4
+    if mem and version is not None and not unseen_hashsize:
+        # the sizes by kernel era (kernelmodel cites each): nf_conntrack_init_start()
+        # sizes from totalram_pages() (MemTotal, highmem included); an era ct-tune has
+        # not pinned leaves the key out, so nothing claims "a reboot brings back" it
+        kernel = host.get("kernel_version")
         expect_hsize = _int_option(_module_option(persist, conntrack, "expect_hashsize"))
-        out["nf_conntrack_expect_max"] = 4 * (expect_hsize or max(1, buckets // 256))
+        sizes = {
+            "nf_conntrack_buckets": kernelmodel.boot_buckets(kernel, mem, ptr, hashsize),
+            "nf_conntrack_max": kernelmodel.boot_max(kernel, mem, ptr, hashsize),
+            "nf_conntrack_expect_max": kernelmodel.boot_expect_max(kernel, mem, ptr, hashsize,
+                                                                   expect_hsize),
+        }
+        out.update({k: v for k, v in sizes.items() if v is not None})
     return out
 
 
@@ -249,11 +257,17 @@ def unpersisted(sysctl: Mapping[str, Any], persist: Mapping[str, Any] | None,
     ``shrinks`` marks a table-size key whose default is smaller than the live value
     (0 is "no limit"): after the reboot the table refuses connections it holds today.
     Global keys are skipped outside the initial network namespace (the host owns them),
-    and keys are skipped when no file could set them: nothing persisted (None).
+    and there no sysctl.d file persists a per-namespace key (see booted_here); keys are
+    skipped when no file could set them: nothing persisted (None).
     """
     if persist is None:
         return []
-    configured = {_short(k) for k in _winners(persist)}
+    # an old ip_conntrack_* name sets the key only where this host has it
+    old_here = _old_names_here(conntrack)
+    configured = {short_name(k) for k in _winners(persist)
+                  if (not k.startswith(OLD_PREFIX) or k in old_here
+                      or "old_names" not in conntrack)
+                  and booted_here(conntrack, short_name(k))}
     defaults = boot_defaults(host, conntrack, persist, sysctl)
     out = []
     for short, default in defaults.items():
@@ -266,7 +280,7 @@ def unpersisted(sysctl: Mapping[str, Any], persist: Mapping[str, Any] | None,
         # max = 0 is "no limit": any default is smaller
         shrinks = short in TABLE_KEYS and isinstance(value, int) and (value == 0
                                                                       or default < value)
-        out.append({"key": _full(short), "live": value, "default": default,
+        out.append({"key": full_name(short), "live": value, "default": default,
                     "shrinks": bool(shrinks)})
     return sorted(out, key=lambda d: d["key"])
 
@@ -322,10 +336,16 @@ def _live_keys(sysctl: Mapping[str, Any]) -> set[str]:
     admin to a key the container cannot write either.  (The rule context folds both into
     the short name nf_conntrack_max, so the alias could not be told apart anyway.)
     """
-    keys = {_full(short) for short in sysctl}
+    keys = {full_name(short) for short in sysctl}
     if "nf_conntrack_max" in sysctl:
         keys.add("net.nf_conntrack_max")
     return keys
+
+
+def _old_names_here(conntrack: Mapping[str, Any]) -> set[str]:
+    """The old ip_conntrack_* names this host has (facts conntrack.old_names): valid
+    sysctl.d keys there, keys the kernel lacks everywhere else."""
+    return set(conntrack.get("old_names") or [])
 
 
 def _judged(key: str, live: set[str]) -> bool:
@@ -347,12 +367,12 @@ def _suggest(key: str, sysctl: Mapping[str, Any]) -> str | None:
     Names are compared without their family prefix, among live keys of the same family,
     so a removed key (nf_conntrack_helper) gets no suggestion instead of a random sibling.
     """
-    short = _short(key)
+    short = short_name(key)
     family = _family(short)
     names = {s[len(family):]: s for s in sysctl if _family(s) == family}
     close = difflib.get_close_matches(short[len(family):], list(names), n=1,
                                       cutoff=SUGGEST_CUTOFF)
-    return _full(names[close[0]]) if close else None
+    return full_name(names[close[0]]) if close else None
 
 
 def unknown(persist: Mapping[str, Any] | None, sysctl: Mapping[str, Any],
@@ -374,12 +394,14 @@ def unknown(persist: Mapping[str, Any] | None, sysctl: Mapping[str, Any],
     """
     if not conntrack.get("loaded"):
         return []
-    live = _live_keys(sysctl)
+    live = _live_keys(sysctl) | _old_names_here(conntrack)
     out = []
     for a in _assignments(persist):
         key = a["key"]
         if key in live or not _judged(key, live):
             continue
+        if key.startswith(OLD_PREFIX) and "old_names" not in conntrack:
+            continue  # a snapshot from before ct-tune looked for the old names
         out.append({"key": key, "configured": normalize(a["value"]), **where(persist, a),
                     "optional": bool(a.get("optional")), "suggestion": _suggest(key, sysctl)})
     return out

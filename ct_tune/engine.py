@@ -19,20 +19,25 @@ from ct_tune.errors import InputError
 from ct_tune.expr import ExprError, NoneDict
 from ct_tune.findings import Finding
 from ct_tune.profiles import Profile
-from ct_tune.ruleset import Rule, short_name
+from ct_tune.ruleset import Rule
+from ct_tune.sysctlkeys import short_name
 
 HOST_ONLY_NOTE = "read-only in this network namespace: set it on the host"
+GLOBAL_NOTE = "one value for every network namespace: set it on the host, not from here"
+#: One value for every namespace (nf_conntrack_standalone.c points them at globals).
+GLOBAL_KEYS = ("nf_conntrack_max", "nf_conntrack_buckets", "nf_conntrack_expect_max")
 
 
 def build_context(facts: dict[str, Any], profile: Profile) -> dict[str, Any]:
     """What every rule expression can read (documented in man/ct-tune-rules.5)."""
-    sysctl, writable = NoneDict(), NoneDict()
+    sysctl, writable, readonly = NoneDict(), NoneDict(), NoneDict()
     for key, entry in facts["sysctl"].items():
         name = short_name(key)
         # net.nf_conntrack_max mirrors net.netfilter.nf_conntrack_max: the latter wins.
         if name not in sysctl or key.startswith("net.netfilter."):
             sysctl[name] = entry["value"]
             writable[name] = entry["writable"]
+            readonly[name] = entry.get("readonly")
     stat = facts.get("stat")
     prof = profile.as_context()
     # Timeouts and floors are optional per key: a missing one reads as none.
@@ -41,6 +46,8 @@ def build_context(facts: dict[str, Any], profile: Profile) -> dict[str, Any]:
     return {
         "sysctl": sysctl,
         "writable": writable,
+        # why an unwritable key is read-only: kernel, netns, read-only-mount, mode
+        "readonly": readonly,
         "host": NoneDict(facts["host"]),
         "conntrack": NoneDict(facts["conntrack"]),
         "stat": stat,
@@ -52,6 +59,8 @@ def build_context(facts: dict[str, Any], profile: Profile) -> dict[str, Any]:
         "window": NoneDict(facts["window"]) if facts.get("window") else None,
         # the boot configuration (sysctl.d, modules-load.d); None for older snapshots
         "persist": facts.get("persist"),
+        # other writers of the keys and the boot system (ct_tune.writers); None if unknown
+        "writers": facts.get("writers"),
     }
 
 
@@ -87,8 +96,17 @@ def _run(rule: Rule, base: dict[str, Any], planned: NoneDict) -> Finding | None:
     scope = None
     if rule.parameter:
         scope = "here" if base["writable"][param] else "host"
-        if scope == "host" and recommended is not None and recommended != current:
-            summary = f"{summary} ({HOST_ONLY_NOTE})"
+        if param in GLOBAL_KEYS and base["conntrack"]["initial_netns"] is False:
+            # before 5.13 (commit 2671fa4dc010) a container may write max and expect_max,
+            # but they are the host's global values: never tuned from here
+            scope = "host"
+        if scope == "host" and base["readonly"][param] == "kernel":
+            # read-only because of the kernel, not a container: buckets before 4.7 are
+            # changed through the hashsize module parameter (kernelmodel)
+            scope = "module"
+        elif scope == "host" and recommended is not None and recommended != current:
+            note = GLOBAL_NOTE if base["writable"][param] else HOST_ONLY_NOTE
+            summary = f"{summary} ({note})"
     return Finding(
         rule=rule.id, title=rule.title, severity=case.level, parameter=rule.parameter,
         current=_jsonable(current), recommended=_jsonable(recommended), summary=summary,

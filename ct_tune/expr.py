@@ -22,7 +22,7 @@ from jinja2.environment import TemplateExpression
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from ct_tune import __version__, cache, drift, formulas, whatif
+from ct_tune import __version__, bootinit, cache, drift, formulas, kernelmodel, kubeproxy, whatif
 
 
 class NoneDict(dict):
@@ -49,6 +49,9 @@ HELPERS: dict[str, Callable[..., Any]] = {
     "kernel_default_buckets": formulas.kernel_default_buckets,
     "kernel_default_max": formulas.kernel_default_max,
     "default_max_factor": formulas.default_max_factor,
+    "kernel_default_expect_max": formulas.kernel_default_expect_max,
+    "buckets_writable": formulas.buckets_writable,
+    "kernel_model": kernelmodel.describe,
     "round_buckets": formulas.round_buckets,
     "round_max": formulas.round_max,
     "bucket_granularity": formulas.bucket_granularity,
@@ -75,6 +78,11 @@ HELPERS: dict[str, Callable[..., Any]] = {
     "drift": drift.drift, "overridden": drift.overridden, "unpersisted": drift.unpersisted,
     "boot_defaults": drift.boot_defaults, "early_load": drift.early_load,
     "unknown": drift.unknown,
+    # other writers of the keys (kube-proxy) and the boot system (None without facts)
+    "kube_proxy": kubeproxy.for_profile,
+    "kube_proxy_owns": kubeproxy.owns, "kube_proxy_after": kubeproxy.after_start,
+    "kube_proxy_hashsize": kubeproxy.hashsize_after, "after_reboot": kubeproxy.after_reboot,
+    "boot_system": bootinit.boot_system, "early_load_at_boot": bootinit.early_load_at_boot,
 }
 
 FILTERS: dict[str, Callable[..., Any]] = {

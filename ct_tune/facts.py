@@ -17,12 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ct_tune import __version__, parsers, safeio, sysctld
+from ct_tune import __version__, kernelmodel, parsers, safeio, sysctld
 from ct_tune.errors import InputError
+from ct_tune.sysctlkeys import short_name
 
 T = TypeVar("T")
 
 NETFILTER_DIR = "sys/net/netfilter"
+#: Written by ``ct-tune capture`` under the captured sysfs when the live host had
+#: nf_conntrack built in: live, that is told by /sys/module/nf_conntrack existing
+#: without initstate, which a tree cannot tell apart from a capture that missed initstate.
+BUILTIN_MARKER = "module/nf_conntrack/builtin.ct-tune"
 KEEPALIVE_KEYS = ("tcp_keepalive_time", "tcp_keepalive_intvl", "tcp_keepalive_probes")
 
 #: Keys whose value the rules do arithmetic on: a non-integer here is corrupt input.
@@ -96,16 +101,76 @@ def _writable(path: Path) -> bool:
         return False
 
 
+def _readonly_mount(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+#: Where the kernels before the nf_conntrack rename (the ip_conntrack module, 2.6.x) and
+#: nf_conntrack's compatibility tables (CONFIG_NF_CONNTRACK_PROC_COMPAT) put the keys.
+OLD_NAMES_DIR = "sys/net/ipv4/netfilter"
+OLD_PREFIX, NEW_PREFIX = "ip_conntrack_", "nf_conntrack_"
+
+
+def _old_names(roots: Roots, sysctls: dict[str, dict[str, Any]]) -> None:
+    """net.ipv4.netfilter.ip_conntrack_X read as net.netfilter.nf_conntrack_X when the
+    modern key does not exist (the ip_conntrack module), with the name it really has
+    in ``key``: the plan writes that name, never one the host lacks.  Where both exist
+    (the compatibility names) they are the same variable and the modern one is kept."""
+    base = roots.proc(OLD_NAMES_DIR)
+    try:
+        names = sorted(p.name for p in base.iterdir() if p.name.startswith(OLD_PREFIX))
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return
+    for name in names:
+        modern = "net.netfilter." + NEW_PREFIX + name[len(OLD_PREFIX):]
+        if modern in sysctls:
+            continue
+        entry = _sysctl_entry(base / name, modern)
+        if entry is not None:
+            entry["key"] = "net.ipv4.netfilter." + name
+            sysctls[modern] = entry
+
+
+def _old_name_list(roots: Roots) -> list[str]:
+    """The net.ipv4.netfilter.ip_conntrack_* keys this host has: a sysctl.d line naming
+    one of them applies, one naming any other is a key the kernel lacks."""
+    try:
+        return sorted("net.ipv4.netfilter." + p.name for p in roots.proc(OLD_NAMES_DIR).iterdir()
+                      if p.name.startswith(OLD_PREFIX))
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return []
+
+
+def _readonly_reasons(sysctls: dict[str, dict[str, Any]], kernel: list[int] | None,
+                      initial: bool | None) -> None:
+    """Why each unwritable key is read-only, told apart (kernelmodel.readonly_reason):
+    'read-only-mount', 'kernel' (buckets before 4.7: 0444 in every namespace), 'netns'
+    (a global key outside the initial namespace), or 'mode' when only the mode says so."""
+    for key, entry in sysctls.items():
+        if entry["writable"]:
+            continue
+        reason = kernelmodel.readonly_reason(short_name(key), False, kernel, initial,
+                                             mount_ro=entry.pop("_mount_ro", False))
+        entry["readonly"] = reason or "mode"
+
+
 def _sysctl_entry(path: Path, key: str) -> dict[str, Any] | None:
     text = _read(path)
     if text is None:
         return None
-    short = key.rsplit(".", 1)[-1]
+    short = short_name(key)
     if short in INTEGER_KEYS or key in INTEGER_KEYS or short.startswith(INTEGER_KEYS_PREFIX):
         value: Any = _parse(path, text, parsers.parse_int)
     else:
         value = parsers.parse_sysctl_value(text)
-    return {"value": value, "writable": _writable(path)}
+    writable = _writable(path)
+    out = {"value": value, "writable": writable}
+    if not writable and _readonly_mount(path):
+        out["_mount_ro"] = True
+    return out
 
 
 def _netfilter_sysctls(roots: Roots) -> dict[str, dict[str, Any]]:
@@ -131,9 +196,8 @@ def _host(roots: Roots) -> dict[str, Any]:
                      parsers.parse_meminfo) or {}
     if meminfo_path.exists() and "MemTotal" not in meminfo:
         raise InputError(str(meminfo_path), "no MemTotal line")
-    arch_path = roots.proc("sys/kernel/arch")
-    arch = (_read(arch_path) or "").strip() or None
     release = (_read(roots.proc("sys/kernel/osrelease")) or "").strip() or None
+    arch, arch_source = _arch(roots, release)
     cpus_path = roots.sys("devices/system/cpu/online")
     cpus = _parse(cpus_path, _read(cpus_path), parsers.parse_cpu_list)
     hostname = (_read(roots.proc("sys/kernel/hostname")) or "").strip() or None
@@ -144,11 +208,56 @@ def _host(roots: Roots) -> dict[str, Any]:
         "kernel_version": list(version) if version else None,
         "arch": arch,
         "pointer_size": parsers.pointer_size_for_arch(arch) if arch else None,
+        # what arch and pointer_size were read from (None: no evidence, both unknown)
+        "arch_source": arch_source,
+        "distribution": kernelmodel.distribution(release),
         "cpus_online": len(cpus) if cpus else None,
         "mem_total_bytes": meminfo.get("MemTotal"),
         "low_total_bytes": meminfo.get("LowTotal"),
         "uptime_seconds": _uptime(roots),
     }
+
+
+#: Written by ``ct-tune capture`` beside proc/ and sys/ on kernels without
+#: /proc/sys/kernel/arch: the uname(2) machine the live audit used.
+MACHINE_FILE = "UNAME_MACHINE"
+
+
+def machine(roots: Roots) -> str | None:
+    """The uname(2) machine of the host roots describe, when known without the arch file:
+    the running kernel's own, or the one a capture recorded."""
+    if roots.live:
+        return os.uname().machine
+    path = roots.procfs.parent / MACHINE_FILE
+    text = (_read(path) or "").strip()
+    if text and (len(text) > 32 or not text.replace("_", "").replace("-", "").isalnum()):
+        raise InputError(str(path), f"not a machine name: {text[:40]!r}")
+    return text or None
+
+
+def _arch(roots: Roots, release: str | None) -> tuple[str | None, str | None]:
+    """The kernel's machine name and where it was read.
+
+    /proc/sys/kernel/arch exists only since 6.1 (kernel/utsname_sysctl.c).  Before it
+    the live host answers through uname(2), the same UTS field; a captured tree has
+    only the release string, whose RHEL/Debian suffix names the machine
+    (3.10.0-1160.el7.x86_64, 4.19.0-27-amd64).  With none of them the arch and the
+    pointer size stay unknown: rules say so instead of assuming 64-bit.
+    """
+    path = roots.proc("sys/kernel/arch")
+    arch = (_read(path) or "").strip() or None
+    if arch:
+        return arch, str(path)
+    if roots.live:
+        return os.uname().machine, "uname(2) machine"
+    captured = roots.procfs.parent / MACHINE_FILE
+    arch = machine(roots)
+    if arch:
+        return arch, f"{captured} (uname(2) machine at capture)"
+    arch = kernelmodel.arch_from_release(release)
+    if arch:
+        return arch, f"{roots.proc('sys/kernel/osrelease')} suffix ({release})"
+    return None, None
 
 
 def _uptime(roots: Roots) -> int | None:
@@ -180,34 +289,54 @@ def _slab_object_size(roots: Roots) -> tuple[int | None, str | None]:
     return None, None
 
 
+def _initial_netns(roots: Roots, sysctls: dict[str, dict[str, Any]]) -> bool:
+    """Whether this is the initial network namespace.
+
+    net.nf_conntrack_max is registered in init_net only (nf_conntrack_standalone.c),
+    in every era, so its absence next to net.netfilter.nf_conntrack_max says "another
+    namespace".  A writable net.netfilter.nf_conntrack_max would not: before 5.13
+    (commit 2671fa4dc010) a container could write it too (and change every
+    namespace's limit).  The old ip_conntrack module has no namespaces at all.
+    """
+    if roots.proc("sys/net/nf_conntrack_max").exists():
+        return True
+    entry = sysctls["net.netfilter.nf_conntrack_max"]
+    return entry.get("key", "").startswith("net.ipv4.netfilter.ip_conntrack_")
+
+
 def _conntrack(roots: Roots, sysctls: dict[str, dict[str, Any]]) -> dict[str, Any]:
     loaded = "net.netfilter.nf_conntrack_max" in sysctls
     hs_path = roots.sys("module/nf_conntrack/parameters/hashsize")
     hashsize = _parse(hs_path, _read(hs_path), parsers.parse_int)
     size, size_source = _slab_object_size(roots) if loaded else (None, None)
-    initial: bool | None = None
-    if loaded:
-        # net.nf_conntrack_max exists only in the initial namespace, and max is
-        # 0444 everywhere else (commit 2671fa4dc010).
-        initial = bool(
-            sysctls["net.netfilter.nf_conntrack_max"]["writable"]
-            or roots.proc("sys/net/nf_conntrack_max").exists()
-        )
-    # A loadable module has /sys/module/nf_conntrack/initstate; a built-in one does not
-    # (modules-load.d and modprobe.d options then do nothing).  None: cannot tell.
-    builtin: bool | None = None
-    if roots.sys("module/nf_conntrack/initstate").exists():
-        builtin = False
-    elif loaded and roots.live and roots.sys("module/nf_conntrack").exists():
-        builtin = True
+    initial = _initial_netns(roots, sysctls) if loaded else None
+    # built in: modules-load.d and modprobe.d options do nothing
+    builtin = builtin_module(roots, loaded)
     return {
         "loaded": loaded,
         "builtin": builtin,
+        "old_names": _old_name_list(roots),
         "initial_netns": initial,
         "hashsize_param": hashsize,
         "slab_object_size": size,
         "slab_object_size_source": size_source,
     }
+
+
+def builtin_module(roots: Roots, loaded: bool) -> bool | None:
+    """Whether nf_conntrack is built into the kernel (None: cannot tell).
+
+    A loadable module has /sys/module/nf_conntrack/initstate; a built-in one has the
+    directory (for its parameters) without it.  A captured tree says so with
+    BUILTIN_MARKER, so its replay decides as the live host did.
+    """
+    if roots.sys("module/nf_conntrack/initstate").exists():
+        return False
+    if not loaded:
+        return None
+    if roots.live:
+        return True if roots.sys("module/nf_conntrack").exists() else None
+    return True if (_read(roots.sys(BUILTIN_MARKER)) or "").strip() == "1" else None
 
 
 def _stat_table(roots: Roots) -> dict[str, Any] | None:
@@ -317,6 +446,7 @@ def collect(roots: Roots, now: _dt.datetime | None = None) -> dict[str, Any]:
     from ct_tune.snapshot import SCHEMA_NAME, SCHEMA_VERSION
 
     sysctls = _netfilter_sysctls(roots)
+    _old_names(roots, sysctls)
     legacy = _sysctl_entry(roots.proc("sys/net/nf_conntrack_max"), "net.nf_conntrack_max")
     if legacy is not None:
         sysctls["net.nf_conntrack_max"] = legacy
@@ -325,14 +455,19 @@ def collect(roots: Roots, now: _dt.datetime | None = None) -> dict[str, Any]:
         if entry is not None:
             sysctls[f"net.ipv4.{key}"] = entry
     when = now or _dt.datetime.now(_dt.UTC)
+    host = _host(roots)
+    conntrack = _conntrack(roots, sysctls)
+    _readonly_reasons(sysctls, host["kernel_version"], conntrack["initial_netns"])
     return {
         "schema": SCHEMA_NAME,
         "schema_version": SCHEMA_VERSION,
         "tool_version": __version__,
         "collected_at": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "source": {"procfs": str(roots.procfs), "sysfs": str(roots.sysfs), "live": roots.live},
-        "host": _host(roots),
-        "conntrack": _conntrack(roots, sysctls),
+        "source": {"procfs": str(roots.procfs), "sysfs": str(roots.sysfs), "live": roots.live,
+                   # apply needs root; a read-only key is told apart from this
+                   "root": os.geteuid() == 0 if roots.live else None},
+        "host": host,
+        "conntrack": conntrack,
         "sysctl": sysctls,
         "stat": _stat_table(roots),
         "persist": _persistence(roots.config_root),

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import math
 
+from ct_tune import kernelmodel
+
 GIB = 1024**3
 PAGE_SIZE = 4096
-
-#: Kernel release from which the default max uses factor 1 (commit d532bcd0b269,
-#: "netfilter: conntrack: sanitize table size default settings").
-FACTOR_ONE_SINCE = (5, 15)
 
 #: Smallest random chain limit before an insert is refused as "chaintoolong"
 #: (MAX_CHAINLEN 64 minus up to 14 random, kernel 5.15+: 50..79 per the reference).
@@ -39,24 +37,18 @@ def round_buckets(buckets: int, pointer_size: int, page_size: int = PAGE_SIZE) -
     return max(gran, -(-int(buckets) // gran) * gran)
 
 
+#: The release assumed when a snapshot has none: the newest era (what the old
+#: single model assumed); kernelmodel answers None for eras it cannot pin.
+NEWEST = (6, 0)
+
+
 def kernel_default_buckets(
     mem_bytes: int, pointer_size: int, kernel: tuple[int, ...] | list[int] | None = None
-) -> int:
-    """The bucket count the kernel picks at module load when no hashsize= is given.
-
-    RAM / 16384 / pointer size, then capped: on 5.15+ 262144 above 4 GiB (64-bit
-    only) and 65536 above 1 GiB, floor 1024; before 5.15, 65536 and 16384 with a
-    floor of 32.  The result is rounded up to whole pages of bucket heads.
-    """
-    new = kernel is None or tuple(kernel[:2]) >= FACTOR_ONE_SINCE
-    size = mem_bytes // 16384 // pointer_size
-    big, mid, floor = (262144, 65536, 1024) if new else (65536, 16384, 32)
-    if pointer_size >= 8 and mem_bytes > 4 * GIB:
-        size = big
-    elif mem_bytes > GIB:
-        size = mid
-    size = max(size, floor)
-    return round_buckets(size, pointer_size)
+) -> int | None:
+    """The bucket count the kernel picks at module load when no hashsize= is given,
+    by kernel era (:func:`ct_tune.kernelmodel.boot_buckets`); None where the era is
+    not pinned (3.19 above 4 GiB)."""
+    return kernelmodel.boot_buckets(kernel or NEWEST, mem_bytes, pointer_size)
 
 
 def default_max_factor(kernel: tuple[int, ...] | list[int] | None, hashsize_given: bool) -> int:
@@ -67,9 +59,8 @@ def default_max_factor(kernel: tuple[int, ...] | list[int] | None, hashsize_give
     """
     if hashsize_given:
         return 8
-    if kernel is None or tuple(kernel[:2]) >= FACTOR_ONE_SINCE:
-        return 1
-    return 4
+    e = kernelmodel.era(kernel or NEWEST)
+    return e.factor if e else 1
 
 
 def kernel_default_max(
@@ -77,14 +68,28 @@ def kernel_default_max(
     pointer_size: int,
     kernel: tuple[int, ...] | list[int] | None = None,
     hashsize: int | None = None,
-) -> int:
-    """nf_conntrack_max as the kernel sets it at module load."""
-    buckets = (
-        round_buckets(hashsize, pointer_size)
-        if hashsize
-        else kernel_default_buckets(mem_bytes, pointer_size, kernel)
-    )
-    return buckets * default_max_factor(kernel, hashsize is not None)
+) -> int | None:
+    """nf_conntrack_max as the kernel sets it at module load, by kernel era
+    (:func:`ct_tune.kernelmodel.boot_max`); None where the era is not pinned."""
+    return kernelmodel.boot_max(kernel or NEWEST, mem_bytes, pointer_size, hashsize)
+
+
+def kernel_default_expect_max(
+    mem_bytes: int,
+    pointer_size: int,
+    kernel: tuple[int, ...] | list[int] | None = None,
+    hashsize: int | None = None,
+    expect_hashsize: int | None = None,
+) -> int | None:
+    """nf_conntrack_expect_max as the kernel sets it at module load, by kernel era."""
+    return kernelmodel.boot_expect_max(kernel or NEWEST, mem_bytes, pointer_size, hashsize,
+                                       expect_hashsize)
+
+
+def buckets_writable(kernel: tuple[int, ...] | list[int] | None) -> bool | None:
+    """Whether the kernel lets sysctl write nf_conntrack_buckets in the initial namespace
+    (4.7+); None when the release is unknown."""
+    return kernelmodel.buckets_writable(kernel)
 
 
 def kmalloc_size(n: int) -> int:

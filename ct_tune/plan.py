@@ -10,6 +10,8 @@ Safety (issue: "Applying"):
   unlimited, so any other value lowers it.
 * A key that is read-only here (container, non-initial network namespace) is
   not written and not persisted here: it must be set on the host.
+* nf_conntrack_buckets before 4.7 is read-only in every namespace: it is
+  persisted as modprobe.d ``options nf_conntrack hashsize=N``, never as sysctl.d.
 """
 
 from __future__ import annotations
@@ -21,10 +23,18 @@ from typing import Any
 
 from ct_tune.findings import Finding
 from ct_tune.profiles import Profile
+from ct_tune.sysctlkeys import short_name
 
 MAX_KEY = "net.netfilter.nf_conntrack_max"
 BUCKETS_KEY = "net.netfilter.nf_conntrack_buckets"
 HOST_ONLY = "read-only here (container or non-initial network namespace): must be set on the host"
+MODULE_ONLY = ("read-only in every namespace on this kernel (before 4.7): sized by the hashsize "
+               "module parameter instead; apply writes 'options nf_conntrack hashsize={n}' to "
+               "/etc/modprobe.d (next module load); to resize now, as root: "
+               "echo {n} > /sys/module/nf_conntrack/parameters/hashsize")
+OLD_MODULE = ("read-only on this kernel, whose conntrack is the old ip_conntrack module: set "
+              "'options ip_conntrack hashsize={n}' in /etc/modprobe.d yourself (ct-tune writes "
+              "no files for that module)")
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,12 @@ class Plan:
         return {s.key: s.current for s in self.skips}
 
 
+def _host_key(facts: dict[str, Any], key: str) -> str:
+    """The name the host really has for a key: the old ip_conntrack module's
+    net.ipv4.netfilter.ip_conntrack_* when facts read it under the modern name."""
+    return (facts.get("sysctl", {}).get(key) or {}).get("key") or key
+
+
 def max_floor(count: int | None, target_usage: float) -> int:
     """The lowest max that keeps today's entries within the profile's headroom."""
     if not count:
@@ -94,7 +110,7 @@ def _max_skip(f: Finding, count: int | None, target_usage: float,
 
 def _sources(f: Finding, profile: Profile) -> tuple[str, ...]:
     """The rule's sources, and the profile's own reason and source when it set the value."""
-    spec = profile.timeouts.get(f.parameter.rsplit(".", 1)[-1])
+    spec = profile.timeouts.get(short_name(f.parameter))
     extra = ()
     if spec and spec["value"] == f.recommended:
         extra = (f"profile {profile.name}: {spec['reason']} ({spec['source']})",)
@@ -109,8 +125,20 @@ def build(findings: Iterable[Finding], facts: dict[str, Any], profile: Profile,
     count = facts["sysctl"].get("net.netfilter.nf_conntrack_count", {}).get("value")
     settings: list[Setting] = []
     skips: list[Skip] = []
+    module_buckets = None
     for f in findings:
         if f.parameter is None or f.recommended is None:
+            continue
+        if f.scope == "module" and f.parameter == BUCKETS_KEY:
+            # read-only on this kernel (before 4.7) in every namespace: no sysctl.d line
+            # (systemd-sysctl would fail on it); modprobe.d hashsize= sizes the table
+            if _host_key(facts, BUCKETS_KEY) != BUCKETS_KEY:  # the ip_conntrack module
+                skips.append(Skip(f.parameter, f.current, f.recommended, OLD_MODULE.format(
+                    n=f.recommended)))
+                continue
+            module_buckets = f.recommended
+            skips.append(Skip(f.parameter, f.current, f.recommended, MODULE_ONLY.format(
+                n=f.recommended)))
             continue
         if f.scope == "host":
             skips.append(Skip(f.parameter, f.current, f.recommended, HOST_ONLY + (
@@ -123,14 +151,15 @@ def build(findings: Iterable[Finding], facts: dict[str, Any], profile: Profile,
                 settings.append(Setting(f.parameter, f.current, f.current, f.rule, f.title,
                                         f"kept: {skip.reason}", {}, _sources(f, profile)))
                 continue
-        settings.append(Setting(f.parameter, f.recommended, f.current, f.rule, f.title,
-                                f.summary, dict(f.evidence), _sources(f, profile)))
+        settings.append(Setting(_host_key(facts, f.parameter), f.recommended, f.current,
+                                f.rule, f.title, f.summary, dict(f.evidence),
+                                _sources(f, profile)))
     settings.sort(key=lambda s: s.key)
     conntrack = facts.get("conntrack", {})
     builtin = conntrack.get("builtin")
-    buckets = next((s.value for s in settings if s.key == BUCKETS_KEY), None)
+    buckets = next((s.value for s in settings if s.key == BUCKETS_KEY), module_buckets)
     # hashsize= alone makes the kernel set max = 8 x hashsize at load: only with max pinned
-    pinned_max = any(s.key == MAX_KEY for s in settings)
+    pinned_max = any(s.key == _host_key(facts, MAX_KEY) for s in settings)
     has_netfilter = any(s.key.startswith("net.netfilter.") for s in settings)
     return Plan(
         settings=tuple(settings), skips=tuple(skips),

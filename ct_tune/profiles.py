@@ -25,7 +25,8 @@ TARGETS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "memory_crit_pct": ((int, float), "% of RAM (lowmem on 32-bit) that is critical"),
     "max_per_bucket": (int, "entries per hash bucket at a full table (kernel default 1)"),
     "min_max": (int, "never recommend a max below this"),
-    "follow_kube_proxy": (bool, "recommend at least what kube-proxy would set, so they agree"),
+    "follow_kube_proxy": (bool, "assume kube-proxy runs (defaults, release 1.37 behaviour) when "
+                                "none is detected, so advice agrees with what it writes"),
     "dominance_share": ((int, float),
                         "a flow class (TIME_WAIT, CLOSE_WAIT, unreplied UDP) holding this share "
                         "of the sampled table is reported"),

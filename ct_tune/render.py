@@ -67,6 +67,8 @@ def explain(findings: list[Finding]) -> str:
             lines.append(f"{f.parameter}: {change}")
             if f.scope == "host":
                 lines.append("scope: read-only in this network namespace; set it on the host")
+            elif f.scope == "module":
+                lines.append("scope: read-only on this kernel; set through the module parameter")
         lines += [f.summary, "", f.explanation]
         if f.evidence:
             lines += ["", "evidence:"]
@@ -136,4 +138,37 @@ def changes(ch: Any, skips: Any, root: Any, dry_run: bool, verb: str = "apply") 
     elif dry_run:
         out.append(f"dry run: nothing was changed ({len(ch.files)} file(s) and "
                    f"{len(ch.live)} live value(s) would change)")
+    return "\n".join(out)
+
+
+#: Namespaced sysctls Kubernetes treats as safe (pkg/kubelet/sysctl/safe_sysctls.go; the
+#: keepalive keys since 1.29): every other one, net.netfilter.* included, is "unsafe" and
+#: a pod may set it only on nodes whose kubelet allows it (--allowed-unsafe-sysctls).
+K8S_SAFE_SYSCTLS = frozenset({"net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_keepalive_intvl",
+                              "net.ipv4.tcp_keepalive_probes"})
+
+
+def live_only_note(settings: Any) -> str:
+    """Why apply wrote no file in a non-initial network namespace, and where such values
+    persist instead: the pod, the container or the CNI network that creates the namespace
+    (each sets namespaced net.* sysctls in the new namespace before the workload starts)."""
+    pairs = [(s.key, str(s.value)) for s in settings]
+    out = ["not persisted: this is not the initial network namespace (a container, a pod or "
+           "'ip netns exec'). Boot applies /etc/sysctl.d to the host's initial namespace, "
+           "never to this one, so ct-tune wrote live values only (--root DIR writes the files "
+           "anyway). A new namespace starts from the kernel defaults: set these where it is "
+           "created:"]
+    if not pairs:
+        return out[0].split(". Boot")[0] + ": live values only, and none to set"
+    unsafe = sorted(k for k, _ in pairs if k not in K8S_SAFE_SYSCTLS)
+    out.append("- Kubernetes pod spec:\n    securityContext:\n      sysctls:")
+    out += [f"      - name: {k}\n        value: \"{v}\"" for k, v in pairs]
+    if unsafe:
+        out.append(f"  {', '.join(unsafe)} {'is an' if len(unsafe) == 1 else 'are'} unsafe "
+                   "sysctl" + ("" if len(unsafe) == 1 else "s") + " in Kubernetes: the node's "
+                   "kubelet must allow them (--allowed-unsafe-sysctls 'net.netfilter.*', or "
+                   "allowedUnsafeSysctls in its config), else the pod fails to start")
+    out.append("- docker run / podman run: " + " ".join(f"--sysctl {k}={v}" for k, v in pairs))
+    out.append("- CNI tuning plugin, in the network's plugin list: "
+               + json.dumps({"type": "tuning", "sysctl": dict(pairs)}))
     return "\n".join(out)

@@ -19,6 +19,7 @@ from typing import Any
 from ct_tune import datafiles
 from ct_tune.errors import InputError
 from ct_tune.expr import Expr, ExprError, Text
+from ct_tune.sysctlkeys import short_name
 
 SEVERITIES = ("ok", "info", "warning", "critical")
 ID_RE = re.compile(r"[a-z][a-z0-9-]*[a-z0-9]")
@@ -29,7 +30,7 @@ _KEYS = {"id", "title", "parameter", "needs", "when", "let", "recommended", "out
          "severity", "explanation", "evidence", "sources"}
 _CASE_KEYS = {"level", "if", "summary"}
 #: Names a rule's [let] may not shadow: they are the context every rule reads.
-RESERVED = {"sysctl", "writable", "host", "conntrack", "counters", "stat", "profile",
+RESERVED = {"sysctl", "writable", "readonly", "host", "conntrack", "counters", "stat", "profile",
             "planned", "current", "recommended", "parameter", "rule", "severity",
             "flows", "window", "persist"}
 
@@ -68,14 +69,6 @@ class Rule:
     @property
     def max_level(self) -> str:
         return max((c.level for c in self.cases), key=SEVERITIES.index, default="ok")
-
-
-def short_name(key: str) -> str:
-    """The name rules use for a sysctl: its last dotted component."""
-    for prefix in ("net.netfilter.", "net.ipv4.", "net."):
-        if key.startswith(prefix):
-            return key[len(prefix):]
-    return key
 
 
 def _need(cond: bool, path: Path, rid: str | None, problem: str) -> None:

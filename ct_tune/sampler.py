@@ -11,13 +11,14 @@ import time
 from typing import Any
 
 from ct_tune.facts import Roots
+from ct_tune.sysctlkeys import short_name
 
 
 def timeouts_of(facts: dict[str, Any]) -> dict[str, int]:
     """Current timeout sysctls by short name, for idle-time arithmetic."""
     out = {}
     for key, entry in facts["sysctl"].items():
-        name = key.rsplit(".", 1)[-1]
+        name = short_name(key)
         if "timeout" in name and isinstance(entry["value"], int):
             out[name] = entry["value"]
     return out

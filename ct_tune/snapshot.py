@@ -66,6 +66,22 @@ SPEC: dict[str, Any] = {
     "persist": ("optional", {"root": STR, "files": (list,), "assignments": (list,),
                              "sysctl": (dict,), "early_load": (list,), "modprobe": (dict,),
                              "udev_sysctl_rules": (list,)}),
+    # other writers of the keys and the boot system (ct_tune.writers); optional so that
+    # snapshots from before it was collected still load
+    "writers": ("optional", {
+        "kube_proxy": ("nullable", {
+            "pid": INT + NULL, "source": STR, "argv0": STR,
+            # conntrack settings by KubeProxyConfiguration field name: int or null
+            "flags": ("mapping", INT + NULL),
+            "config_file": STR + NULL, "config_read_from": STR + NULL,
+            "config": ("nullable", ("mapping", INT + NULL)), "version": STR + NULL,
+            "version_source": STR + NULL}),
+        "init": STR + NULL, "init_evidence": (list,),
+        "distro": ("nullable", {"id": STR + NULL, "name": STR + NULL, "version": STR + NULL,
+                                "source": STR}),
+        "containers": {"in_container": BOOL, "evidence": (list,)},
+        "modules_d": (list,), "pids_scanned": INT, "pids_truncated": BOOL,
+    }),
     "stat": (
         "nullable",
         {"source": STR, "columns": (list,), "cpus": INT, "entries": INT, "counters": (dict,)},

@@ -30,7 +30,7 @@ UDEV_DIRS = ("etc/udev/rules.d", "run/udev/rules.d", "usr/local/lib/udev/rules.d
 
 #: Keys whose persistence ct-tune reports: the ones its rules read or recommend.
 PERSIST_PREFIXES = ("net.netfilter.nf_conntrack_", "net.nf_conntrack_max",
-                    "net.ipv4.tcp_keepalive_")
+                    "net.ipv4.tcp_keepalive_", "net.ipv4.netfilter.ip_conntrack_")
 
 
 class Assignment(NamedTuple):

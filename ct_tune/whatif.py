@@ -6,7 +6,7 @@ timeout is lowered or raised:
 
 * Which tracked flows have been idle longer than the proposed timeout?  Under
   it they would already have been forgotten: the pooled connection that dies
-  overnight behind a stateful firewall (shared/seeds/000).  The sample keeps
+  overnight behind a stateful firewall (RFC 5382 REQ-5).  The sample keeps
   each class's idle histogram and the destination ports per coarse idle bin.
 * How full would the table be?  Little's law: entries = arrival rate x hold
   time.  The entries of a class that reach idle age t arrive at the density of
@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ct_tune.formulas import human_duration, margin95
+from ct_tune.sysctlkeys import short_name
 
 _PREFIX = "net.netfilter."
 #: Fraction of the idle range, at its old end, whose density extrapolates a raised timeout.
@@ -41,15 +42,11 @@ TAIL = 0.1
 TAIL_BINS = 8
 
 
-def _short(key: str) -> str:
-    return key[len(_PREFIX):] if key.startswith(_PREFIX) else key
-
-
 def _classes(flows: Mapping[str, Any] | None, key: str) -> list[dict[str, Any]]:
     if not flows:
         return []
-    short = _short(key)
-    return [c for c in flows.get("classes", {}).values() if _short(c["timeout_key"]) == short]
+    short = short_name(key)
+    return [c for c in flows.get("classes", {}).values() if short_name(c["timeout_key"]) == short]
 
 
 def _beyond(cls: Mapping[str, Any], seconds: float) -> float:
@@ -154,7 +151,7 @@ def occupancy(flows: Mapping[str, Any] | None,
     they are): entries now and projected, and the flows the changes would forget."""
     if not flows or not flows.get("classes"):
         return None
-    keys = sorted({_short(c["timeout_key"]) for c in flows["classes"].values()})
+    keys = sorted({short_name(c["timeout_key"]) for c in flows["classes"].values()})
     now = projected = forgotten = 0
     changes = []
     for key in keys:

@@ -152,3 +152,95 @@ def test_read_only_cache_is_not_an_error(host, uncached, tmp_path):
     assert proc.returncode in (0, 1, 2) and proc.stderr == "", proc.stderr
     assert json.loads(proc.stdout)["findings"] == uncached
     assert list(d.iterdir()) == []
+
+
+def _summary_codes(bcc) -> list:
+    """What bcc loads for the table-drops summaries (None: not in the cache)."""
+    from jinja2.bccache import Bucket
+
+    rule = next(r for r in ruleset.load() if r.id == "table-drops")
+    codes = []
+    for case in rule.cases:
+        source = case.summary.source
+        bucket = Bucket(expr._ENV, bcc.get_cache_key(expr.cache_name("text", source)),
+                        bcc.get_source_checksum(source))
+        bcc.load_bytecode(bucket)
+        codes.append(bucket.code)
+    return codes
+
+
+def _poisoned(code) -> bool:
+    """Whether compiled code (or any code nested in it) carries the planted text."""
+    return any(c == "POISONED" or (hasattr(c, "co_consts") and _poisoned(c))
+               for c in code.co_consts)
+
+
+@pytest.fixture
+def fresh_cache(monkeypatch):
+    """bytecode_cache() opened anew for a directory of the test's choosing."""
+    def use(d: Path):
+        monkeypatch.setenv(cache.ENV_VAR, str(d))
+        cache.bytecode_cache.cache_clear()
+        return cache.bytecode_cache()
+    yield use
+    cache.bytecode_cache.cache_clear()
+
+
+def test_directory_swapped_after_the_check_is_not_read(host, tmp_path, fresh_cache):
+    d = tmp_path / "cache"
+    _audit(host, d)  # the real entries
+    bcc = fresh_cache(d)
+    assert bcc is not None
+    # after the check and before any entry is read, the directory is replaced by one
+    # holding other code under the same names (what a flipped symlink on the way does)
+    d.rename(tmp_path / "checked")
+    d.mkdir(mode=0o700)
+    _poison(d)
+    codes = _summary_codes(bcc)
+    assert all(c is not None for c in codes)  # read from the directory that was checked
+    assert not any(_poisoned(c) for c in codes)
+    # control: opened anew, the planted directory is the cache, and the test sees it
+    assert any(_poisoned(c) for c in _summary_codes(fresh_cache(d)))
+
+
+def test_entries_that_are_symlinks_or_writable_by_others_are_not_read(
+        host, uncached, tmp_path):
+    d = tmp_path / "cache"
+    d.mkdir(mode=0o700)
+    _poison(d)
+    planted = sorted(d.glob("expr-*.cache"))
+    for e in planted:
+        os.chmod(e, 0o666)
+    assert _audit(host, d) == uncached
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    _poison(elsewhere)
+    before = {e.name: e.read_bytes() for e in elsewhere.iterdir()}
+    for e in planted:
+        e.unlink()
+        e.symlink_to(elsewhere / e.name)
+    assert _audit(host, d) == uncached
+    # compiled again and written in place of the link, never through it
+    assert not any(e.is_symlink() for e in planted)
+    assert {e.name: e.read_bytes() for e in elsewhere.iterdir()} == before
+
+
+@ROOT_ONLY
+def test_symlink_owned_by_another_user_on_the_way_is_unsafe(host, uncached, tmp_path):
+    # /tmp-like: root's sticky directory where user nobody owns a symlink to a directory
+    # of root's; nobody can point it elsewhere at any moment, so the cache is not used
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)
+    real = tmp_path / "real"
+    (real / "cache").mkdir(parents=True, mode=0o700)
+    _poison(real / "cache")
+    link = sticky / "link"
+    link.symlink_to(real)
+    os.lchown(link, 65534, 65534)
+    assert not cache.is_safe(link / "cache")
+    assert _audit(host, link / "cache") == uncached
+    # control: the same symlink owned by root is followed, and the planted entry is used
+    os.lchown(link, 0, 0)
+    assert cache.is_safe(link / "cache")
+    assert "POISONED" in {f["summary"] for f in _audit(host, link / "cache")}

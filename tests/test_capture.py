@@ -104,3 +104,14 @@ def test_capture_keeps_initstate_so_a_loadable_module_is_recognised(tree, tmp_pa
     assert run_cli("capture", *tree_args(src), str(out)).returncode == 0
     assert (out / "sys/module/nf_conntrack/initstate").read_text() == "live\n"
     assert facts.collect(facts.Roots(out / "proc", out / "sys"))["conntrack"]["builtin"] is False
+
+
+def test_the_fragment_printed_in_a_namespace_says_boot_will_not_apply_it_there(tree):
+    """audit --format sysctl inside a namespace: the fragment is for a host's sysctl.d,
+    which boot applies to the initial namespace only."""
+    proc = run_cli("audit", "--format", "sysctl", "--no-sample", "--profile", "nat-gateway",
+                   *tree_args(tree("netns-exec")))
+    assert proc.returncode == 0, proc.stderr
+    assert "nf_conntrack_tcp_timeout_established = 21600" in proc.stdout
+    assert "not the initial network namespace" in proc.stderr
+    assert "pod or container spec" in proc.stderr

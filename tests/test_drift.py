@@ -63,6 +63,20 @@ def test_drift_skips_keys_that_do_not_exist_live():
     assert drift.drift(None, live()) == []
 
 
+def test_outside_the_initial_namespace_only_global_keys_come_from_boot():
+    """'ip netns exec' sees the host's sysctl.d, which boot applies to the host's namespace:
+    a per-namespace key it sets is neither drift nor persisted here."""
+    p = persist((MAX, "524288", "/etc/sysctl.d/a.conf", 1),
+                (EST, "86400", "/etc/sysctl.d/a.conf", 2))
+    netns = {**MODULE, "initial_netns": False}
+    assert [d["key"] for d in drift.drift(p, live(), None, netns)] == [MAX]
+    assert [d["key"] for d in drift.drift(p, live(), None, MODULE)] == [MAX, EST]
+    lost = drift.unpersisted(live(nf_conntrack_tcp_timeout_established=86400), p, HOST, netns)
+    assert [(d["key"], d["default"]) for d in lost] == [(EST, 432000)]
+    assert drift.unpersisted(live(nf_conntrack_tcp_timeout_established=86400), p, HOST,
+                             MODULE) == []
+
+
 def test_net_nf_conntrack_max_is_compared_with_the_same_value():
     p = persist(("net.nf_conntrack_max", "524288", "/etc/sysctl.d/a.conf", 1))
     assert drift.drift(p, live(nf_conntrack_max=524288)) == []

@@ -170,3 +170,10 @@ def test_a_cpu_list_of_huge_overlapping_ranges_stays_small():
     assert parsers.parse_cpu_list(",".join(["0-65535"] * 4000)) == list(range(65536))
     with pytest.raises(ValueError, match="beyond"):
         parsers.parse_cpu_list("0-99999999999")
+
+
+def test_an_over_long_line_blank_at_its_start_is_still_one_malformed_line():
+    """Found by the property above: 4,097 spaces then digits, read in 1000-byte blocks,
+    was dropped as a blank line by the block path while the line parser counted it."""
+    data = b" " * 4097 + b"1" * 377
+    assert _summary(_by_blocks(data, 1000)) == _summary(_by_lines(data))

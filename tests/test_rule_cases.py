@@ -9,7 +9,7 @@ import pytest
 from conftest import materialize
 from flowgen import summary as flow_summary
 
-from ct_tune import engine, facts, profiles, ruleset
+from ct_tune import engine, facts, profiles, ruleset, writers
 
 CASES = sorted((Path(__file__).parent / "rule_cases").glob("*.toml"))
 
@@ -30,6 +30,7 @@ def load_case_facts(case: dict, tmp: Path) -> dict:
     for rel, target in case.get("links", {}).items():
         _under(top, rel).symlink_to(target)
     data = facts.collect(roots)
+    data["writers"] = writers.collect(roots)
     for key, value in case.get("sysctl", {}).items():
         data["sysctl"].setdefault(key, {"writable": True})["value"] = value
     data["host"].update(case.get("host", {}))
@@ -65,9 +66,15 @@ def test_rule_case(path: Path, tmp_path: Path):
             assert got.recommended == want["recommended"], got.explanation
         for name, value in want.get("evidence", {}).items():
             assert _at(got.evidence, name) == value, f"evidence {name}: {got.evidence}"
+        for name in want.get("evidence_none", []):
+            assert got.evidence[name] is None, f"evidence {name}: {got.evidence[name]}"
         for name, value in want.get("approx", {}).items():
             assert _at(got.evidence, name) == pytest.approx(value, rel=0.02), (
                 f"evidence {name}: {got.evidence}")
+        if "scope" in want:
+            assert got.scope == want["scope"], got.summary
+        if "summary_excludes" in want:
+            assert want["summary_excludes"] not in got.summary, got.summary
         if "summary_contains" in want:
             assert want["summary_contains"] in got.summary
         if "explanation_contains" in want:

@@ -82,6 +82,11 @@ def _target(name: str, tree, tmp_path: Path) -> tuple[Path, list[str]]:
         return roots.proc("sys/net/ipv4/tcp_keepalive_time"), audit
     if name == "meminfo":
         return roots.proc("meminfo"), audit
+    if name == "sysfs":
+        return roots.sys("module/nf_conntrack/parameters/hashsize"), audit
+    if name == "capture":
+        return (roots.sys("module/nf_conntrack/parameters/hashsize"),
+                ["capture", str(tmp_path / "copy"), *tree_args(roots)])
     if name == "stat":
         return roots.proc("net/stat/nf_conntrack"), audit
     if name == "table":  # a captured tree's table dump is sampled when it is there
@@ -104,8 +109,8 @@ def _target(name: str, tree, tmp_path: Path) -> tuple[Path, list[str]]:
     raise AssertionError(name)
 
 
-TARGETS = ["sysctl", "keepalive", "meminfo", "stat", "table", "rule", "profile", "facts",
-           "sysctl.d", "state"]
+TARGETS = ["sysctl", "keepalive", "meminfo", "sysfs", "capture", "stat", "table", "rule",
+           "profile", "facts", "sysctl.d", "state"]
 # net/netfilter is walked: a directory there is a directory of sysctls (nf_log is one), so a
 # directory named nf_conntrack_max means that key is missing, not a special file.
 CASES = [(t, k) for t in TARGETS for k in KINDS if (t, k) != ("sysctl", "directory")]
