@@ -311,6 +311,8 @@ def test_a_clean_sample_draws_no_unreliable_finding(tree):
     roots = _tree_with_table(tree, "".join(_udp(i, True) for i in range(200)))
     report = json.loads(run_cli("audit", "--format", "json", *tree_args(roots)).stdout)
     assert not [f for f in report["findings"] if f["rule"] == "sample-unreliable"]
+    flows = report["facts"]["flows"]
+    assert (flows["malformed_share"], flows["malformed_kinds"]) == (0.0, [])
 
 
 def test_scaled_counts_are_shown_as_estimates_everywhere(tree):
