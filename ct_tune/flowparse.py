@@ -38,7 +38,8 @@ The variants every printer has produced (each one is a fixture in tests/fixtures
   CTA_TIMEOUT and CTA_PROTOINFO, so ``conntrack -L`` prints neither either.  The
   offload keeps refreshing such an entry, so its seconds left say nothing of idle
   time: offloaded entries are counted, never put in an idle histogram.
-* GRE before Linux 5.x: gre_print_conntrack (nf_conntrack_proto_gre.c) printed
+* GRE on older kernels (still in 5.4, gone from current ones): gre_print_conntrack
+  (nf_conntrack_proto_gre.c) printed
   ``timeout=600, stream_timeout=18000`` after the seconds left, and keys as
   ``srckey=0x0 dstkey=0x0``.
 * the pre-nf_conntrack /proc/net/ip_conntrack: no layer 3 columns, as conntrack -L.
