@@ -64,7 +64,8 @@ def build_context(facts: dict[str, Any], profile: Profile) -> dict[str, Any]:
         "counters": NoneDict(stat["counters"]) if stat else NoneDict(),
         "profile": prof,
         # the table sample and the polling window, when collected (None otherwise)
-        "flows": facts.get("flows"),
+        # (fields added since a snapshot was written read as none)
+        "flows": NoneDict(facts["flows"]) if facts.get("flows") is not None else None,
         "window": NoneDict(facts["window"]) if facts.get("window") else None,
         # the boot configuration (sysctl.d, modules-load.d); None for older snapshots
         "persist": facts.get("persist"),

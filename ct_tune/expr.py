@@ -104,6 +104,7 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "num": _fmt_num,
     "pct": _fmt_pct,
     "whatif_text": whatif.describe,
+    "pm": whatif.pm,
 }
 
 #: The size of any one value: characters of a string (and of the text of any value),

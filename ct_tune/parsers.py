@@ -215,3 +215,59 @@ def parse_conntrack_stat(text: str) -> dict:
         "entries": entries,
         "counters": totals,
     }
+
+
+def parse_conntrack_cli_stat(text: str) -> dict:
+    """``conntrack -S`` output, in parse_conntrack_stat's shape, in each form it has had.
+
+    * conntrack-tools 1.4 and later ask ctnetlink (nfct_stats_cb in src/conntrack.c):
+      one ``cpu=N<TAB>key=value ...`` line per CPU, ctnetlink's names
+      (``clash_resolve``, ``chaintoolong``).
+    * earlier 1.x releases read /proc/net/stat/nf_conntrack (display_proc_conntrack_stats):
+      the same ``cpu=N`` lines with the procfs header's names, ``entries=`` (the count,
+      repeated per CPU, not summed) and ``clashres``/``chainlength`` included.
+    * the first releases printed one ``name<TAB><TAB>value`` line per column of the first
+      CPU's line only (``insert_failed\\t\\t0``): its counters are CPU 0's, not totals, and
+      the result says so (``first_cpu_only``).
+
+    Anything else is a ValueError naming the line: never an empty table without a word.
+    """
+    totals: dict[str, int] = {}
+    columns: list[str] = []
+    per_line: dict[str, int] = {}
+    entries = cpus = 0
+    for n, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if not fields or line.startswith("conntrack v"):  # no fields; a version banner
+            continue
+        if fields[0].startswith("cpu=") and fields[0][4:].isdigit():
+            cpus += 1
+            for field in fields[1:]:
+                key, eq, value = field.partition("=")
+                if not eq or not re.fullmatch(r"[a-z_0-9]+", key) or not value.isdigit():
+                    raise ValueError(f"line {n}: expected key=value counters, found "
+                                     f"{field[:30]!r}")
+                if key not in columns:
+                    columns.append(key)
+                name = STAT_ALIASES.get(key, key)
+                if name in STAT_NOT_SUMMED:
+                    entries = max(entries, _int(value))
+                else:
+                    totals[name] = totals.get(name, 0) + _int(value)
+        elif (len(fields) == 2 and re.fullmatch(r"[a-z_]+", fields[0])
+              and fields[1].isdigit()):
+            per_line[fields[0]] = _int(fields[1])
+            columns.append(fields[0])
+        else:
+            raise ValueError(f"line {n}: expected 'cpu=N key=value ...' or 'name value', "
+                             f"found {line.strip()[:60]!r}")
+    if cpus and per_line:
+        raise ValueError("mixes per-CPU lines with one-counter-per-line output")
+    if per_line:
+        entries = per_line.pop("entries", 0)
+        totals = {STAT_ALIASES.get(k, k): v for k, v in per_line.items()}
+        cpus = 1
+    elif not cpus:
+        raise ValueError("no counters (expected 'cpu=N key=value ...' lines)")
+    return {"columns": columns, "cpus": cpus, "entries": entries, "counters": totals,
+            "first_cpu_only": bool(per_line)}
