@@ -46,8 +46,8 @@ def invoke(args: list[str]) -> tuple[int, str]:
     exc = result.exception
     if exc is None or isinstance(exc, SystemExit):
         return result.exit_code or 0, result.stderr
-    if isinstance(exc, CtTuneError):  # main(): "ct-tune: {e}", exit e.exit_code
-        return exc.exit_code, f"ct-tune: {exc}\n"
+    if isinstance(exc, CtTuneError):  # main(): "ct-tune: LINE" per line, exit e.exit_code
+        return exc.exit_code, "".join(f"ct-tune: {line}\n" for line in str(exc).split("\n"))
     if isinstance(exc, click.ClickException):
         return 3, exc.format_message()
     raise AssertionError(f"internal error: {type(exc).__name__}: {exc}") from exc
@@ -170,4 +170,4 @@ def test_mutated_facts_never_traceback(base_facts, tmp_path_factory, data):
     assert "internal error" not in err
     if rc == 3 and err.startswith(f"ct-tune: {path}: "):
         # a rejected snapshot names the file, and each line is one problem
-        assert all(line.startswith("ct-tune: ") for line in err.splitlines())
+        assert all(line.startswith("ct-tune: ") for line in err.splitlines()), err
