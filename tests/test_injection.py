@@ -19,6 +19,7 @@ from unittest import mock
 
 import pytest
 from conftest import run_cli, tree_args
+from tomltext import toml_str
 
 from ct_tune import cli, fragments, plan
 from ct_tune.errors import CtTuneError
@@ -32,19 +33,6 @@ PAYLOAD = "kernel.core_pattern = |/tmp/x"
 BREAKS = ["\n", "\r", "\r\n", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028",
           "\u2029"]
 INJECT = "".join(f"ok{b}{PAYLOAD}" for b in BREAKS)
-
-
-def toml_str(text: str) -> str:
-    """A TOML basic string holding text exactly (control characters as \\u escapes)."""
-    out = []
-    for ch in text:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
 
 
 def rule(recommended: str = "45", summary: str = "s", sources: str = "src",

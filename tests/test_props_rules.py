@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from conftest import materialize, tree_args
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tomltext import toml_str
 
 from ct_tune import datafiles
 from ct_tune.cli import cli
@@ -63,15 +64,7 @@ def toml_value(v: Any) -> str:
             return "inf" if v > 0 else "-inf"
         return repr(v)
     if isinstance(v, str):
-        out = []
-        for ch in v:
-            if ch in '"\\':
-                out.append("\\" + ch)
-            elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-                out.append(f"\\u{ord(ch):04x}")
-            else:
-                out.append(ch)
-        return '"' + "".join(out) + '"'
+        return toml_str(v)
     if isinstance(v, list):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
     return "{" + ", ".join(f"{toml_value(str(k))} = {toml_value(x)}" for k, x in v.items()) + "}"
