@@ -73,7 +73,15 @@ def evaluate(report: dict[str, Any], warning: float = DEFAULT_WARNING,
     perf: list[str] = []
     state = report.get("status", "unknown")
     state = state if state in STATES else "unknown"
-    if not (facts.get("conntrack") or {}).get("loaded"):
+    loaded = (facts.get("conntrack") or {}).get("loaded")
+    orphans = sorted(k for k in facts.get("sysctl") or {}
+                     if k.startswith("net.netfilter.nf_conntrack_"))
+    if not loaded and orphans:
+        # facts call the module loaded by nf_conntrack_max: other keys without it are a
+        # procfs missing files, never a host without conntrack
+        texts.append(f"{MAX} missing but {orphans[0]} present: incomplete procfs")
+        state = worst(state, "unknown")
+    elif not loaded:
         texts.append("nf_conntrack not loaded: no table")
     elif count is None or limit is None:
         texts.append("entries or nf_conntrack_max unreadable")

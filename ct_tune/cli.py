@@ -21,7 +21,7 @@ import click
 # Only what every command needs: the rest (jinja2 through the rule engine, tabulate,
 # the table readers) is imported by the commands that use it, to keep startup short.
 from ct_tune import __version__, facts, safeio, writers
-from ct_tune.errors import EXIT_OK, EXIT_UNKNOWN, CtTuneError
+from ct_tune.errors import EXIT_OK, EXIT_UNKNOWN, CtTuneError, InputError
 
 if TYPE_CHECKING:
     from ct_tune import plan, profiles, ruleset
@@ -375,6 +375,9 @@ def check_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_r
     c = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules)
     try:
         with _textfile_on_failure(textfile):
+            if not facts_file and not c.roots.procfs.is_dir():
+                # a mistyped --procfs reads as "nf_conntrack not loaded": a false OK
+                raise InputError(str(c.roots.procfs), "not a directory: no procfs to read")
             prof = profiles.get(c.profiles(), profile)
             loaded_rules = c.rules()
             if facts_file:
