@@ -8,7 +8,7 @@ import re
 import stat
 
 import pytest
-from conftest import run_cli, tree_args
+from conftest import ROOT, run_cli, tree_args
 
 from ct_tune import textfile
 
@@ -287,3 +287,23 @@ def test_textfile_label_values_are_escaped():
     assert sample_values(fams["ct_tune_parameter_current"]) == {(("parameter", weird),): 5}
     assert sample_values(fams["ct_tune_parameter_recommended"]) == {(("parameter", weird),): 7}
     assert sample_values(fams["ct_tune_last_run_timestamp_seconds"]) == {(): 1700000000.5}
+
+
+def test_shipped_systemd_service_runs_a_valid_check(tree, tmp_path):
+    """The unit's ExecStart is a command line this ct-tune accepts, and the exit statuses
+    it treats as success are exactly check's results (1, 2), never 3."""
+    unit = (ROOT / "contrib/systemd/ct-tune-textfile.service").read_text()
+    exec_start = re.search(r"^ExecStart=(.+)$", unit, re.M).group(1).split()
+    assert re.search(r"^SuccessExitStatus=1 2$", unit, re.M)
+    assert exec_start[0].endswith("/ct-tune") and exec_start[1] == "check"
+    args = exec_start[1:]
+    target = args[args.index("--textfile") + 1]
+    assert re.search(rf"^ReadWritePaths=-?{re.escape(os.path.dirname(target))}$", unit, re.M)
+    out = tmp_path / "out" / os.path.basename(target)
+    out.parent.mkdir()
+    args[args.index("--textfile") + 1] = str(out)
+    proc = run_cli(*args, *tree_args(tree("nearly-full-drops")))
+    assert proc.returncode == 2 and proc.stdout.startswith("CT-TUNE CRITICAL - ")
+    assert sample_values(families(out.read_text())["ct_tune_status"]) == {(): 2}
+    timer = (ROOT / "contrib/systemd/ct-tune-textfile.timer").read_text()
+    assert "WantedBy=timers.target" in timer and re.search(r"^OnUnitActiveSec=", timer, re.M)
