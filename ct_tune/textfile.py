@@ -23,8 +23,9 @@ MAX = "net.netfilter.nf_conntrack_max"
 
 
 def valid_name(name: str) -> bool:
-    """node_exporter reads only *.prom files of the directory (and no hidden temp file)."""
-    return name.endswith(SUFFIX) and len(name) > len(SUFFIX) and not name.startswith(".")
+    """node_exporter reads only the *.prom files of the directory (so the temporary file
+    of the atomic write, .NAME.XXXXXXXX.tmp, is never read)."""
+    return name.endswith(SUFFIX) and len(name) > len(SUFFIX)
 
 
 def escape_label(value: str) -> str:
