@@ -21,7 +21,7 @@ import click
 # Only what every command needs: the rest (jinja2 through the rule engine, tabulate,
 # the table readers) is imported by the commands that use it, to keep startup short.
 from ct_tune import __version__, facts, safeio, writers
-from ct_tune.errors import EXIT_OK, EXIT_UNKNOWN, CtTuneError, InputError
+from ct_tune.errors import EXIT_OK, EXIT_UNKNOWN, CtTuneError
 
 if TYPE_CHECKING:
     from ct_tune import plan, profiles, ruleset
@@ -239,17 +239,25 @@ def _write_textfile(path: str, report: dict[str, Any] | None, status: str | None
     write_atomic(Path(path), text.encode(), mode=0o644)
 
 
-@contextlib.contextmanager
-def _textfile_on_failure(path: str | None) -> Any:
+def _textfile_on_failure(command: Any) -> Any:
     """Bad input still leaves a textfile, with ct_tune_last_run_success 0, so the alert on
-    it fires instead of node_exporter serving the last good run's numbers."""
-    try:
-        yield
-    except CtTuneError:
-        if path:
-            with contextlib.suppress(CtTuneError):
-                _write_textfile(path, None)
-        raise
+    it fires instead of node_exporter serving the last good run's numbers.  (Output that
+    cannot be written comes after the textfile: that run's file stands.)"""
+    import functools
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except OutputError:
+            raise
+        except CtTuneError:
+            if kwargs.get("textfile"):
+                with contextlib.suppress(CtTuneError):
+                    _write_textfile(kwargs["textfile"], None)
+            raise
+
+    return run
 
 
 @cli.command()
@@ -269,6 +277,7 @@ def _textfile_on_failure(path: str | None) -> Any:
               help="With --format sysctl: the fragment's file name (for its header).")
 @sample_options
 @_textfile_option
+@_textfile_on_failure
 def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules: bool,
           root: str | None, facts_file: str | None, profile: str, fmt: str, explain: bool,
           allow_lower: bool, name: str, no_sample: bool, sample_limit: int | None,
@@ -277,12 +286,11 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
     from ct_tune import engine, findings, profiles, render, snapshot
 
     c = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules, root)
-    with _textfile_on_failure(textfile):
-        prof = profiles.get(c.profiles(), profile)
-        loaded_rules = c.rules()
-        host = (snapshot.load(facts_file) if facts_file
-                else gather(c.roots, no_sample, sample_limit, table_source, duration, interval))
-        result = engine.evaluate(loaded_rules, host, prof)
+    prof = profiles.get(c.profiles(), profile)
+    loaded_rules = c.rules()
+    host = (snapshot.load(facts_file) if facts_file
+            else gather(c.roots, no_sample, sample_limit, table_source, duration, interval))
+    result = engine.evaluate(loaded_rules, host, prof)
     state = findings.status(result)
     if textfile:
         _write_textfile(textfile, render.report(result, host, state, prof.name))
@@ -367,36 +375,52 @@ def check_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_r
               sample: bool, sample_limit: int | None, duration: float, interval: float,
               table_source: str, textfile: str | None) -> None:
     """Monitoring plugin (Nagios, Icinga): one status line with perfdata; exit 0/1/2/3."""
-    from ct_tune import check, engine, findings, profiles, render, sampler, snapshot
+    from ct_tune import check
 
     if warning > critical:
         raise click.BadParameter(f"the warning threshold ({warning:g}) is above the critical "
                                  f"one ({critical:g})", param_hint="--warning")
-    c = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules)
     try:
-        with _textfile_on_failure(textfile):
-            if not facts_file and not c.roots.procfs.is_dir():
-                # a mistyped --procfs reads as "nf_conntrack not loaded": a false OK
-                raise InputError(str(c.roots.procfs), "not a directory: no procfs to read")
-            prof = profiles.get(c.profiles(), profile)
-            loaded_rules = c.rules()
-            if facts_file:
-                host = snapshot.load(facts_file)
-            else:
-                host = gather(c.roots, not sample, sample_limit, table_source,
-                              duration if sample else 0, interval)
-                if not sample and duration > 0 and host["conntrack"]["loaded"]:
-                    host["window"] = sampler.poll(c.roots, duration, interval, _progress)
-            result = engine.evaluate(loaded_rules, host, prof)
-        report = render.report(result, host, findings.status(result), prof.name)
-        state, text = check.evaluate(report, warning, critical)
-        if textfile:
-            _write_textfile(textfile, report, state)
+        state, text = _check_run(procfs, sysfs, rules_dirs, no_builtin_rules,
+                                 facts_file=facts_file, profile=profile, warning=warning,
+                                 critical=critical, sample=sample, sample_limit=sample_limit,
+                                 duration=duration, interval=interval,
+                                 table_source=table_source, textfile=textfile)
     except CtTuneError as e:
         _out(check.unknown(str(e)))
         sys.exit(EXIT_UNKNOWN)
     _out(text)
     sys.exit(check.STATES[state])
+
+
+@_textfile_on_failure
+def _check_run(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules: bool,
+               *, facts_file: str | None, profile: str, warning: float, critical: float,
+               sample: bool, sample_limit: int | None, duration: float, interval: float,
+               table_source: str, textfile: str | None) -> tuple[str, str]:
+    """check's state and output; the textfile written (or its failure file)."""
+    from ct_tune import check, engine, findings, profiles, render, sampler, snapshot
+    from ct_tune.errors import InputError
+
+    c = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules)
+    if not facts_file and not c.roots.procfs.is_dir():
+        # a mistyped --procfs reads as "nf_conntrack not loaded": a false OK
+        raise InputError(str(c.roots.procfs), "not a directory: no procfs to read")
+    prof = profiles.get(c.profiles(), profile)
+    loaded_rules = c.rules()
+    if facts_file:
+        host = snapshot.load(facts_file)
+    else:
+        host = gather(c.roots, not sample, sample_limit, table_source,
+                      duration if sample else 0, interval)
+        if not sample and duration > 0 and host["conntrack"]["loaded"]:
+            host["window"] = sampler.poll(c.roots, duration, interval, _progress)
+    result = engine.evaluate(loaded_rules, host, prof)
+    report = render.report(result, host, findings.status(result), prof.name)
+    state, text = check.evaluate(report, warning, critical)
+    if textfile:
+        _write_textfile(textfile, report, state)
+    return state, text
 
 
 def _plan(loaded_rules: list[ruleset.Rule], host: dict[str, Any], prof: profiles.Profile,
