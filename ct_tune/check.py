@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ct_tune.findings import error_text
+
 #: Defaults, in percent of nf_conntrack_max: prometheus/node_exporter
 #: docs/node-mixin/alerts/alerts.libsonnet NodeHighNumberConntrackEntriesUsed fires above
 #: 75 %; netdata src/health/health.d/netfilter.conf netfilter_conntrack_full is critical
@@ -73,6 +75,12 @@ def evaluate(report: dict[str, Any], warning: float = DEFAULT_WARNING,
     perf: list[str] = []
     state = report.get("status", "unknown")
     state = state if state in STATES else "unknown"
+    problems = [error_text(e) for e in facts.get("errors") or ()]
+    if problems:
+        # an input ct-tune could not read: the reason leads the status line
+        texts.append(problems[0] + (f" (+{len(problems) - 1} more input problems)"
+                                    if len(problems) > 1 else ""))
+        state = worst(state, "unknown")
     loaded = (facts.get("conntrack") or {}).get("loaded")
     orphans = sorted(k for k in facts.get("sysctl") or {}
                      if k.startswith("net.netfilter.nf_conntrack_"))
@@ -84,7 +92,8 @@ def evaluate(report: dict[str, Any], warning: float = DEFAULT_WARNING,
     elif not loaded:
         texts.append("nf_conntrack not loaded: no table")
     elif count is None or limit is None:
-        texts.append("entries or nf_conntrack_max unreadable")
+        if not problems:
+            texts.append("entries or nf_conntrack_max unreadable")
         state = worst(state, "unknown")
     elif limit == 0:
         texts.append(f"{count} entries, no limit (nf_conntrack_max = 0)")
@@ -113,11 +122,13 @@ def evaluate(report: dict[str, Any], warning: float = DEFAULT_WARNING,
     line = f"{SERVICE} {state.upper()} - {_clean('; '.join(texts))}"
     if perf:
         line += " | " + " ".join(perf)
-    long = [f"[{f['severity'].upper()}] {_clean(f.get('rule', '?'))}: "
-            f"{_clean(f.get('summary', ''))}" for f in found]
+    # unknown findings only repeat the input problem: listed by id, the problems in full
+    long = [f"[INPUT] {_clean(p)}" for p in problems]
+    long += [f"[{f['severity'].upper()}] {_clean(f.get('rule', '?'))}: "
+             f"{_clean(f.get('summary', ''))}" for f in found if f["severity"] != "unknown"]
     return state, "\n".join([line, *long])
 
 
 def unknown(reason: str) -> str:
     """The output of a check that could not assess the host (bad input)."""
-    return f"{SERVICE} UNKNOWN - {_clean(reason)}"
+    return f"{SERVICE} UNKNOWN - {_clean(str(reason).replace(chr(10), '; '))}"

@@ -22,6 +22,7 @@ import click
 # the table readers) is imported by the commands that use it, to keep startup short.
 from ct_tune import __version__, facts, safeio, writers
 from ct_tune.errors import EXIT_OK, EXIT_UNKNOWN, CtTuneError
+from ct_tune.errors import collect as collect_errors
 
 if TYPE_CHECKING:
     from ct_tune import plan, profiles, ruleset
@@ -157,6 +158,7 @@ def gather(roots: facts.Roots, no_sample: bool, sample_limit: int | None,
     from ct_tune import sampler
 
     host = facts.collect(roots)
+    _report_problems(host)
     host["writers"] = writers.collect(roots)
     sampler.fill_missing_stat(roots, host)
     dump = roots.proc("net/nf_conntrack")
@@ -174,6 +176,15 @@ def gather(roots: facts.Roots, no_sample: bool, sample_limit: int | None,
         if sys.stderr.isatty():
             click.echo("", err=True)
     return host
+
+
+def _report_problems(host: dict[str, Any]) -> None:
+    """Every input problem, one ``ct-tune: PATH: what is wrong`` line each on stderr: the
+    facts they concern are unknown, and so are the findings that needed them."""
+    from ct_tune.findings import error_text
+
+    for err in host.get("errors") or []:
+        click.echo(f"ct-tune: {error_text(err)}", err=True)
 
 
 def root_options(f: Any) -> Any:
@@ -286,12 +297,15 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
     from ct_tune import engine, findings, profiles, render, snapshot
 
     c = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules, root)
-    prof = profiles.get(c.profiles(), profile)
-    loaded_rules = c.rules()
-    host = (snapshot.load(facts_file) if facts_file
-            else gather(c.roots, no_sample, sample_limit, table_source, duration, interval))
+    all_profiles, loaded_rules = collect_errors(c.profiles, c.rules)  # every bad file reported
+    prof = profiles.get(all_profiles, profile)
+    if facts_file:
+        host = snapshot.load(facts_file)
+        _report_problems(host)
+    else:
+        host = gather(c.roots, no_sample, sample_limit, table_source, duration, interval)
     result = engine.evaluate(loaded_rules, host, prof)
-    state = findings.status(result)
+    state = findings.status(result, host.get("errors") or [])
     if textfile:
         _write_textfile(textfile, render.report(result, host, state, prof.name))
     if fmt == "json":
@@ -315,7 +329,7 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
         _out(render.explain(result))
     else:
         _out(render.table(result))
-        _out(f"\nstatus: {state.upper()} ({len(result)} findings, profile {prof.name})")
+        _out("\n" + render.status_line(result, host, state, prof.name))
     sys.exit(findings.exit_code(state))
 
 
@@ -400,14 +414,11 @@ def _check_run(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_
                table_source: str, textfile: str | None) -> tuple[str, str]:
     """check's state and output; the textfile written (or its failure file)."""
     from ct_tune import check, engine, findings, profiles, render, sampler, snapshot
-    from ct_tune.errors import InputError
+    from ct_tune.errors import collect as collect_errors
 
     c = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules)
-    if not facts_file and not c.roots.procfs.is_dir():
-        # a mistyped --procfs reads as "nf_conntrack not loaded": a false OK
-        raise InputError(str(c.roots.procfs), "not a directory: no procfs to read")
-    prof = profiles.get(c.profiles(), profile)
-    loaded_rules = c.rules()
+    all_profiles, loaded_rules = collect_errors(c.profiles, c.rules)  # every bad file reported
+    prof = profiles.get(all_profiles, profile)
     if facts_file:
         host = snapshot.load(facts_file)
     else:
@@ -416,7 +427,8 @@ def _check_run(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_
         if not sample and duration > 0 and host["conntrack"]["loaded"]:
             host["window"] = sampler.poll(c.roots, duration, interval, _progress)
     result = engine.evaluate(loaded_rules, host, prof)
-    report = render.report(result, host, findings.status(result), prof.name)
+    report = render.report(result, host, findings.status(result, host.get("errors") or []),
+                           prof.name)
     state, text = check.evaluate(report, warning, critical)
     if textfile:
         _write_textfile(textfile, report, state)
@@ -467,10 +479,14 @@ def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_r
     target = c.roots.config_root
     if not dry_run:
         apply.require_root(target, live and c.roots.live)
-    prof = profiles.get(c.profiles(), profile)
-    loaded_rules = c.rules()
+    all_profiles, loaded_rules = collect_errors(c.profiles, c.rules)  # every bad file reported
+    prof = profiles.get(all_profiles, profile)
     with (apply.locked(target, lock_wait) if not dry_run else _nolock()):
         host = gather(c.roots, no_sample, sample_limit, table_source, duration, interval)
+        if host.get("errors"):
+            # the problems are on stderr already: a host that could not be read whole is
+            # not changed (exit 3, nothing changed), whatever the readable part says
+            sys.exit(EXIT_UNKNOWN)
         # In a non-initial network namespace /etc is the host's (ip netns exec) or the
         # image's (a container): boot applies it to the initial namespace, never this one.
         persist = root is not None or host["conntrack"]["initial_netns"] is not False
@@ -676,7 +692,8 @@ def _run(argv: list[str] | None) -> int:
             _err(f"ct-tune: {OutputError(OSError(errno.EPIPE, os.strerror(errno.EPIPE)))}")
             code = EXIT_UNKNOWN
     except CtTuneError as e:
-        _err(f"ct-tune: {e}")
+        for line in str(e).split("\n"):  # InputErrors: one line per file at fault
+            _err(f"ct-tune: {line}")
         code = e.exit_code
     except click.exceptions.Abort:
         _err("ct-tune: aborted")

@@ -10,6 +10,9 @@ Safety (issue: "Applying"):
   unlimited, so any other value lowers it.
 * A key that is read-only here (container, non-initial network namespace) is
   not written and not persisted here: it must be set on the host.
+* Only conntrack keys (sysctlkeys.WRITABLE_KEY) with an integer inside the key's
+  range are ever planned: a rule recommending anything else is a broken rule file
+  (an InputError naming it), never a line in a file or a live write.
 * nf_conntrack_buckets before 4.7 is read-only in every namespace: it is
   persisted as modprobe.d ``options nf_conntrack hashsize=N``, never as sysctl.d.
 """
@@ -21,9 +24,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ct_tune.errors import InputError
 from ct_tune.findings import Finding
 from ct_tune.profiles import Profile
-from ct_tune.sysctlkeys import short_name
+from ct_tune.sysctlkeys import INT_MAX, WRITABLE_KEY, short_name, spec
 
 MAX_KEY = "net.netfilter.nf_conntrack_max"
 BUCKETS_KEY = "net.netfilter.nf_conntrack_buckets"
@@ -80,6 +84,32 @@ class Plan:
         return {s.key: s.current for s in self.skips}
 
 
+def write_problem(key: str, value: Any) -> str | None:
+    """Why ct-tune must not write value to key (a key it does not manage, not an integer,
+    outside what the kernel takes as meant), or None."""
+    if not isinstance(key, str) or not WRITABLE_KEY.fullmatch(key):
+        return f"{key!r} is not a conntrack key ct-tune may write"
+    key_spec = spec(key)
+    if key_spec is not None:
+        return key_spec.write_problem(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"{value!r} is not an integer"
+    return None if 0 <= value <= INT_MAX else f"{value} is outside 0..{INT_MAX:,}"
+
+
+def _checked(f: Finding) -> Skip | None:
+    """A recommendation the kernel would refuse: the rule's fault (an error naming its
+    file), unless it only keeps the host's current value (then that key is left alone)."""
+    problem = write_problem(f.parameter, f.recommended)
+    if problem is None:
+        return None
+    if f.recommended == f.current and not f.changes:
+        return Skip(f.parameter, f.current, f.recommended,
+                    f"the current value cannot be pinned: {problem}")
+    raise InputError(f.rule_file, f"recommended value for {f.parameter}: {problem}",
+                     item=f.rule)
+
+
 def _host_key(facts: dict[str, Any], key: str) -> str:
     """The name the host really has for a key: the old ip_conntrack module's
     net.ipv4.netfilter.ip_conntrack_* when facts read it under the modern name."""
@@ -128,6 +158,10 @@ def build(findings: Iterable[Finding], facts: dict[str, Any], profile: Profile,
     module_buckets = None
     for f in findings:
         if f.parameter is None or f.recommended is None:
+            continue
+        bad = _checked(f)
+        if bad:
+            skips.append(bad)
             continue
         if f.scope == "module" and f.parameter == BUCKETS_KEY:
             # read-only on this kernel (before 4.7) in every namespace: no sysctl.d line

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ct_tune.ruleset import SEVERITIES
+from ct_tune.findings import ORDER
 
 SUFFIX = ".prom"
 #: ct_tune_status values: the exit status of audit/check (monitoring-plugin convention).
@@ -77,22 +77,26 @@ def render(report: dict[str, Any] | None, now: float, status: str | None = None,
     ct_tune_last_run_success == 0 fires.  `status` overrides the report's (check's
     usage thresholds)."""
     d = _Doc()
-    ok = report is not None
+    problems = ((report or {}).get("facts") or {}).get("errors") or []
+    ok = report is not None and not problems
     state = status or (report or {}).get("status") or "unknown"
     d.gauge("last_run_timestamp_seconds", "When ct-tune last ran (Unix time).", [({}, now)])
-    d.gauge("last_run_success", "1 if the last run assessed the host, 0 if it failed "
-            "(bad input; see its log).", [({}, 1 if ok else 0)])
+    d.gauge("last_run_success", "1 if the last run read every input and assessed the "
+            "host, 0 if an input was bad (see its log).", [({}, 1 if ok else 0)])
     d.gauge("status", "Overall status: 0 ok, 1 warning, 2 critical, 3 unknown "
             "(the exit status of ct-tune audit/check).",
             [({}, STATUS_CODES.get(state, 3))])
     if report is None:
         return "\n".join(d.lines) + "\n"
+    d.gauge("input_errors", "Inputs (procfs/sysfs files, snapshot fields) the last run "
+            "could not read; the findings that needed them are unknown.",
+            [({}, len(problems))])
     if version:
         d.gauge("info", "ct-tune version and profile of the last run (always 1).",
                 [({"version": version, "profile": str(report.get("profile", ""))}, 1)])
     findings = report.get("findings") or []
-    levels = list(SEVERITIES) + sorted({f.get("severity", "") for f in findings}
-                                       - set(SEVERITIES) - {""})
+    levels = list(ORDER) + sorted({f.get("severity", "") for f in findings}
+                                  - set(ORDER) - {""})
     d.gauge("findings", "Findings of the last run by severity.",
             [({"severity": s}, sum(1 for f in findings if f.get("severity") == s))
              for s in levels])

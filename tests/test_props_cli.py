@@ -50,26 +50,12 @@ def xfail(reason: str):
 # What main (c472d3a) fails today, and the issue-9 branch that fixes it.
 FAILING = {
     ("procfs", "hang"): xfail("a FIFO in the tree blocks the read: branch safe-reads"),
-    ("procfs", "injected"): xfail("a newline in the hostname reaches the fragment header: "
-                                  "branch rules-inject"),
     ("procfs", "false_green"): xfail("negative and huge kernel values read as OK: branch "
                                      "facts-validate"),
     ("facts", "internal"): xfail("deep nesting in a snapshot is a RecursionError: branch "
                                  "facts-validate"),
     ("facts", "false_green"): xfail("a negative timeout in a snapshot reads as OK: branch "
                                     "facts-validate"),
-    ("rules", "internal"): xfail("deep nesting in a rule or expression is a RecursionError: "
-                                 "branch rules-inject"),
-    ("rules", "injected"): xfail("a newline in a rule's title or summary reaches the "
-                                 "fragment: branch rules-inject"),
-    ("rules", "false_green"): xfail("two rules with one id in one directory: branch "
-                                    "rules-inject"),
-    ("profiles", "internal"): xfail("deep nesting in a profile is a RecursionError: branch "
-                                    "rules-inject"),
-    ("profiles", "injected"): xfail("a newline in a profile's reason reaches the fragment: "
-                                    "branch rules-inject"),
-    ("profiles", "false_green"): xfail("a negative profile target is accepted: branch "
-                                       "rules-inject"),
     ("state", "internal"): xfail("wrong types / deep nesting in rollback.json: branch "
                                  "apply-safe"),
     ("state", "false_green"): xfail("rollback accepts paths, keys and a procfs outside the "
