@@ -9,6 +9,8 @@ import stat
 
 import pytest
 from conftest import ROOT, run_cli, tree_args
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ct_tune import textfile
 
@@ -320,3 +322,38 @@ def test_shipped_systemd_service_runs_a_valid_check(tree, tmp_path):
     assert sample_values(families(out.read_text())["ct_tune_status"]) == {(): 2}
     timer = (ROOT / "contrib/systemd/ct-tune-textfile.timer").read_text()
     assert "WantedBy=timers.target" in timer and re.search(r"^OnUnitActiveSec=", timer, re.M)
+
+
+_SEVS = ("ok", "info", "unknown", "warning", "critical")
+
+
+@settings(max_examples=200, deadline=None)
+@given(count=st.integers(0, 2**31), limit=st.integers(0, 2**31),
+       thresholds=st.tuples(st.floats(0, 100), st.floats(0, 100)).map(sorted),
+       found=st.lists(st.tuples(st.sampled_from(_SEVS), st.text(max_size=30)), max_size=6),
+       rates=st.none() | st.tuples(st.floats(0, 1e9), st.floats(0, 1e9)))
+def test_check_output_is_always_a_valid_plugin_line(count, limit, thresholds, found, rates):
+    """Whatever the numbers and the findings' text ('|' and line breaks included), the first
+    line parses per the guidelines and the state is never better than the usage says."""
+    from ct_tune import check as plugin
+    from ct_tune.findings import status
+
+    warning, critical = thresholds
+    report = {
+        "status": status([type("F", (), {"severity": s})() for s, _ in found]),
+        "findings": [{"rule": f"r{i}|x", "severity": s, "summary": text}
+                     for i, (s, text) in enumerate(found)],
+        "facts": {"conntrack": {"loaded": True},
+                  "sysctl": {plugin.COUNT: {"value": count}, plugin.MAX: {"value": limit}},
+                  "window": {"peak": count, "rates": {"drop_per_s": rates[0],
+                                                      "insert_failed_per_s": rates[1]}}
+                  if rates else {}}}
+    state, out = plugin.evaluate(report, warning, critical)
+    got, _, perf = parse_check(out)
+    assert got == state.upper()
+    if limit:
+        used = plugin.usage_state(count, limit, warning, critical)
+        assert plugin.worst(state, used) == state
+        assert int(perf["entries"]["warn"]) <= int(perf["entries"]["crit"]) <= limit
+    if rates:
+        assert "drop_per_s" in perf and "insert_failed_per_s" in perf
