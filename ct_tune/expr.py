@@ -255,6 +255,12 @@ class _BoundedTree(NodeTransformer):
                                None, None, lineno=node.lineno)
         return node
 
+    def visit_Const(self, node: nodes.Const) -> nodes.Node:
+        # 1e400 parses as inf, which the generated Python names as an undefined `inf`
+        if isinstance(node.value, float) and not math.isfinite(node.value):
+            raise TemplateSyntaxError(f"number out of range: {node.value}", node.lineno)
+        return node
+
     def _refuse(self, node: nodes.Node) -> nodes.Node:
         raise TemplateSyntaxError(f"{type(node).__name__.lower()} blocks are not allowed in "
                                   "rule files", node.lineno)
@@ -358,7 +364,7 @@ def cache_name(kind: str, source: str) -> str:
 
 #: Changes when the code generated for the same source changes (the bounded sandbox),
 #: so a cache never hands back code compiled without those bounds.
-_SANDBOX = "bounded-1"
+_SANDBOX = "bounded-2"
 
 
 def _load(kind: str, source: str) -> Template:
@@ -411,7 +417,7 @@ class ExprError(ValueError):
 #: generated code (SyntaxError: too many nested parentheses), an integer literal past
 #: the digit limit, and arithmetic (1e308 * 10 ** 10 overflow, 1 / 0)
 _FAILURES = (RecursionError, MemoryError, SyntaxError, TypeError, ValueError,
-             ArithmeticError, IndexError, KeyError, AttributeError)
+             ArithmeticError, IndexError, KeyError, AttributeError, NameError)
 
 
 def _brief(source: str, limit: int = 80) -> str:

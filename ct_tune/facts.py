@@ -262,6 +262,14 @@ def _netfilter_sysctls(roots: Roots, problems: Problems) -> dict[str, dict[str, 
     for dirpath, dirnames, filenames in os.walk(base):
         dirnames.sort()
         rel = Path(dirpath).relative_to(base)
+        for name in [d for d in dirnames if not rel.parts and is_integer_key(d)]:
+            # a key's file is never a directory (nf_log is the one directory there): read
+            # as a folder of keys, the key would just look absent, and its rules green
+            key = f"net.netfilter.{name}"
+            problems.add(Path(dirpath) / name, "not a regular file (directory)",
+                         ("sysctl", key))
+            out[key] = {"value": None, "writable": False}
+            dirnames.remove(name)
         for name in sorted(filenames):
             key = ".".join(["net", "netfilter", *rel.parts, name])
             entry = _sysctl_entry(Path(dirpath) / name, key, problems)
