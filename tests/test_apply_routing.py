@@ -143,3 +143,28 @@ def test_k3s_in_docker_read_only_max_names_kube_proxy(tree):
             '"conntrack-max-per-core=0" in kube-proxy-arg in /etc/rancher/k3s/config.yaml'
             in skip.group(0))
     assert not re.search(r"^set .*nf_conntrack_max", proc.stdout, re.M)
+
+
+def test_live_apply_leaves_kube_proxy_keys_alone(tree):
+    """A real apply (files and live values) on a kube-proxy 1.30 node that also sets the UDP
+    timeouts: nothing kube-proxy rewrites is written, live or in the fragment, and each skip
+    names the flag; the rest (buckets) is applied."""
+    roots = tree("kube-proxy-1.30-flags")
+    (roots.procfs / "4242/cmdline").write_bytes(
+        b"/opt/kubernetes/v1.30.2/bin/kube-proxy\0--conntrack-udp-timeout=45s\0"
+        b"--conntrack-udp-timeout-stream=200s\0")
+    owned = ("nf_conntrack_max", "nf_conntrack_tcp_timeout_established",
+             "nf_conntrack_udp_timeout", "nf_conntrack_udp_timeout_stream")
+    nf = roots.procfs / "sys/net/netfilter"
+    before = {k: (nf / k).read_text() for k in owned}
+    proc = run_cli("apply", *tree_args(roots), "--root", str(_root(roots)), "--no-sample",
+                   "--profile", "nat-gateway")  # wants udp 60 s / 180 s, established 6 h
+    assert proc.returncode == 0, proc.stderr
+    assert {k: (nf / k).read_text() for k in owned} == before
+    assert (nf / "nf_conntrack_buckets").read_text().strip() == "524288"
+    frag = _lines((_root(roots) / FRAGMENT).read_text())
+    assert not {f"net.netfilter.{k}" for k in owned} & set(frag)
+    assert ("skipped net.netfilter.nf_conntrack_udp_timeout (30 -> 60 (1 min)): kube-proxy "
+            "v1.30.2 sets it to 45 at every start whenever it differs: a sysctl.d value of 60 "
+            "is undone; set --conntrack-udp-timeout=60s") in proc.stdout
+    assert "set --conntrack-udp-timeout-stream=180s" in proc.stdout
