@@ -168,3 +168,26 @@ def test_live_apply_leaves_kube_proxy_keys_alone(tree):
             "v1.30.2 sets it to 45 at every start whenever it differs: a sysctl.d value of 60 "
             "is undone; set --conntrack-udp-timeout=60s") in proc.stdout
     assert "set --conntrack-udp-timeout-stream=180s" in proc.stdout
+
+
+def test_buckets_below_kube_proxys_max_quarter_are_not_pinned(tree):
+    """kube-proxy raises hashsize to max / 4 at start (never lowers it): a smaller buckets
+    value would be undone, so the plan skips it, routed through kube-proxy's max setting."""
+    from ct_tune import engine, plan, profiles, writers
+
+    roots = tree("kube-proxy-1.30-flags")
+    host = facts.collect(roots)
+    host["writers"] = writers.collect(roots)  # as the CLI gathers them
+    prof = profiles.get(profiles.load(), "default")
+    key = "net.netfilter.nf_conntrack_buckets"
+    f = engine.Finding(rule="hash-buckets", title="t", severity="info", parameter=key,
+                       current=262144, recommended=65536, summary="s", explanation="",
+                       scope="here")
+    p = plan.build([f], host, prof)
+    assert p.value(key) is None
+    (skip,) = p.skips
+    assert "raises it to 131,072 (its max / 4) at every start" in skip.reason
+    assert "--conntrack-max-per-core=" in skip.reason
+    assert p.kept == {key: 262144}  # kube-proxy never lowers it: the current value stays
+    f2 = engine.Finding(**{**f.__dict__, "recommended": 262144 * 2})
+    assert plan.build([f2], host, prof).value(key) == 524288
