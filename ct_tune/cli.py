@@ -319,6 +319,8 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
         _out(text if text else "# ct-tune: nothing this host may set\n", nl=False)
         for skip in p.skips:
             click.echo(f"ct-tune: not in the fragment: {skip.key}: {skip.reason}", err=True)
+        for note in p.notes:
+            click.echo(f"ct-tune: note: {note}", err=True)
         if host["conntrack"]["initial_netns"] is False:
             click.echo("ct-tune: note: not the initial network namespace: boot applies "
                        "sysctl.d to the host's namespace, not this one; set these in the pod "
@@ -498,6 +500,8 @@ def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_r
         files = fragments.render(p, _meta(host, prof.name, name))
         ch = apply.changes(p, files, target, c.roots.procfs, live, persist=persist)
         _out(render.changes(ch, p.skips, target, dry_run))
+        for note in p.notes if persist else ():
+            _out(f"note: {note}")
         if persist:
             _warn_overrides(host, name, p)
         else:

@@ -115,7 +115,7 @@ def render(plan: Plan, meta: Meta) -> dict[str, str]:
         files[sysctl_path(meta)] = _ENV.get_template("sysctl.conf.j2").render(
             path="/" + sysctl_path(meta), date=meta.date, hostname=meta.hostname,
             settings=plan.settings, load_module=plan.load_module, builtin=plan.builtin,
-            **common)
+            applier=plan.applier, order=plan.order, **common)
     if plan.load_module:
         files[MODULES_LOAD] = _ENV.get_template("modules-load.conf.j2").render(
             path="/" + MODULES_LOAD, **common)
