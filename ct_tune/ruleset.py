@@ -139,8 +139,9 @@ def parse_rule(data: dict[str, Any], path: Path) -> Rule:
     try:
         when = Expr(when_src)
         lets = tuple((name, Expr(src)) for name, src in lets_raw.items())
-        _need(rec_src is None or isinstance(rec_src, str), path, rid,
-              "'recommended' must be an expression string")
+        # an empty one would silently mean "no recommendation": the rule could never warn
+        _need(rec_src is None or (isinstance(rec_src, str) and rec_src.strip() != ""), path,
+              rid, "'recommended' must be a non-empty expression string")
         _need(rec_src is None or param is not None, path, rid,
               "'recommended' needs a 'parameter' to recommend a value for")
         recommended = Expr(rec_src) if rec_src else None

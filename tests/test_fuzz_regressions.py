@@ -50,3 +50,20 @@ def test_a_state_whose_live_path_is_not_the_keys_file_is_refused(tmp_path):
     assert proc.returncode == 3, proc.stdout
     assert "live[0].path" in proc.stderr and "nothing was restored" in proc.stderr
     assert not outside.exists()
+
+
+def test_an_empty_recommended_expression_is_a_rule_error(tmp_path, tree):
+    """seed 11: `recommended = ""` dropped the recommendation, and the audit read OK."""
+    roots = tree("defaults-16g")
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    shipped = Path(__file__).parent.parent / "rules" / "udp-timeout-stream.toml"
+    text = shipped.read_text()
+    start = text.index("\nrecommended = ")
+    end = text.index("\n", start + 1)
+    path = rules / "udp-timeout-stream.toml"
+    path.write_text(text[:start] + '\nrecommended = ""' + text[end:])
+    proc = run_cli("audit", "--no-sample", *tree_args(roots), "--rules-dir", str(rules))
+    assert proc.returncode == 3
+    assert proc.stderr == (f"ct-tune: {path}: udp-timeout-stream: 'recommended' must be a "
+                           "non-empty expression string\n")
