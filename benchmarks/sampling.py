@@ -5,8 +5,12 @@ Builds a network namespace with a real conntrack table of N UDP entries (loopbac
 only), then times, alternating in the same run, `ct-tune collect --duration 0`
 (a full sample) against `cat /proc/net/nf_conntrack > /dev/null`, and
 `ct-tune audit --no-sample` against `sysctl -a`.  Reports medians, their ratio,
-and ct-tune's peak RSS (ru_maxrss of the child) at each size.  A benchmark, not
-a test: it never fails on a slow machine.
+and ct-tune's peak RSS (ru_maxrss of the child) at each size, and the CPU time of
+each side (user and system time, from getrusage(RUSAGE_CHILDREN) before and after
+each run: the child and everything it waited for, so ct-tune's dd(1) reader too).
+The user time of `collect` is ct-tune's own parsing; the system time of `cat` is
+the kernel printing the table.  A benchmark, not a test: it never fails on a slow
+machine.
 
 The "imports" row times only `python -c "import click, jinja2.sandbox, tabulate"`
 against the same `sysctl -a`: the floor that no work of ct-tune's own can go under.
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -52,8 +57,9 @@ def sh(*cmd: str, ns: str | None = None, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(full, check=True, **kw)
 
 
-def timed(cmd: list[str], ns: str) -> tuple[float, int]:
-    """Wall time and peak RSS (KiB) of one run of cmd inside ns."""
+def timed(cmd: list[str], ns: str) -> tuple[float, int, float, float]:
+    """Wall time, peak RSS (KiB), user and system CPU seconds of one run of cmd inside ns."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     pid = os.fork()
     if pid == 0:
@@ -63,10 +69,12 @@ def timed(cmd: list[str], ns: str) -> tuple[float, int]:
         os.execvp("ip", ["ip", "netns", "exec", ns, *cmd])
     _, status, usage = os.wait4(pid, 0)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
     # audit exits 1/2 for warning/critical findings: only 3+ (or a signal) is a failure
     if not 0 <= os.waitstatus_to_exitcode(status) <= 2:
         raise SystemExit(f"benchmark command failed: {cmd}")
-    return elapsed, usage.ru_maxrss
+    return elapsed, usage.ru_maxrss, user, system
 
 
 def bench(size: int, rounds: int, python: str) -> dict:
@@ -90,16 +98,26 @@ def bench(size: int, rounds: int, python: str) -> dict:
         timed([*ct, "audit", "--no-sample"], ns)  # fill the expression cache
         out: dict = {"entries": count}
         for name, (ours, base) in pairs.items():
-            t_ours, t_base, rss = [], [], []
+            t_ours, t_base, rss, cpu_ours, cpu_base = [], [], [], [], []
             for _ in range(rounds):  # alternate so drift hits both equally
-                t, r = timed(ours, ns)
+                t, r, user, system = timed(ours, ns)
                 t_ours.append(t)
                 rss.append(r)
-                t_base.append(timed(base, ns)[0])
+                cpu_ours.append((user, system))
+                t, _, user, system = timed(base, ns)
+                t_base.append(t)
+                cpu_base.append((user, system))
             m_ours, m_base = statistics.median(t_ours), statistics.median(t_base)
+
+            def med(pairs: list, i: int) -> float:
+                return round(statistics.median(p[i] for p in pairs), 3)
+
             out[name] = {"ct_tune_s": round(m_ours, 3), "baseline_s": round(m_base, 3),
                          "ratio": round(m_ours / m_base, 2),
-                         "peak_rss_mib": round(max(rss) / 1024, 1)}
+                         "peak_rss_mib": round(max(rss) / 1024, 1),
+                         "ct_tune_user_s": med(cpu_ours, 0), "ct_tune_sys_s": med(cpu_ours, 1),
+                         "baseline_user_s": med(cpu_base, 0),
+                         "baseline_sys_s": med(cpu_base, 1)}
         return out
     finally:
         subprocess.run(["ip", "netns", "delete", ns], check=False)
@@ -117,15 +135,20 @@ def main() -> None:
     if args.python == sys.executable:  # this checkout, even if not installed here
         os.environ["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     print(f"python: {args.python}")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{'entries':>8} {'what':<7} {'ct-tune':>8} {'baseline':>9} {'ratio':>6} "
-          f"{'peak RSS':>9}")
+          f"{'peak RSS':>9} {'ct usr':>7} {'ct sys':>7} {'base usr':>8} {'base sys':>8}")
     for size in args.sizes:
         r = bench(size, args.rounds, args.python)
         for name, base in (("sample", "cat /proc/net/nf_conntrack"), ("audit", "sysctl -a"),
                            ("imports", "sysctl -a")):
             x = r[name]
             print(f"{r['entries']:>8} {name:<7} {x['ct_tune_s']:>7.3f}s {x['baseline_s']:>8.3f}s "
-                  f"{x['ratio']:>6.2f} {x['peak_rss_mib']:>7.1f}MiB   (baseline: {base})")
+                  f"{x['ratio']:>6.2f} {x['peak_rss_mib']:>7.1f}MiB "
+                  f"{x['ct_tune_user_s']:>6.3f}s {x['ct_tune_sys_s']:>6.3f}s "
+                  f"{x['baseline_user_s']:>7.3f}s {x['baseline_sys_s']:>7.3f}s"
+                  f"   (baseline: {base})")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

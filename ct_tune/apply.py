@@ -538,6 +538,12 @@ def validate_state(doc: Any) -> tuple[list[str], dict[str, Any]]:
                     problems.append(f"{where}.value: expected a decimal integer as a string, "
                                     f"found {found}")
                     continue
+                path = entry.get("path")  # older states: only ever the key's own file
+                if path is not None and (not isinstance(path, str) or out["procfs"] is None
+                                         or path != str(sysctl_path(out["procfs"], key))):
+                    problems.append(f"{where}.path: {json.dumps(path)[:80]} is not the file "
+                                    f"of {key} under the recorded procfs")
+                    continue
                 ident = key
                 out["live"].append((key, value))
             if ident in seen:

@@ -22,6 +22,7 @@ import click
 # the table readers) is imported by the commands that use it, to keep startup short.
 from ct_tune import __version__, facts, safeio, writers
 from ct_tune.errors import EXIT_OK, EXIT_UNKNOWN, CtTuneError
+from ct_tune.errors import collect as collect_errors
 
 if TYPE_CHECKING:
     from ct_tune import plan, profiles, ruleset
@@ -157,6 +158,7 @@ def gather(roots: facts.Roots, no_sample: bool, sample_limit: int | None,
     from ct_tune import sampler
 
     host = facts.collect(roots)
+    _report_problems(host)
     host["writers"] = writers.collect(roots)
     sampler.fill_missing_stat(roots, host)
     dump = roots.proc("net/nf_conntrack")
@@ -174,6 +176,15 @@ def gather(roots: facts.Roots, no_sample: bool, sample_limit: int | None,
         if sys.stderr.isatty():
             click.echo("", err=True)
     return host
+
+
+def _report_problems(host: dict[str, Any]) -> None:
+    """Every input problem, one ``ct-tune: PATH: what is wrong`` line each on stderr: the
+    facts they concern are unknown, and so are the findings that needed them."""
+    from ct_tune.findings import error_text
+
+    for err in host.get("errors") or []:
+        click.echo(f"ct-tune: {error_text(err)}", err=True)
 
 
 def root_options(f: Any) -> Any:
@@ -209,6 +220,57 @@ def _meta(host: dict[str, Any], profile: str, name: str) -> Any:
                           hostname=host["host"].get("hostname"))
 
 
+def _textfile_name(ctx: click.Context, param: click.Parameter, value: str | None
+                   ) -> str | None:
+    from ct_tune import textfile
+
+    if value is not None and (os.path.isdir(value) or not textfile.valid_name(
+            os.path.basename(value))):
+        raise click.BadParameter(f"{value}: must be a file name ending in "
+                                 f"{textfile.SUFFIX} (node_exporter's textfile collector "
+                                 "reads only those)", ctx=ctx, param=param)
+    return value
+
+
+_textfile_option = click.option(
+    "--textfile", metavar="PATH", callback=_textfile_name,
+    help="Also write the result as Prometheus metrics (ct_tune_* gauges) to PATH, a *.prom "
+    "file in node_exporter's --collector.textfile.directory; replaced atomically, and "
+    "written with ct_tune_last_run_success 0 when the run fails on bad input.")
+
+
+def _write_textfile(path: str, report: dict[str, Any] | None, status: str | None = None
+                    ) -> None:
+    import time
+
+    from ct_tune import textfile
+    from ct_tune.atomic import write_atomic
+
+    text = textfile.render(report, time.time(), status, __version__)
+    write_atomic(Path(path), text.encode(), mode=0o644)
+
+
+def _textfile_on_failure(command: Any) -> Any:
+    """Bad input still leaves a textfile, with ct_tune_last_run_success 0, so the alert on
+    it fires instead of node_exporter serving the last good run's numbers.  (Output that
+    cannot be written comes after the textfile: that run's file stands.)"""
+    import functools
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except OutputError:
+            raise
+        except CtTuneError:
+            if kwargs.get("textfile"):
+                with contextlib.suppress(CtTuneError):
+                    _write_textfile(kwargs["textfile"], None)
+            raise
+
+    return run
+
+
 @cli.command()
 @root_options
 @_root_dir_option
@@ -225,20 +287,27 @@ def _meta(host: dict[str, Any], profile: str, name: str) -> Any:
 @click.option("--name", default="99-ct-tune.conf", show_default=True,
               help="With --format sysctl: the fragment's file name (for its header).")
 @sample_options
+@_textfile_option
+@_textfile_on_failure
 def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules: bool,
           root: str | None, facts_file: str | None, profile: str, fmt: str, explain: bool,
           allow_lower: bool, name: str, no_sample: bool, sample_limit: int | None,
-          duration: float, interval: float, table_source: str) -> None:
+          duration: float, interval: float, table_source: str, textfile: str | None) -> None:
     """Report findings about connection tracking; exit 0/1/2/3 = ok/warning/critical/unknown."""
     from ct_tune import engine, findings, profiles, render, snapshot
 
     c = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules, root)
-    prof = profiles.get(c.profiles(), profile)
-    loaded_rules = c.rules()
-    host = (snapshot.load(facts_file) if facts_file
-            else gather(c.roots, no_sample, sample_limit, table_source, duration, interval))
+    all_profiles, loaded_rules = collect_errors(c.profiles, c.rules)  # every bad file reported
+    prof = profiles.get(all_profiles, profile)
+    if facts_file:
+        host = snapshot.load(facts_file)
+        _report_problems(host)
+    else:
+        host = gather(c.roots, no_sample, sample_limit, table_source, duration, interval)
     result = engine.evaluate(loaded_rules, host, prof)
-    state = findings.status(result)
+    state = findings.status(result, host.get("errors") or [])
+    if textfile:
+        _write_textfile(textfile, render.report(result, host, state, prof.name))
     if fmt == "json":
         _out(json.dumps(render.report(result, host, state, prof.name), indent=2))
     elif fmt == "sysctl":
@@ -250,6 +319,8 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
         _out(text if text else "# ct-tune: nothing this host may set\n", nl=False)
         for skip in p.skips:
             click.echo(f"ct-tune: not in the fragment: {skip.key}: {skip.reason}", err=True)
+        for note in p.notes:
+            click.echo(f"ct-tune: note: {note}", err=True)
         if host["conntrack"]["initial_netns"] is False:
             click.echo("ct-tune: note: not the initial network namespace: boot applies "
                        "sysctl.d to the host's namespace, not this one; set these in the pod "
@@ -260,8 +331,110 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
         _out(render.explain(result))
     else:
         _out(render.table(result))
-        _out(f"\nstatus: {state.upper()} ({len(result)} findings, profile {prof.name})")
+        _out("\n" + render.status_line(result, host, state, prof.name))
     sys.exit(findings.exit_code(state))
+
+
+class _PluginCommand(click.Command):
+    """A monitoring plugin's usage error is still a status line on stdout and UNKNOWN (3),
+    never click's 2, which a monitoring system reads as CRITICAL."""
+
+    def _unknown(self, e: click.UsageError) -> None:
+        from ct_tune import check
+
+        with contextlib.suppress(OutputError):
+            _out(check.unknown(f"usage: {e.format_message()}"))
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            self._unknown(e)
+            raise
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            self._unknown(e)
+            raise
+
+
+@cli.command("check", cls=_PluginCommand)
+@root_options
+@click.option("--facts", "facts_file", metavar="FILE",
+              help="Check a snapshot written by 'ct-tune collect' instead of this host.")
+@click.option("--profile", default="default", show_default=True,
+              help="Targets to tune for (see 'ct-tune profiles list').")
+@click.option("-w", "--warning", type=click.FloatRange(0, 100), default=75.0,
+              show_default=True, metavar="PCT",
+              help="WARNING when entries exceed PCT % of nf_conntrack_max (node_exporter's "
+              "node-mixin alert NodeHighNumberConntrackEntriesUsed fires above 75 %).")
+@click.option("-c", "--critical", type=click.FloatRange(0, 100), default=95.0,
+              show_default=True, metavar="PCT",
+              help="CRITICAL above PCT % (netdata's netfilter_conntrack_full, "
+              "health.d/netfilter.conf, is critical above 95 %).")
+@click.option("--sample", is_flag=True,
+              help="Also read the conntrack table (flow-mix findings; slow on a busy host).")
+@click.option("--sample-limit", type=click.IntRange(min=1), metavar="N",
+              help="With --sample: read at most N entries.")
+@click.option("--duration", type=click.FloatRange(min=0), default=0, show_default=True,
+              metavar="S", help="Poll the count and counters for S seconds: peak entries, "
+              "drop and insert_failed rates in the perfdata.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              metavar="I", help="Seconds between polls during --duration.")
+@click.option("--table-source", type=click.Choice(["auto", "procfs", "conntrack"]),
+              default="auto", show_default=True, help="With --sample: where to read the table.")
+@_textfile_option
+def check_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules: bool,
+              facts_file: str | None, profile: str, warning: float, critical: float,
+              sample: bool, sample_limit: int | None, duration: float, interval: float,
+              table_source: str, textfile: str | None) -> None:
+    """Monitoring plugin (Nagios, Icinga): one status line with perfdata; exit 0/1/2/3."""
+    from ct_tune import check
+
+    if warning > critical:
+        raise click.BadParameter(f"the warning threshold ({warning:g}) is above the critical "
+                                 f"one ({critical:g})", param_hint="--warning")
+    try:
+        state, text = _check_run(procfs, sysfs, rules_dirs, no_builtin_rules,
+                                 facts_file=facts_file, profile=profile, warning=warning,
+                                 critical=critical, sample=sample, sample_limit=sample_limit,
+                                 duration=duration, interval=interval,
+                                 table_source=table_source, textfile=textfile)
+    except CtTuneError as e:
+        _out(check.unknown(str(e)))
+        sys.exit(EXIT_UNKNOWN)
+    _out(text)
+    sys.exit(check.STATES[state])
+
+
+@_textfile_on_failure
+def _check_run(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules: bool,
+               *, facts_file: str | None, profile: str, warning: float, critical: float,
+               sample: bool, sample_limit: int | None, duration: float, interval: float,
+               table_source: str, textfile: str | None) -> tuple[str, str]:
+    """check's state and output; the textfile written (or its failure file)."""
+    from ct_tune import check, engine, findings, profiles, render, sampler, snapshot
+    from ct_tune.errors import collect as collect_errors
+
+    c = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules)
+    all_profiles, loaded_rules = collect_errors(c.profiles, c.rules)  # every bad file reported
+    prof = profiles.get(all_profiles, profile)
+    if facts_file:
+        host = snapshot.load(facts_file)
+    else:
+        host = gather(c.roots, not sample, sample_limit, table_source,
+                      duration if sample else 0, interval)
+        if not sample and duration > 0 and host["conntrack"]["loaded"]:
+            host["window"] = sampler.poll(c.roots, duration, interval, _progress)
+    result = engine.evaluate(loaded_rules, host, prof)
+    report = render.report(result, host, findings.status(result, host.get("errors") or []),
+                           prof.name)
+    state, text = check.evaluate(report, warning, critical)
+    if textfile:
+        _write_textfile(textfile, report, state)
+    return state, text
 
 
 def _plan(loaded_rules: list[ruleset.Rule], host: dict[str, Any], prof: profiles.Profile,
@@ -308,10 +481,14 @@ def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_r
     target = c.roots.config_root
     if not dry_run:
         apply.require_root(target, live and c.roots.live)
-    prof = profiles.get(c.profiles(), profile)
-    loaded_rules = c.rules()
+    all_profiles, loaded_rules = collect_errors(c.profiles, c.rules)  # every bad file reported
+    prof = profiles.get(all_profiles, profile)
     with (apply.locked(target, lock_wait) if not dry_run else _nolock()):
         host = gather(c.roots, no_sample, sample_limit, table_source, duration, interval)
+        if host.get("errors"):
+            # the problems are on stderr already: a host that could not be read whole is
+            # not changed (exit 3, nothing changed), whatever the readable part says
+            sys.exit(EXIT_UNKNOWN)
         # In a non-initial network namespace /etc is the host's (ip netns exec) or the
         # image's (a container): boot applies it to the initial namespace, never this one.
         persist = root is not None or host["conntrack"]["initial_netns"] is not False
@@ -323,6 +500,8 @@ def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_r
         files = fragments.render(p, _meta(host, prof.name, name))
         ch = apply.changes(p, files, target, c.roots.procfs, live, persist=persist)
         _out(render.changes(ch, p.skips, target, dry_run))
+        for note in p.notes if persist else ():
+            _out(f"note: {note}")
         if persist:
             _warn_overrides(host, name, p)
         else:
@@ -517,7 +696,8 @@ def _run(argv: list[str] | None) -> int:
             _err(f"ct-tune: {OutputError(OSError(errno.EPIPE, os.strerror(errno.EPIPE)))}")
             code = EXIT_UNKNOWN
     except CtTuneError as e:
-        _err(f"ct-tune: {e}")
+        for line in str(e).split("\n"):  # InputErrors: one line per file at fault
+            _err(f"ct-tune: {line}")
         code = e.exit_code
     except click.exceptions.Abort:
         _err("ct-tune: aborted")

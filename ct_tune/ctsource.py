@@ -182,20 +182,19 @@ def _cut(head: str, blank: bool) -> Iterator[str]:
 
 
 def conntrack_stats(exe: str) -> dict:
-    """`conntrack -S` (per-CPU key=value lines) in the shape of parse_conntrack_stat."""
+    """`conntrack -S` in the shape of parse_conntrack_stat (whichever form this conntrack
+    prints: parsers.parse_conntrack_cli_stat); output it cannot read is a SourceError."""
+    from ct_tune import parsers
+
     out = _run([exe, "-S"])
-    totals: dict[str, int] = {}
-    cpus = 0
-    for line in out.splitlines():
-        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
-        if "cpu" not in fields:
-            continue
-        cpus += 1
-        for k, v in fields.items():
-            if k != "cpu" and v.isdigit() and len(v) <= 20:  # a 64-bit counter
-                totals[k] = totals.get(k, 0) + int(v)
-    return {"source": f"{exe} -S (ctnetlink)", "columns": sorted(totals), "cpus": cpus,
-            "entries": 0, "counters": totals}
+    try:
+        stat = parsers.parse_conntrack_cli_stat(out)
+    except ValueError as e:
+        raise SourceError(f"{exe} -S: {e}") from None
+    source = f"{exe} -S (ctnetlink)"
+    if stat["first_cpu_only"]:
+        source = f"{exe} -S (old conntrack-tools: the first CPU's counters only)"
+    return {"source": source, **stat}
 
 
 def _run(cmd: list[str]) -> str:

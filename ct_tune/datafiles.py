@@ -8,6 +8,7 @@ site keeps its rules and its profiles side by side.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Iterator, Sequence
 from importlib import resources
@@ -61,3 +62,31 @@ def read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise InputError(str(path), f"invalid TOML: {e}") from None
+    except RecursionError:
+        raise InputError(str(path), "invalid TOML: arrays or tables nested too deeply") from None
+    except ValueError as e:  # an integer past Python's digit limit
+        raise InputError(str(path), f"invalid TOML: {e}") from None
+
+
+#: TOML integers are 64-bit signed (toml.io, "Integer"); Python's tomllib reads any size
+INT64 = 2**63
+
+
+def number_problem(data: Any) -> str | None:
+    """Where a decoded file holds a number no rule or profile may use (nan, inf, an
+    integer beyond 64 bits), as 'dotted.key: what', or None.  Iterative: tomllib has
+    already bounded the nesting depth, this only has to not add a recursion of its own."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{where or 'value'}: {value} is not a finite number"
+        if isinstance(value, int) and not -INT64 <= value < INT64:
+            return f"{where or 'value'}: integer out of range (TOML integers are 64-bit)"
+        if isinstance(value, dict):
+            stack.extend((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(value))
+    return None

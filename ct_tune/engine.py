@@ -7,17 +7,27 @@ the *recommended* max rather than the current one, keeping the recommendations
 consistent with one another.  A caller that will not act on a recommendation
 (apply keeps nf_conntrack_max unless --allow-lower) passes it in ``keep``, so the
 rules after it size themselves from the value that stays.
+
+A rule that reads a fact that is missing or was corrupt (facts["errors"], a
+sysctl without a value, the counters table of a loaded module) is not run: its
+finding is *unknown* and names those inputs, so a host that could not be read
+never looks fine.  Which facts a rule reads is found in its expressions' syntax
+trees (the names and ``name.key`` / ``name['key']`` lookups they contain).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from jinja2 import Environment, TemplateError, nodes
+from jinja2.parser import Parser
+
 from ct_tune.errors import InputError
 from ct_tune.expr import ExprError, NoneDict
-from ct_tune.findings import Finding
+from ct_tune.findings import Finding, error_text
 from ct_tune.profiles import Profile
 from ct_tune.ruleset import Rule
 from ct_tune.sysctlkeys import short_name
@@ -54,13 +64,199 @@ def build_context(facts: dict[str, Any], profile: Profile) -> dict[str, Any]:
         "counters": NoneDict(stat["counters"]) if stat else NoneDict(),
         "profile": prof,
         # the table sample and the polling window, when collected (None otherwise)
-        "flows": facts.get("flows"),
+        # (fields added since a snapshot was written read as none)
+        "flows": NoneDict(facts["flows"]) if facts.get("flows") is not None else None,
         "window": NoneDict(facts["window"]) if facts.get("window") else None,
         # the boot configuration (sysctl.d, modules-load.d); None for older snapshots
         "persist": facts.get("persist"),
         # other writers of the keys and the boot system (ct_tune.writers); None if unknown
         "writers": facts.get("writers"),
     }
+
+
+#: parses rule sources to find what they read; never compiles or runs anything
+_PARSER_ENV = Environment()
+
+Ref = tuple[str, str | None]
+
+
+@functools.lru_cache(maxsize=4096)
+def refs(source: str, template: bool = False) -> frozenset[Ref]:
+    """The context lookups in an expression (or a template): ``sysctl.x`` and
+    ``sysctl['x']`` are ("sysctl", "x"); any other use of a name (passed whole to a
+    helper, indexed by a computed key) is (name, None), meaning all of it."""
+    try:
+        tree: nodes.Node = (_PARSER_ENV.parse(source) if template else
+                            Parser(_PARSER_ENV, source, state="variable").parse_expression())
+    except (TemplateError, RecursionError):
+        return frozenset([("*", None)])  # cannot tell: it reads everything
+    found: set[Ref] = set()
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name):
+            found.add((node.node.name, node.attr))
+        elif (isinstance(node, nodes.Getitem) and isinstance(node.node, nodes.Name)
+              and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str)):
+            found.add((node.node.name, node.arg.value))
+        elif isinstance(node, nodes.Name):
+            found.add((node.name, None))
+        else:
+            todo.extend(node.iter_child_nodes())
+    return frozenset(found)
+
+
+def _as_inputs(found: Iterable[Ref], rule: Rule) -> set[Ref]:
+    """`current` is the rule's parameter's sysctl."""
+    out = set(found)
+    if ("current", None) in out and rule.parameter:
+        out.discard(("current", None))
+        out.add(("sysctl", rule.short_parameter))
+    return out
+
+
+def rule_inputs(rule: Rule) -> frozenset[Ref]:
+    """Every context lookup of every expression and text of the rule."""
+    out: set[Ref] = set(refs(rule.when.source))
+    for expr in [e for _, e in rule.lets] + [e for _, e in rule.outcomes]:
+        out |= refs(expr.source)
+    if rule.recommended is not None:
+        out |= refs(rule.recommended.source)
+    for case in rule.cases:
+        out |= refs(case.condition.source) | refs(case.summary.source, template=True)
+    out |= refs(rule.explanation.source, template=True)
+    if rule.parameter:
+        out.add(("current", None))
+    return frozenset(_as_inputs(out, rule))
+
+
+class _Watched(NoneDict):
+    """A context mapping that notes every read of a key the facts could not supply, so
+    a rule's ``when`` can be tried: if it says the rule does not apply without reading
+    one, the missing input does not matter."""
+
+    def __init__(self, data: Mapping[str, Any], root: str, unknown: Mapping[Ref, Any],
+                 seen: set[Ref]) -> None:
+        super().__init__(data)
+        self._root, self._unknown, self._seen = root, unknown, seen
+        self._any = any(r == root for r, _ in unknown)
+
+    def __getitem__(self, key: str) -> Any:
+        if (self._root, key) in self._unknown:
+            self._seen.add((self._root, key))
+        return super().__getitem__(key)
+
+    def _whole(self) -> None:
+        if self._any:
+            self._seen.add((self._root, None))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if (self._root, key) in self._unknown:
+            self._seen.add((self._root, key))
+        return super().get(key, default)
+
+    def __iter__(self) -> Any:
+        self._whole()
+        return super().__iter__()
+
+    def items(self) -> Any:
+        self._whole()
+        return super().items()
+
+    def values(self) -> Any:
+        self._whole()
+        return super().values()
+
+    def keys(self) -> Any:
+        self._whole()
+        return super().keys()
+
+
+def _applies(rule: Rule, base: dict[str, Any], planned: NoneDict,
+             unknown: Mapping[Ref, list[str]]) -> bool | None:
+    """Whether the rule applies, decided without any missing input; None: undecidable."""
+    when_inputs = _as_inputs(refs(rule.when.source), rule)
+    whole = {r for r, k in unknown if k is None}  # stat, counters, persist: not watched
+    current = ("sysctl", rule.short_parameter)  # a plain value: not watched either
+    if any(r in whole for r, _ in when_inputs) or (current in when_inputs and current in unknown):
+        return None
+    seen: set[Ref] = set()
+    ctx = {**base, "parameter": rule.parameter,
+           "current": base["sysctl"][rule.short_parameter] if rule.parameter else None}
+    for root in ("sysctl", "writable", "host", "conntrack"):
+        ctx[root] = _Watched(base[root], root, unknown, seen)
+    ctx["planned"] = _Watched(planned, "planned", unknown, seen)
+    try:
+        applies = bool(rule.when(ctx))
+    except ExprError:
+        if seen:
+            return None
+        raise
+    return None if seen else applies
+
+
+def unavailable(facts: dict[str, Any], base: dict[str, Any]) -> dict[Ref, list[str]]:
+    """Facts the rules must not be run on, each with why: the facts the collection's
+    errors left unknown, sysctls present without a value, and the counters table when
+    nf_conntrack is loaded but the table was not read (no drops is not "no drops")."""
+    out: dict[Ref, list[str]] = {}
+
+    def add(ref: Ref, why: str) -> None:
+        if why not in out.setdefault(ref, []):
+            out[ref].append(why)
+
+    for err in facts.get("errors") or []:
+        for fact in err.get("facts") or []:
+            root, key = fact[0], (fact[1] if len(fact) > 1 else None)
+            if root == "sysctl" and key is not None:
+                short = short_name(key)
+                if base["sysctl"][short] is None:  # net.nf_conntrack_max may stand in
+                    add(("sysctl", short), error_text(err))
+                    add(("planned", short), error_text(err))
+            elif root == "stat":
+                add(("stat", None), error_text(err))
+                add(("counters", None), error_text(err))
+            else:
+                add((root, key), error_text(err))
+    for key, entry in facts["sysctl"].items():
+        short = short_name(key)
+        if entry["value"] is None and base["sysctl"][short] is None and (
+                ("sysctl", short) not in out):
+            add(("sysctl", short), f"{key}: no value was read")
+            add(("planned", short), f"{key}: no value was read")
+    if facts["conntrack"]["loaded"] and facts.get("stat") is None and ("stat", None) not in out:
+        where = facts.get("source", {}).get("procfs", "/proc").rstrip("/")
+        why = f"{where}/net/stat/nf_conntrack: not read (nf_conntrack is loaded)"
+        add(("stat", None), why)
+        add(("counters", None), why)
+    return out
+
+
+def _missing(inputs: Iterable[Ref], unknown: Mapping[Ref, list[str]]) -> list[str]:
+    """Why the inputs cannot be used, in a stable order (empty: all of them can)."""
+    why: list[str] = []
+    for root, key in sorted(inputs, key=lambda r: (r[0], r[1] or "")):
+        if key is None:
+            hits = [w for (r, _), ws in unknown.items() if r == root or root == "*" for w in ws]
+        else:
+            hits = unknown.get((root, key), []) + unknown.get((root, None), [])
+        why += [w for w in hits if w not in why]
+    return why
+
+
+def _unknown(rule: Rule, base: dict[str, Any], why: list[str]) -> Finding:
+    param = rule.short_parameter
+    scope = None
+    if rule.parameter:
+        scope = "here" if base["writable"][param] else "host"
+    return Finding(
+        rule=rule.id, title=rule.title, severity="unknown", parameter=rule.parameter,
+        current=_jsonable(base["sysctl"][param]) if param else None, recommended=None,
+        summary="cannot assess: " + "; ".join(why),
+        explanation="ct-tune could not assess this: inputs the rule reads are missing or "
+                    "corrupt:\n" + "\n".join(f"- {w}" for w in why),
+        sources=list(rule.sources), rule_file=rule.path, scope=scope, unavailable=why,
+    )
 
 
 def _jsonable(value: Any) -> Any:
@@ -124,15 +320,23 @@ def evaluate(rules: Iterable[Rule], facts: dict[str, Any], profile: Profile,
     """
     keep = keep or {}
     base = build_context(facts, profile)
+    unknown = unavailable(facts, base)
     planned = NoneDict(base["sysctl"])
     findings: list[Finding] = []
     for rule in rules:
+        why = _missing(rule_inputs(rule), unknown) if unknown else []
         try:
-            finding = _run(rule, base, planned)
+            if why and _applies(rule, base, planned, unknown) is False:
+                continue  # does not apply here, whatever the missing inputs say
+            finding = _unknown(rule, base, why) if why else _run(rule, base, planned)
         except ExprError as e:
             raise InputError(rule.path, str(e), item=rule.id) from None
         if finding is None:
             continue
+        if finding.severity == "unknown" and rule.short_parameter:
+            # the rules after it must not size themselves from a value nobody assessed
+            unknown.setdefault(("planned", rule.short_parameter), []).extend(
+                w for w in why if w not in unknown.get(("planned", rule.short_parameter), []))
         if finding.parameter in keep:
             planned[rule.short_parameter] = keep[finding.parameter]
         elif finding.parameter and finding.recommended is not None:

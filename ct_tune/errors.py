@@ -7,6 +7,11 @@ can print one line and exit with a documented status instead of a traceback.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ct_tune.oneline import one_line
+
 # Exit status, monitoring-plugin convention (Nagios/Icinga): see man/ct-tune.8.
 EXIT_OK = 0
 EXIT_WARNING = 1
@@ -37,5 +42,48 @@ class InputError(CtTuneError):
         self.path = str(path)
         self.item = item
         self.problem = problem
-        prefix = f"{self.path}: {item}: " if item else f"{self.path}: "
-        super().__init__(prefix + problem)
+        # one line whatever the file name, id or quoted content holds
+        prefix = f"{one_line(self.path)}: {one_line(item)}: " if item else \
+            f"{one_line(self.path)}: "
+        super().__init__(prefix + one_line(problem))
+
+
+class InputErrors(InputError):
+    """Several input problems found in one pass: each is reported, one
+    ``PATH: [ID: ]problem`` line each, so an admin fixes them all in one round instead
+    of one per run.  path, item and problem are the first one's, for callers that catch
+    InputError; the CLI prints every line of the message with its own prefix."""
+
+    def __init__(self, errors: Iterable[InputError]) -> None:
+        self.errors = [e for err in errors for e in flatten(err)]
+        first = self.errors[0]
+        self.path, self.item, self.problem = first.path, first.item, first.problem
+        CtTuneError.__init__(self, "\n".join(e.message for e in self.errors))
+
+
+def raise_all(errors: list[InputError]) -> None:
+    """Raise the errors collected (one as itself, several as InputErrors), if any."""
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise InputErrors(errors)
+
+
+def flatten(error: CtTuneError) -> list[InputError]:
+    """The single errors inside an InputError or InputErrors."""
+    if isinstance(error, InputErrors):
+        return list(error.errors)
+    return [error] if isinstance(error, InputError) else []
+
+
+def collect(*loaders: Callable[[], Any]) -> list[Any]:
+    """Run every loader and return their results, or raise every InputError they raised
+    together (rules and profiles are loaded separately but reported in one run)."""
+    results, errors = [], []
+    for load in loaders:
+        try:
+            results.append(load())
+        except InputError as e:
+            errors.extend(flatten(e))
+    raise_all(errors)
+    return results

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from ct_tune import __version__, kernelmodel, parsers, safeio, sysctld
 from ct_tune.errors import InputError
-from ct_tune.sysctlkeys import short_name
+from ct_tune.sysctlkeys import short_name, spec
 
 T = TypeVar("T")
 
@@ -75,6 +75,45 @@ def _read(path: Path, bound: safeio.Bound = safeio.VALUE) -> str | None:
     return safeio.read_text(path, bound, missing_ok=True, denied_ok=True)
 
 
+class Problems:
+    """The input problems of one collection, all of them rather than the first.
+
+    A corrupt or unreadable file does not stop collecting: its facts are set to None
+    and the problem is kept here as ``{path, problem, facts}``, ``facts`` listing the
+    key paths into the facts of every value set to None because of it (empty when
+    nothing was).  collect() stores the list as facts["errors"] (man/ct-tune-json.5);
+    the engine turns the findings that needed such a fact into *unknown* ones.
+    """
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+
+    def add(self, path: Path | str, problem: str, *facts: tuple[str, ...]) -> None:
+        self.items.append({"path": str(path), "problem": problem,
+                           "facts": [list(f) for f in facts]})
+
+    def read(self, path: Path, *facts: tuple[str, ...],
+             bound: safeio.Bound = safeio.VALUE) -> str | None:
+        """_read(path), a problem recorded (and None returned) instead of raised."""
+        try:
+            return _read(path, bound)
+        except InputError as e:
+            self.add(e.path, e.problem, *facts)
+            return None
+
+    def parse(self, path: Path, parse: Callable[[str], T], *facts: tuple[str, ...],
+              bound: safeio.Bound = safeio.VALUE) -> T | None:
+        """parse(text of path); None when missing, corrupt or unreadable (recorded)."""
+        text = self.read(path, *facts, bound=bound)
+        if text is None:
+            return None
+        try:
+            return parse(text)
+        except ValueError as e:
+            self.add(path, str(e), *facts)
+            return None
+
+
 def _parse(path: Path, text: str | None, parse: Callable[[str], T]) -> T | None:
     if text is None:
         return None
@@ -82,6 +121,19 @@ def _parse(path: Path, text: str | None, parse: Callable[[str], T]) -> T | None:
         return parse(text)
     except ValueError as e:
         raise InputError(str(path), str(e)) from None
+
+
+def in_range(low: int, high: int, what: str) -> Callable[[int], int]:
+    """A check for parse results: a value outside low..high is corrupt, not a fact."""
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise ValueError(f"{value} is outside {low}..{high:,}: not a valid {what}")
+        return value
+    return check
+
+
+def _then(parse: Callable[[str], int], check: Callable[[int], int]) -> Callable[[str], int]:
+    return lambda text: check(parse(text))
 
 
 def _writable(path: Path) -> bool:
@@ -114,7 +166,7 @@ OLD_NAMES_DIR = "sys/net/ipv4/netfilter"
 OLD_PREFIX, NEW_PREFIX = "ip_conntrack_", "nf_conntrack_"
 
 
-def _old_names(roots: Roots, sysctls: dict[str, dict[str, Any]]) -> None:
+def _old_names(roots: Roots, sysctls: dict[str, dict[str, Any]], problems: Problems) -> None:
     """net.ipv4.netfilter.ip_conntrack_X read as net.netfilter.nf_conntrack_X when the
     modern key does not exist (the ip_conntrack module), with the name it really has
     in ``key``: the plan writes that name, never one the host lacks.  Where both exist
@@ -128,7 +180,7 @@ def _old_names(roots: Roots, sysctls: dict[str, dict[str, Any]]) -> None:
         modern = "net.netfilter." + NEW_PREFIX + name[len(OLD_PREFIX):]
         if modern in sysctls:
             continue
-        entry = _sysctl_entry(base / name, modern)
+        entry = _sysctl_entry(base / name, modern, problems)
         if entry is not None:
             entry["key"] = "net.ipv4.netfilter." + name
             sysctls[modern] = entry
@@ -157,13 +209,41 @@ def _readonly_reasons(sysctls: dict[str, dict[str, Any]], kernel: list[int] | No
         entry["readonly"] = reason or "mode"
 
 
-def _sysctl_entry(path: Path, key: str) -> dict[str, Any] | None:
-    text = _read(path)
+def _int_value(key: str, text: str) -> int:
+    """An integer key's value, range-checked against what the kernel's type can hold."""
+    value = parsers.parse_int(text)
+    keyspec = spec(key)
+    problem = keyspec.read_problem(value) if keyspec else None
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def is_integer_key(key: str) -> bool:
+    """Keys whose value is one integer: anything else read from them is corrupt."""
+    short = short_name(key)
+    return (spec(key) is not None or short in INTEGER_KEYS or key in INTEGER_KEYS
+            or short.startswith(INTEGER_KEYS_PREFIX))
+
+
+def _sysctl_entry(path: Path, key: str, problems: Problems) -> dict[str, Any] | None:
+    """{value, writable}; a file that exists but cannot be read or holds a corrupt value
+    is kept with value None (its problem recorded), so the key still counts as present."""
+    fact = ("sysctl", key)
+    try:
+        text = _read(path)
+    except InputError as e:
+        problems.add(e.path, e.problem, fact)
+        return {"value": None, "writable": _writable(path)}
     if text is None:
         return None
-    short = short_name(key)
-    if short in INTEGER_KEYS or key in INTEGER_KEYS or short.startswith(INTEGER_KEYS_PREFIX):
-        value: Any = _parse(path, text, parsers.parse_int)
+    value: Any
+    if is_integer_key(key):
+        try:
+            value = _int_value(key, text)
+        except ValueError as e:
+            problems.add(path, str(e), fact)
+            value = None
     else:
         value = parsers.parse_sysctl_value(text)
     writable = _writable(path)
@@ -173,7 +253,7 @@ def _sysctl_entry(path: Path, key: str) -> dict[str, Any] | None:
     return out
 
 
-def _netfilter_sysctls(roots: Roots) -> dict[str, dict[str, Any]]:
+def _netfilter_sysctls(roots: Roots, problems: Problems) -> dict[str, dict[str, Any]]:
     """Every file under net/netfilter, recursively (nf_log is a directory), unknown keys too."""
     base = roots.proc(NETFILTER_DIR)
     out: dict[str, dict[str, Any]] = {}
@@ -182,25 +262,41 @@ def _netfilter_sysctls(roots: Roots) -> dict[str, dict[str, Any]]:
     for dirpath, dirnames, filenames in os.walk(base):
         dirnames.sort()
         rel = Path(dirpath).relative_to(base)
+        for name in [d for d in dirnames if not rel.parts and is_integer_key(d)]:
+            # a key's file is never a directory (nf_log is the one directory there): read
+            # as a folder of keys, the key would just look absent, and its rules green
+            key = f"net.netfilter.{name}"
+            problems.add(Path(dirpath) / name, "not a regular file (directory)",
+                         ("sysctl", key))
+            out[key] = {"value": None, "writable": False}
+            dirnames.remove(name)
         for name in sorted(filenames):
             key = ".".join(["net", "netfilter", *rel.parts, name])
-            entry = _sysctl_entry(Path(dirpath) / name, key)
+            entry = _sysctl_entry(Path(dirpath) / name, key, problems)
             if entry is not None:
                 out[key] = entry
     return out
 
 
-def _host(roots: Roots) -> dict[str, Any]:
+def _host(roots: Roots, problems: Problems) -> dict[str, Any]:
     meminfo_path = roots.proc("meminfo")
-    meminfo = _parse(meminfo_path, _read(meminfo_path, safeio.PROC_TABLE),
-                     parsers.parse_meminfo) or {}
-    if meminfo_path.exists() and "MemTotal" not in meminfo:
-        raise InputError(str(meminfo_path), "no MemTotal line")
-    release = (_read(roots.proc("sys/kernel/osrelease")) or "").strip() or None
-    arch, arch_source = _arch(roots, release)
-    cpus_path = roots.sys("devices/system/cpu/online")
-    cpus = _parse(cpus_path, _read(cpus_path), parsers.parse_cpu_list)
-    hostname = (_read(roots.proc("sys/kernel/hostname")) or "").strip() or None
+    mem_facts = (("host", "mem_total_bytes"), ("host", "low_total_bytes"))
+    meminfo = problems.parse(meminfo_path, parsers.parse_meminfo, *mem_facts,
+                             bound=safeio.PROC_TABLE) or {}
+    if meminfo and "MemTotal" not in meminfo:
+        problems.add(meminfo_path, "no MemTotal line", *mem_facts)
+    for name in ("MemTotal", "LowTotal"):
+        if name in meminfo and not 0 < meminfo[name] < 2**63:
+            problems.add(meminfo_path, f"{name} of {meminfo[name]} bytes is not a memory size",
+                         *mem_facts)
+            meminfo = {}
+    release = (problems.read(roots.proc("sys/kernel/osrelease"), ("host", "kernel_release"))
+               or "").strip() or None
+    arch, arch_source = _arch(roots, release, problems)
+    cpus = problems.parse(roots.sys("devices/system/cpu/online"), parsers.parse_cpu_list,
+                          ("host", "cpus_online"))
+    hostname = (problems.read(roots.proc("sys/kernel/hostname"), ("host", "hostname"))
+                or "").strip() or None
     version = parsers.parse_kernel_version(release) if release else None
     return {
         "hostname": hostname,
@@ -214,10 +310,10 @@ def _host(roots: Roots) -> dict[str, Any]:
         "cpus_online": len(cpus) if cpus else None,
         "mem_total_bytes": meminfo.get("MemTotal"),
         "low_total_bytes": meminfo.get("LowTotal"),
-        "uptime_seconds": _uptime(roots),
+        "uptime_seconds": _uptime(roots, problems),
         # whether this namespace routes packets (IPv4 or IPv6): the established timeout's
         # floor is then RFC 5382 REQ-5's, not this host's own keepalive (None: unknown)
-        "forwarding": _forwarding(roots),
+        "forwarding": _forwarding(roots, problems),
     }
 
 
@@ -226,18 +322,19 @@ def _host(roots: Roots) -> dict[str, Any]:
 FORWARDING_FILES = ("sys/net/ipv4/ip_forward", "sys/net/ipv6/conf/all/forwarding")
 
 
-def _forwarding(roots: Roots) -> bool | None:
+def _forwarding(roots: Roots, problems: Problems) -> bool | None:
     """True when either family forwards, False when both that can be read do not, None
-    when neither can be read (an old capture)."""
+    when neither can be read (an old capture) or one is corrupt (recorded)."""
     seen = None
     for rel in FORWARDING_FILES:
         path = roots.proc(rel)
-        text = _read(path)
+        text = problems.read(path, ("host", "forwarding"))
         if text is None:
             continue
         value = text.strip()
         if not value.isdigit():
-            raise InputError(str(path), f"expected 0 or 1, got {value[:40]!r}")
+            problems.add(path, f"expected 0 or 1, got {value[:40]!r}", ("host", "forwarding"))
+            return None
         if int(value):
             return True
         seen = False
@@ -261,7 +358,8 @@ def machine(roots: Roots) -> str | None:
     return text or None
 
 
-def _arch(roots: Roots, release: str | None) -> tuple[str | None, str | None]:
+def _arch(roots: Roots, release: str | None, problems: Problems
+          ) -> tuple[str | None, str | None]:
     """The kernel's machine name and where it was read.
 
     /proc/sys/kernel/arch exists only since 6.1 (kernel/utsname_sysctl.c).  Before it
@@ -271,13 +369,17 @@ def _arch(roots: Roots, release: str | None) -> tuple[str | None, str | None]:
     pointer size stay unknown: rules say so instead of assuming 64-bit.
     """
     path = roots.proc("sys/kernel/arch")
-    arch = (_read(path) or "").strip() or None
+    arch = (problems.read(path, ("host", "arch")) or "").strip() or None
     if arch:
         return arch, str(path)
     if roots.live:
         return os.uname().machine, "uname(2) machine"
     captured = roots.procfs.parent / MACHINE_FILE
-    arch = machine(roots)
+    try:
+        arch = machine(roots)
+    except InputError as e:
+        problems.add(e.path, e.problem, ("host", "arch"))
+        arch = None
     if arch:
         return arch, f"{captured} (uname(2) machine at capture)"
     arch = kernelmodel.arch_from_release(release)
@@ -286,33 +388,42 @@ def _arch(roots: Roots, release: str | None) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _uptime(roots: Roots) -> int | None:
+def _uptime(roots: Roots, problems: Problems) -> int | None:
     """Whole seconds since boot, so since-boot counter totals can be read as rates.
 
     The first field of /proc/uptime: a captured tree keeps the uptime it was
     captured at (a boot time would make a replay's uptime grow by the day).
     """
-    path = roots.proc("uptime")
-    return _parse(path, _read(path), parsers.parse_uptime)
+    return problems.parse(roots.proc("uptime"), parsers.parse_uptime, ("host", "uptime_seconds"))
 
 
-def _slab_object_size(roots: Roots) -> tuple[int | None, str | None]:
+_SLAB_SIZE = in_range(1, 1 << 20, "slab object size in bytes")
+
+
+def _slab_object_size(roots: Roots, problems: Problems) -> tuple[int | None, str | None]:
     """Size of one nf_conntrack slab object, including alignment padding.
 
     /proc/slabinfo's objsize column (needs root) is what each entry really
     occupies; sysfs slab_size is the same number, object_size the unpadded
-    struct, used only as a last resort.
+    struct, used only as a last resort.  A corrupt source is reported even when
+    another one gives the size.
     """
+    fact = ("conntrack", "slab_object_size")
+    tried = Problems()
     path = roots.proc("slabinfo")
-    size = _parse(path, _read(path, safeio.PROC_TABLE), parsers.parse_slabinfo)
-    if size:
-        return size, str(path)
-    for name in ("slab_size", "object_size"):
-        path = roots.sys(f"kernel/slab/nf_conntrack/{name}")
-        size = _parse(path, _read(path), parsers.parse_int)
-        if size:
-            return size, str(path)
-    return None, None
+    size = tried.parse(path, lambda t: (lambda v: _SLAB_SIZE(v) if v is not None else None)(
+        parsers.parse_slabinfo(t)), bound=safeio.PROC_TABLE)
+    found: tuple[int | None, str | None] = (size, str(path)) if size else (None, None)
+    if not size:
+        for name in ("slab_size", "object_size"):
+            path = roots.sys(f"kernel/slab/nf_conntrack/{name}")
+            size = tried.parse(path, _then(parsers.parse_int, _SLAB_SIZE))
+            if size:
+                found = (size, str(path))
+                break
+    for item in tried.items:
+        problems.add(item["path"], item["problem"], *([] if found[0] else [fact]))
+    return found
 
 
 def _initial_netns(roots: Roots, sysctls: dict[str, dict[str, Any]]) -> bool:
@@ -330,11 +441,13 @@ def _initial_netns(roots: Roots, sysctls: dict[str, dict[str, Any]]) -> bool:
     return entry.get("key", "").startswith("net.ipv4.netfilter.ip_conntrack_")
 
 
-def _conntrack(roots: Roots, sysctls: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _conntrack(roots: Roots, sysctls: dict[str, dict[str, Any]],
+               problems: Problems) -> dict[str, Any]:
     loaded = "net.netfilter.nf_conntrack_max" in sysctls
-    hs_path = roots.sys("module/nf_conntrack/parameters/hashsize")
-    hashsize = _parse(hs_path, _read(hs_path), parsers.parse_int)
-    size, size_source = _slab_object_size(roots) if loaded else (None, None)
+    hashsize = problems.parse(roots.sys("module/nf_conntrack/parameters/hashsize"),
+                              _then(parsers.parse_int, in_range(0, 2**32 - 1, "hash size")),
+                              ("conntrack", "hashsize_param"))
+    size, size_source = _slab_object_size(roots, problems) if loaded else (None, None)
     initial = _initial_netns(roots, sysctls) if loaded else None
     # built in: modules-load.d and modprobe.d options do nothing
     builtin = builtin_module(roots, loaded)
@@ -365,9 +478,10 @@ def builtin_module(roots: Roots, loaded: bool) -> bool | None:
     return True if (_read(roots.sys(BUILTIN_MARKER)) or "").strip() == "1" else None
 
 
-def _stat_table(roots: Roots) -> dict[str, Any] | None:
+def _stat_table(roots: Roots, problems: Problems) -> dict[str, Any] | None:
     path = roots.proc("net/stat/nf_conntrack")
-    parsed = _parse(path, _read(path, safeio.PROC_TABLE), parsers.parse_conntrack_stat)
+    parsed = problems.parse(path, parsers.parse_conntrack_stat, ("stat",),
+                            bound=safeio.PROC_TABLE)
     if parsed is None:
         return None
     return {"source": str(path), **parsed}
@@ -403,17 +517,20 @@ def in_root(root: Path, rel: str) -> Path:
     return here
 
 
-def _read_conf(root: Path, real: Path) -> str | None:
+def _read_conf(root: Path, real: Path, problems: Problems) -> str | None:
     """A boot configuration file (resolved by in_root); one masked by a link to /dev/null
-    reads as empty, as systemd and udev take it (any other device is refused)."""
+    reads as empty, as systemd and udev take it (any other device is refused).  One that
+    cannot be read leaves the boot configuration unknown (a problem, not an exception)."""
     if real == root / "dev/null":
         return ""
-    return _read(real, safeio.CONFIG)
+    return problems.read(real, ("persist",), bound=safeio.CONFIG)
 
 
-def _persistence(root: Path) -> dict[str, Any]:
+def _persistence(root: Path, problems: Problems | None = None) -> dict[str, Any]:
     """sysctl.d/sysctl.conf assignments of conntrack keys, in systemd's reading order, and
     what loads nf_conntrack at boot (modules-load.d, /etc/modules, a udev rule)."""
+    problems = problems if problems is not None else Problems()
+    fact = ("persist",)  # a boot file that cannot be read leaves the boot config unknown
     files = sysctld.ordered({d: _conf_names(in_root(root, d)) for d in sysctld.SYSCTL_DIRS})
     files.append(sysctld.SYSCTL_CONF)
     assignments, read, seen = [], [], set()
@@ -422,7 +539,7 @@ def _persistence(root: Path) -> dict[str, Any]:
         real = in_root(root, rel)
         if real == root / "dev/null":
             continue  # masked
-        text = _read(real, safeio.CONFIG)
+        text = problems.read(real, fact, bound=safeio.CONFIG)
         # a link to /etc/sysctl.conf (Debian's 99-sysctl.conf) is read where it sorts
         if text is None or (rel == sysctld.SYSCTL_CONF and real in seen):
             continue
@@ -436,14 +553,14 @@ def _persistence(root: Path) -> dict[str, Any]:
     loads = sysctld.ordered({d: _conf_names(in_root(root, d)) for d in sysctld.MODULES_LOAD_DIRS})
     for rel in [*loads, sysctld.ETC_MODULES]:
         real = in_root(root, rel)
-        text = None if real in seen else _read_conf(root, real)
+        text = None if real in seen else _read_conf(root, real, problems)
         seen.add(real)  # Debian links modules-load.d/modules.conf to /etc/modules
         users = [m for m in sysctld.parse_modules_load(text or "") if sysctld.loads_conntrack(m)]
         if users:
             early.append({"module": users[0], "file": "/" + rel})
     modprobe: dict[str, Any] = {}
     for rel in sysctld.ordered({d: _conf_names(in_root(root, d)) for d in sysctld.MODPROBE_DIRS}):
-        text = _read_conf(root, in_root(root, rel))
+        text = _read_conf(root, in_root(root, rel), problems)
         opts = sysctld.parse_modprobe_options(text, "nf_conntrack") if text else {}
         for key, value in opts.items():
             modprobe[key] = {"value": value, "file": "/" + rel}
@@ -453,7 +570,7 @@ def _persistence(root: Path) -> dict[str, Any]:
             if p.name.endswith(".rules"):
                 rules.setdefault(p.name, f"{d}/{p.name}")
     for name in sorted(rules):
-        text = _read_conf(root, in_root(root, rules[name]))
+        text = _read_conf(root, in_root(root, rules[name]), problems)
         if text and sysctld.udev_reloads_sysctl(text):
             udev.append("/" + rules[name])
     return {"root": str(root), "links": links,
@@ -467,22 +584,42 @@ def _listdir(directory: Path) -> list[Path]:
         return []
 
 
+def check_roots(roots: Roots) -> None:
+    """Refuse a --procfs/--sysfs that is not one (a mistyped capture path): read as an
+    empty host it would audit as OK.  Every procfs since 2.6 has meminfo and sys/kernel,
+    every sysfs has devices/; so does every tree ``capture`` writes."""
+    # exists, not is_file: a FIFO or directory in its place is refused when it is read
+    if not (roots.procfs / "meminfo").exists() or not (roots.procfs / "sys/kernel").is_dir():
+        what = "does not exist" if not roots.procfs.exists() else "has no meminfo or sys/kernel"
+        raise InputError(str(roots.procfs), f"not a procfs (--procfs): {what}")
+    if not (roots.sysfs / "devices").is_dir():
+        what = "does not exist" if not roots.sysfs.exists() else "has no devices/"
+        raise InputError(str(roots.sysfs), f"not a sysfs (--sysfs): {what}")
+
+
 def collect(roots: Roots, now: _dt.datetime | None = None) -> dict[str, Any]:
-    """All facts the rules need, as a versioned JSON-able dict (see ct_tune.snapshot)."""
+    """All facts the rules need, as a versioned JSON-able dict (see ct_tune.snapshot).
+
+    Raises InputError only for roots that are not a procfs/sysfs; every corrupt or
+    unreadable file is listed in facts["errors"] and its facts are None.
+    """
     from ct_tune.snapshot import SCHEMA_NAME, SCHEMA_VERSION
 
-    sysctls = _netfilter_sysctls(roots)
-    _old_names(roots, sysctls)
-    legacy = _sysctl_entry(roots.proc("sys/net/nf_conntrack_max"), "net.nf_conntrack_max")
+    check_roots(roots)
+    problems = Problems()
+    sysctls = _netfilter_sysctls(roots, problems)
+    _old_names(roots, sysctls, problems)
+    legacy = _sysctl_entry(roots.proc("sys/net/nf_conntrack_max"), "net.nf_conntrack_max",
+                           problems)
     if legacy is not None:
         sysctls["net.nf_conntrack_max"] = legacy
     for key in KEEPALIVE_KEYS:
-        entry = _sysctl_entry(roots.proc(f"sys/net/ipv4/{key}"), f"net.ipv4.{key}")
+        entry = _sysctl_entry(roots.proc(f"sys/net/ipv4/{key}"), f"net.ipv4.{key}", problems)
         if entry is not None:
             sysctls[f"net.ipv4.{key}"] = entry
     when = now or _dt.datetime.now(_dt.UTC)
-    host = _host(roots)
-    conntrack = _conntrack(roots, sysctls)
+    host = _host(roots, problems)
+    conntrack = _conntrack(roots, sysctls, problems)
     _readonly_reasons(sysctls, host["kernel_version"], conntrack["initial_netns"])
     return {
         "schema": SCHEMA_NAME,
@@ -495,6 +632,7 @@ def collect(roots: Roots, now: _dt.datetime | None = None) -> dict[str, Any]:
         "host": host,
         "conntrack": conntrack,
         "sysctl": sysctls,
-        "stat": _stat_table(roots),
-        "persist": _persistence(roots.config_root),
+        "stat": _stat_table(roots, problems),
+        "persist": _persistence(roots.config_root, problems),
+        "errors": problems.items,
     }

@@ -17,13 +17,37 @@ The property tests check that scan_line agrees with parse_line on every line
 they generate, and that a block scanned at once aggregates exactly like its
 lines one by one, so the fast paths cannot drift from the full one.
 parse_line and scan_line raise ValueError on a malformed line; callers count
-those, never stop on them.
+those, never stop on them.  The summary line conntrack(8) prints after a listing
+(``conntrack v1.4.7 (conntrack-tools): 20 flow entries have been shown.``, on
+stderr, but pasted with the table) raises :class:`NotAnEntry`, a ValueError that
+callers count apart: it is neither an entry nor a malformed line.
 
-Format (procfs; ``conntrack -L`` lacks the leading "ipv4 2")::
+Format (procfs; ``conntrack -L`` lacks the leading "ipv4 2" unless ``-o extended``)::
 
     ipv4 2 tcp 6 431999 ESTABLISHED src=.. dst=.. sport=.. dport=.. [packets=.. bytes=..]
     [UNREPLIED] src=.. dst=.. sport=.. dport=.. [packets=.. bytes=..] [ASSURED] mark=0
     [secctx=..] [zone=N] [delta-time=N] use=2
+
+The variants every printer has produced (each one is a fixture in tests/fixtures/):
+
+* offloaded entries (nf_flow_table): no timeout and no TCP state, and [OFFLOAD] or
+  [HW_OFFLOAD] where [ASSURED] would be.  The kernel's ct_seq_show
+  (net/netfilter/nf_conntrack_standalone.c) prints the timeout only without
+  IPS_OFFLOAD_BIT, and tcp_print_conntrack (nf_conntrack_proto_tcp.c) returns
+  early for it; ctnetlink_dump_info (nf_conntrack_netlink.c) leaves out
+  CTA_TIMEOUT and CTA_PROTOINFO, so ``conntrack -L`` prints neither either.  The
+  offload keeps refreshing such an entry, so its seconds left say nothing of idle
+  time: offloaded entries are counted, never put in an idle histogram.
+* GRE on older kernels (still in 5.4, gone from current ones): gre_print_conntrack
+  (nf_conntrack_proto_gre.c) printed
+  ``timeout=600, stream_timeout=18000`` after the seconds left, and keys as
+  ``srckey=0x0 dstkey=0x0``.
+* the pre-nf_conntrack /proc/net/ip_conntrack: no layer 3 columns, as conntrack -L.
+* libnetfilter_conntrack's __snprintf_conntrack_default (snprintf_default.c):
+  ``zone-orig=``/``zone-reply=`` after a tuple, ``secmark=``, ``helper=``,
+  ``delta-time=N``, with ``-o ktimestamp`` ``[start=Thu Feb 17 17:41:18 2011]`` and
+  ``[stop=...]`` (a ctime() date: spaces inside the brackets), ``id=N`` (``-o id``)
+  and ``labels=`` after use=, and in releases before 2010 ``zone=N`` after use=.
 """
 
 from __future__ import annotations
@@ -38,15 +62,33 @@ from typing import NamedTuple
 MAX_LINE = 4096
 
 L3_NAMES = ("ipv4", "ipv6")
-TUPLE_KEYS = ("src", "dst", "sport", "dport", "type", "code", "id", "packets", "bytes")
+TUPLE_KEYS = ("src", "dst", "sport", "dport", "type", "code", "id", "srckey", "dstkey",
+              "packets", "bytes")
 FLAGS = ("UNREPLIED", "ASSURED", "OFFLOAD", "HW_OFFLOAD")
+#: Flag bits (scan_line) of an entry the flow table has offloaded.
+OFFLOADED = 4 | 8
+
+
+class NotAnEntry(ValueError):
+    """A line conntrack(8) prints around a listing (its closing count): not an entry,
+    and not a malformed one either."""
+
+
+#: conntrack(8)'s closing line, e.g. "conntrack v0.9.15 (conntrack-tools): 20 flow entries
+#: have been shown." (conntrack-tools src/conntrack.c, exit_msg, printed on stderr).
+_SUMMARY = re.compile(r"\s*conntrack v[0-9][\w.~+-]* \(conntrack-tools\): ")
+
+
+def is_summary(line: str) -> bool:
+    """Whether `line` is conntrack(8)'s closing summary line."""
+    return line[:1] in "c \t" and _SUMMARY.match(line) is not None
 
 
 class Flow(NamedTuple):
     l3: str
     l4: str
     l4num: int
-    ttl: int
+    ttl: int | None        # None: offloaded, the printer gives no timeout
     state: str | None
     orig: dict[str, str]
     reply: dict[str, str]
@@ -56,6 +98,10 @@ class Flow(NamedTuple):
     @property
     def zone(self) -> int:
         return int(self.extra.get("zone", 0))
+
+    @property
+    def offloaded(self) -> bool:
+        return "OFFLOAD" in self.flags or "HW_OFFLOAD" in self.flags
 
 
 def _check_length(line: str) -> None:
@@ -71,6 +117,8 @@ def parse_line(line: str) -> Flow:
     """Every field of one conntrack line."""
     _check_length(line)
     t = line.split()
+    if t and t[0] == "conntrack" and is_summary(line):
+        raise NotAnEntry("conntrack(8) summary line")
     if len(t) < 4:
         raise ValueError("truncated line")
     if t[0] in L3_NAMES:
@@ -82,12 +130,15 @@ def parse_line(line: str) -> Flow:
     if len(t) < i + 4:
         raise ValueError("truncated line")
     l4 = t[i]
+    tok = t[i + 2]
     try:
         l4num = int(t[i + 1])
-        ttl = int(t[i + 2])
+        # no timeout: a state, a key=value or a flag follows the protocol number
+        ttl: int | None = None if "=" in tok or tok[:1].isupper() or tok[:1] == "[" else int(
+            tok if tok.isdecimal() else "x")
     except ValueError:
         raise ValueError("protocol number or timeout is not an integer") from None
-    j = i + 3
+    j = i + 2 if ttl is None else i + 3
     state = None
     if "=" not in t[j] and not t[j].startswith("["):
         state = t[j]
@@ -97,13 +148,31 @@ def parse_line(line: str) -> Flow:
     flags: set[str] = set()
     extra: dict[str, str] = {}
     cur = orig
-    for tok in t[j:]:
-        if tok.startswith("[") and tok.endswith("]"):
-            flags.add(tok[1:-1])
+    toks = iter(t[j:])
+    for tok in toks:
+        if tok.startswith("["):
+            if not tok.endswith("]"):
+                # [start=Thu Feb 17 17:41:18 2011]: a ctime() date, spaces inside
+                words = [tok]
+                for word in toks:
+                    words.append(word)
+                    if word.endswith("]"):
+                        break
+                else:
+                    raise ValueError(f"unclosed {tok[:30]!r}")
+                tok = " ".join(words)
+            key, eq, value = tok[1:-1].partition("=")
+            if eq:
+                extra[key] = value
+            else:
+                flags.add(key)
             continue
         key, eq, value = tok.partition("=")
         if not eq:
             raise ValueError(f"unexpected token {tok[:30]!r}")
+        if "use" in extra:  # after use=: -o id's id=, labels=, an old zone=
+            extra[key] = value
+            continue
         if key == "src" and "src" in orig:
             cur = reply
         if key in TUPLE_KEYS:
@@ -111,28 +180,38 @@ def parse_line(line: str) -> Flow:
                 raise ValueError(f"{key}= repeated in one tuple")
             cur[key] = value
         else:
-            extra[key] = value
+            extra[key] = value.rstrip(",")  # old GRE: "timeout=600, stream_timeout=18000"
     if "src" not in orig or "dst" not in orig:
         raise ValueError("no original tuple (src=/dst=)")
     if "use" not in extra:
         raise ValueError("truncated line (no use=)")
+    offloaded = "OFFLOAD" in flags or "HW_OFFLOAD" in flags
+    if ttl is None and not offloaded:
+        raise ValueError("no timeout (and not offloaded)")
     return Flow(l3 or _l3_of(orig.get("dst")), l4, l4num, ttl, state, orig, reply,
                 frozenset(flags), extra)
 
 
 #: One anchored match for the fields before the flags: l3, l4, ttl, state, dst, dport.
-_SCAN = re.compile(r"\s*(?:(ipv[46])\s+\d+\s+)?(\S+)\s+\d+\s+(\d+)\s+(?:([A-Z][A-Z_0-9]*)\s+)?"
+#: The timeout is missing for an offloaded entry; "timeout=N, stream_timeout=N" is old
+#: GRE's (see the module docstring).
+_SCAN = re.compile(r"\s*(?:(ipv[46])\s+\d+\s+)?(\S+)\s+\d+\s+(?:(\d+)\s+)?"
+                   r"(?:([A-Z][A-Z_0-9]*)\s+)?(?:timeout=\d+,\s+stream_timeout=\d+\s+)?"
                    r"src=\S+\s+dst=(\S+)(?:\s+sport=\d+\s+dport=(\d+))?")
 
 
-def scan_line(line: str) -> tuple[str, str, str | None, int, str | None, str | None, int, int]:
+def scan_line(line: str
+              ) -> tuple[str, str, str | None, int | None, str | None, str | None, int, int]:
     """The aggregate fields only: (l3, l4, state, ttl, dst, dport, flag bits, zone).
 
-    Flag bits: 1 UNREPLIED, 2 ASSURED, 4 OFFLOAD, 8 HW_OFFLOAD.
+    Flag bits: 1 UNREPLIED, 2 ASSURED, 4 OFFLOAD, 8 HW_OFFLOAD.  ttl is None for an
+    offloaded entry that was printed without one.
     """
     _check_length(line)
     m = _SCAN.match(line)
     if m is None:
+        if is_summary(line):
+            raise NotAnEntry("conntrack(8) summary line")
         raise ValueError("not a conntrack entry (no protocol, timeout and src=/dst=)")
     if " use=" not in line:
         raise ValueError("truncated line (no use=)")
@@ -141,18 +220,22 @@ def scan_line(line: str) -> tuple[str, str, str | None, int, str | None, str | N
     if "[" in line:
         flags = (("[UNREPLIED]" in line) | ("[ASSURED]" in line) << 1
                  | ("[OFFLOAD]" in line) << 2 | ("[HW_OFFLOAD]" in line) << 3)
+    if ttl is None and not flags & OFFLOADED:
+        raise ValueError("no timeout (and not offloaded)")
     z = line.find(" zone=")
-    zone = int(line[z + 6:line.find(" ", z + 6)]) if z >= 0 else 0
-    return (l3 or _l3_of(dst), l4, st, int(ttl), dst, dport, flags, zone)
+    zone = int(line[z + 6:].split(None, 1)[0]) if z >= 0 else 0
+    return (l3 or _l3_of(dst), l4, st, None if ttl is None else int(ttl), dst, dport, flags,
+            zone)
 
 
 FLAG_BITS = {"[UNREPLIED]": 1, "[ASSURED]": 2, "[OFFLOAD]": 4, "[HW_OFFLOAD]": 8}
+OFFLOAD_TOKENS = frozenset(("[OFFLOAD]", "[HW_OFFLOAD]"))
 
 
 class Columns(NamedTuple):
     """scan_line's fields for every line of a block, one tuple per field, in line order.
 
-    Missing values are "" where scan_line gives None (state, dport) or 0 (flag
+    Missing values are "" where scan_line gives None (state, dport, ttl) or 0 (flag
     tokens); flag1/flag2 hold the bracketed flag tokens of a line (FLAG_BITS
     maps them to scan_line's bits, an unknown token to none); ttl and zone are
     decimal strings; zone is None when every line of the block is in zone 0.
@@ -190,9 +273,10 @@ _ODD_SPACE = "\t\x0b\x0c\r\x1c\x1d\x1e\x1f"
 # Giving up those retries changes no result: a line they could have rescued has a "[" or
 # a " zone=" that is not captured, and the counts below refuse its block anyway.
 _HEAD = (rf"^(?=.{{0,{MAX_LINE}}}\n)"
-         r"(?> *(?:(ipv[46]) +\d+ +)?(\S+) +\d+ +(\d+) +(?:([A-Z][A-Z_0-9]*) +)?"
-         r"src=\S+ +dst=(\S+)(?: +sport=\d+ +dport=(\d+))?)"
-         r"(?:(?: (?:type|code|id|srckey|dstkey|packets|bytes)=\w+)* (\[UNREPLIED\]))?"
+         r"(?> *(?:(ipv[46]) +\d+ +)?(\S+) +\d+ +(?:(\d+) +)?(?:([A-Z][A-Z_0-9]*) +)?"
+         r"(?:timeout=\d+, +stream_timeout=\d+ +)?src=\S+ +dst=(\S+)(?: +sport=\d+ +dport=(\d+))?)"
+         r"(?:(?: (?:type|code|id|srckey|dstkey|zone-orig|packets|bytes)=\w+)*"
+         r" (\[UNREPLIED\]))?"
          r"(?>(?:.* (\[[A-Z_]+\]) mark=)?)")
 _BLOCK = re.compile(_HEAD + r".* use=.*\n", re.M)
 # The same, also taking the value of the last " zone=" (scan_block checks it is the only one
@@ -215,6 +299,10 @@ def scan_block(block: str) -> Columns | None:
     cols = list(zip(*rows, strict=True))
     flag1, flag2 = cols[6], cols[7]
     if block.count("[") != 2 * len(rows) - flag1.count("") - flag2.count(""):
+        return None
+    # no timeout: scan_line takes it only from an offloaded entry
+    if "" in cols[2] and any(not t and f not in OFFLOAD_TOKENS
+                             for t, f in zip(cols[2], flag2, strict=True)):
         return None
     zone = None
     if zoned:

@@ -31,7 +31,18 @@ from itertools import repeat
 from operator import floordiv, itemgetter, sub
 from typing import Any
 
-from ct_tune.flowparse import FLAG_BITS, FLAGS, Columns, block_lines, scan_block, scan_line
+from ct_tune.flowparse import (
+    FLAG_BITS,
+    FLAGS,
+    MAX_LINE,
+    OFFLOADED,
+    Columns,
+    NotAnEntry,
+    block_lines,
+    scan_block,
+    scan_line,
+)
+from ct_tune.formulas import margin95
 
 IDLE_BINS = 1024
 PORTS_PER_BIN = 64
@@ -55,8 +66,8 @@ def class_of(l4: str, state: str | None, flags: int) -> tuple[str, str]:
     if l4 == "gre":
         return ("gre/stream", "nf_conntrack_gre_timeout_stream") if flags & 2 else (
             "gre", "nf_conntrack_gre_timeout")
-    if l4 == "sctp" and state:
-        return f"sctp/{state}", "nf_conntrack_sctp_timeout_" + state.lower()
+    if l4 in ("sctp", "dccp") and state:
+        return f"{l4}/{state}", f"nf_conntrack_{l4}_timeout_" + state.lower()
     return l4, "nf_conntrack_generic_timeout"
 
 
@@ -161,8 +172,12 @@ class FlowStats:
     def __init__(self, timeouts: Mapping[str, int]) -> None:
         self.timeouts = dict(timeouts)
         self.entries = 0
+        self.offloaded = 0
         self.malformed = 0
         self.malformed_examples: list[str] = []
+        #: kind of unreadable line -> [count, first example]
+        self.malformed_kinds: dict[str, list[Any]] = {}
+        self.summary_lines = 0
         self.by_l3: Counter[str] = Counter()
         self.by_l4: Counter[str] = Counter()
         self.by_flag: Counter[str] = Counter()
@@ -234,11 +249,12 @@ class FlowStats:
                 l3, l4, state, ttl, dst, dport, flags, zone = scan_line(line)
                 if dport is not None:
                     ports[int(dport)] += 1
-            except (ValueError, IndexError, OverflowError):
+            except NotAnEntry:
+                self.summary_lines += 1
+                continue
+            except (ValueError, IndexError, OverflowError) as e:
                 if line.strip():
-                    self.malformed += 1
-                    if len(self.malformed_examples) < 3:
-                        self.malformed_examples.append(line.strip()[:200])
+                    self._count_malformed(line, e)
                 continue
             n += 1
             by_l3[l3] += 1
@@ -250,8 +266,23 @@ class FlowStats:
             if len(addrs) > TOP_ADDRS_CAP * 2:
                 _prune(addrs, TOP_ADDRS_CAP)
                 self.addrs_pruned = True
-            self._class(l4, state, flags).add(ttl, dport)
+            if flags & OFFLOADED or ttl is None:
+                self.offloaded += 1  # refreshed by the offload: its TTL is no idle time
+            else:
+                self._class(l4, state, flags).add(ttl, dport)
         self.entries = n
+
+    def _count_malformed(self, line: str, error: Exception) -> None:
+        self.malformed += 1
+        text = line.strip()[:200]
+        if len(self.malformed_examples) < 3:
+            self.malformed_examples.append(text)
+        kind = malformed_kind(error)
+        seen = self.malformed_kinds.get(kind)
+        if seen is None:
+            self.malformed_kinds[kind] = [1, text]
+        else:
+            seen[0] += 1
 
     def _add_columns(self, cols: Columns, flag_counts: list[int]) -> bool:
         """Aggregate a scanned block; False, having changed nothing, when a line has a
@@ -279,28 +310,35 @@ class FlowStats:
         classes: list[_Class] = []
         slot: dict[int, int] = {}                  # id of a class -> its index in classes
         index_of: dict[tuple[str, ...], int] = {}  # class key -> index in classes
+        offloaded: list[tuple[str, ...]] = []
         for head, c in Counter(heads).items():
             l3, l4, state, flag1, flag2 = head
             flags = FLAG_BITS.get(flag1, 0) | FLAG_BITS.get(flag2, 0)
             by_l3[l3] += c
             by_l4[l4] += c
             flag_counts[flags] += c
+            if flags & OFFLOADED:  # counted, kept out of the idle histograms
+                self.offloaded += c
+                offloaded.append(head)
+                continue
             cls = self._class(l4, state or None, flags)
             i = index_of[head] = slot.setdefault(id(cls), len(classes))
             if i == len(classes):
                 classes.append(cls)
-        if len(classes) == 1:
+        if len(classes) == 1 and not offloaded:
             classes[0].add_rows(cols.ttl, cols.dport)
             return True
-        ttls: list[list[str]] = [[] for _ in classes]
-        dports: list[list[str]] = [[] for _ in classes]
+        for head in offloaded:  # one list past the classes': rows dropped
+            index_of[head] = len(classes)
+        ttls: list[list[str]] = [[] for _ in range(len(classes) + 1)]
+        dports: list[list[str]] = [[] for _ in range(len(classes) + 1)]
         add_ttl = [t.append for t in ttls]
         add_dport = [d.append for d in dports]
         for i, ttl, dport in zip(map(index_of.__getitem__, heads), cols.ttl, cols.dport,
                                  strict=True):
             add_ttl[i](ttl)
             add_dport[i](dport)
-        for cls, cls_ttls, cls_dports in zip(classes, ttls, dports, strict=True):
+        for cls, cls_ttls, cls_dports in zip(classes, ttls, dports, strict=False):
             cls.add_rows(cls_ttls, cls_dports)
         return True
 
@@ -315,21 +353,22 @@ class FlowStats:
                 if c]
 
     def summary(self, total: int | None = None) -> dict[str, Any]:
-        """JSON-able aggregates, scaled to `total` entries when this was a partial sample."""
+        """JSON-able aggregates, scaled to `total` entries when this was a partial sample;
+        every scaled count has its 95 % margin (margin95) beside it."""
         n = self.entries
         scale = (total / n) if total and n and total > n else 1.0
         sampled = scale > 1.0
+        whole = round(n * scale)
 
         def est(c: int) -> int:
             return round(c * scale)
 
         def margin(c: int) -> int:
-            # 95 % margin of a proportion from a simple random sample, finite population.
-            if not sampled or not n:
-                return 0
-            p = c / n
-            fpc = math.sqrt((total - n) / max(1, total - 1))
-            return math.ceil(1.96 * math.sqrt(p * (1 - p) / n) * fpc * total)
+            return margin95(c * scale, n, whole) if sampled else 0
+
+        def counts(counter: Counter) -> tuple[dict[str, int], dict[str, int]]:
+            items = counter.most_common()
+            return ({str(k): est(v) for k, v in items}, {str(k): margin(v) for k, v in items})
 
         classes = {}
         for name, cls in sorted(self.classes.items(), key=lambda kv: -kv[1].count):
@@ -343,22 +382,51 @@ class FlowStats:
                 "idle_ports": [{str(p): est(c) for p, c in b.most_common(PORTS_PER_BIN)}
                                for b in cls.port_bins],
             }
+        by = {name: counts(c) for name, c in (("by_l3", self.by_l3), ("by_l4", self.by_l4),
+                                               ("by_flag", self.by_flag),
+                                               ("by_zone", self.by_zone))}
+        top_ports = self.top_ports()
+        top_dsts = self.addrs.most_common(TOP_K)
+        lines = n + self.malformed
         return {
             "entries_read": n,
-            "entries_estimated": est(n),
+            "entries_estimated": whole,
             "sampled": sampled,
             "scale": round(scale, 6),
+            "offloaded": est(self.offloaded),
             "malformed": self.malformed,
+            "malformed_share": round(self.malformed / lines, 6) if lines else 0.0,
             "malformed_examples": self.malformed_examples,
-            "by_l3": {k: est(v) for k, v in self.by_l3.most_common()},
-            "by_l4": {k: est(v) for k, v in self.by_l4.most_common()},
-            "by_flag": {k: est(v) for k, v in self.by_flag.most_common()},
-            "by_zone": {str(k): est(v) for k, v in self.by_zone.most_common()},
-            "top_dports": [[p, est(c)] for p, c in self.top_ports()],
-            "top_dsts": [[a, est(c)] for a, c in self.addrs.most_common(TOP_K)],
+            "malformed_kinds": [{"kind": k, "lines": c, "example": ex}
+                                for k, (c, ex) in sorted(self.malformed_kinds.items(),
+                                                         key=lambda kv: -kv[1][0])],
+            "summary_lines": self.summary_lines,
+            **{name: values for name, (values, _) in by.items()},
+            "top_dports": [[p, est(c)] for p, c in top_ports],
+            "top_dsts": [[a, est(c)] for a, c in top_dsts],
             "top_dsts_approximate": self.addrs_pruned,
+            "margins": {
+                "offloaded": margin(self.offloaded),
+                **{name: margins for name, (_, margins) in by.items()},
+                "top_dports": [[p, margin(c)] for p, c in top_ports],
+                "top_dsts": [[a, margin(c)] for a, c in top_dsts],
+            },
             "classes": classes,
         }
+
+
+def malformed_kind(error: Exception) -> str:
+    """The kind of an unreadable line, from the parser's reason (a few, bounded)."""
+    if isinstance(error, (IndexError, OverflowError)):
+        return "port above 65535"
+    reason = str(error)
+    for prefix, kind in (("line longer", f"longer than {MAX_LINE} characters"),
+                         ("not a conntrack", "not a conntrack entry"),
+                         ("truncated", "truncated (no use=)"),
+                         ("no timeout", "no timeout, not offloaded")):
+        if reason.startswith(prefix):
+            return kind
+    return "unreadable number"
 
 
 def _sparse(hist: array, scale: float) -> dict[str, int]:

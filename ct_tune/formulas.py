@@ -208,3 +208,15 @@ def human_duration(seconds: float | int | None) -> str:
         if len(parts) == 2 or (parts and s == 0):
             break
     return " ".join(parts)
+
+
+def margin95(estimate: float, read: int, total: int) -> int:
+    """The 95 % margin of a count estimated from a sample of `read` entries of a table of
+    `total`: a proportion p = estimate / total observed in a simple random sample drawn
+    without replacement (normal approximation, finite population correction), times
+    total.  0 when the whole table was read."""
+    if not read or total <= read:
+        return 0
+    p = min(1.0, max(0.0, estimate / total))
+    fpc = math.sqrt((total - read) / max(1, total - 1))
+    return math.ceil(1.96 * math.sqrt(p * (1 - p) / read) * fpc * total)

@@ -40,16 +40,37 @@ def _int(text: str, base: int = 10) -> int:
     return int(text, base)
 
 
+#: Digits of a decimal value read from a sysctl file: 20 holds any 64-bit value; longer
+#: is corrupt.  Hexadecimal digits of one /proc/net/stat/nf_conntrack counter (an
+#: unsigned int printed as %08x; 16 allows 64 bits).
+DECIMAL_DIGITS = 20
+MAX_HEX_DIGITS = 16
+_DECIMAL = re.compile(r"[+-]?[0-9]+")
+_HEX = re.compile(rf"[0-9a-fA-F]{{1,{MAX_HEX_DIGITS}}}")
+_MEMINFO_VALUE = re.compile(r"[0-9]+")
+
+
+def _clip(value: str, width: int = 40) -> str:
+    return value if len(value) <= width else value[:width - 3] + "..."
+
+
+def decimal(value: str) -> int:
+    """An ASCII decimal integer of sane length (not '\u00b2', not '1_000', not 5000 digits)."""
+    if not _DECIMAL.fullmatch(value):
+        raise ValueError(f"expected an integer, found {_clip(value)!r}")
+    if len(value.lstrip("+-")) > DECIMAL_DIGITS:
+        raise ValueError(f"number too long ({len(value.lstrip('+-'))} digits)")
+    return int(value)
+
+
 def parse_sysctl_value(text: str) -> int | list[int] | str:
     """A sysctl file's value: an int, a list of ints (multi-field), or the raw string."""
     fields = text.split()
     if not fields:
         return ""
     try:
-        ints = [int(f) for f in fields if len(f) <= MAX_DIGITS]
-    except ValueError:
-        return text.strip()
-    if len(ints) != len(fields):  # a number too long to be one: keep the text
+        ints = [decimal(f) for f in fields]
+    except ValueError:  # not numbers, or a number too long to be one: keep the text
         return text.strip()
     return ints[0] if len(ints) == 1 else ints
 
@@ -57,13 +78,9 @@ def parse_sysctl_value(text: str) -> int | list[int] | str:
 def parse_int(text: str) -> int:
     """A single integer value, or ValueError naming what was found instead."""
     value = text.strip()
-    try:
-        return int(value) if len(value) <= MAX_DIGITS + 1 else _int(value)
-    except ValueError as e:
-        if str(e).startswith("number too long"):
-            raise
-        shown = value if len(value) <= 40 else value[:37] + "..."
-        raise ValueError(f"expected an integer, found {shown!r}") from None
+    if not value:
+        raise ValueError("empty, expected an integer")
+    return decimal(value)
 
 
 def parse_uptime(text: str) -> int:
@@ -73,7 +90,7 @@ def parse_uptime(text: str) -> int:
         seconds = float(fields[0])
     except (IndexError, ValueError):
         raise ValueError(f"expected seconds since boot, got {text.strip()[:40]!r}") from None
-    if not math.isfinite(seconds) or seconds < 0:
+    if not math.isfinite(seconds) or not 0 <= seconds < 2**63:
         raise ValueError(f"expected seconds since boot, got {fields[0]!r}")
     return int(seconds)
 
@@ -86,7 +103,7 @@ def parse_meminfo(text: str) -> dict[str, int]:
             continue
         key, sep, rest = line.partition(":")
         parts = rest.split()
-        if not sep or not parts or not parts[0].isdigit():
+        if not sep or not parts or not _MEMINFO_VALUE.fullmatch(parts[0]):
             raise ValueError(f"line {n}: expected 'Key: value kB', found {line.strip()[:60]!r}")
         scale = 1024 if len(parts) > 1 and parts[1].lower() == "kb" else 1
         out[key.strip()] = _int(parts[0]) * scale
@@ -104,7 +121,7 @@ def parse_cpu_list(text: str) -> list[int]:
         return []
     spans: list[tuple[int, int]] = []
     for part in value.split(","):
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part.strip())
+        m = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", part.strip())
         if not m:
             raise ValueError(f"expected a CPU list like '0-3,8', found {value[:40]!r}")
         lo = _int(m.group(1))
@@ -151,7 +168,7 @@ def parse_slabinfo(text: str, cache: str = "nf_conntrack") -> int | None:
     for line in text.splitlines():
         fields = line.split()
         if fields and fields[0] == cache:
-            if len(fields) < 4 or not fields[3].isdigit():
+            if len(fields) < 4 or not re.fullmatch(r"[0-9]+", fields[3]):
                 raise ValueError(f"malformed {cache} line: {line.strip()[:60]!r}")
             return _int(fields[3])
     return None
@@ -170,6 +187,10 @@ def parse_conntrack_stat(text: str) -> dict:
     header = lines[0].split()
     if not header or any(not re.fullmatch(r"[a-z_]+", h) for h in header):
         raise ValueError(f"expected a header of column names, found {lines[0].strip()[:60]!r}")
+    if "drop" not in header or "entries" not in header:
+        raise ValueError(f"no drop or entries column in the header {lines[0].strip()[:60]!r}")
+    if len(lines) < 2:
+        raise ValueError("no CPU lines after the header")
     names = [STAT_ALIASES.get(h, h) for h in header]
     totals = {name: 0 for name in names if name not in STAT_NOT_SUMMED}
     entries = 0
@@ -178,6 +199,8 @@ def parse_conntrack_stat(text: str) -> dict:
         if len(fields) != len(header):
             raise ValueError(f"line {n}: {len(fields)} fields, header has {len(header)}")
         try:
+            if not all(_HEX.fullmatch(f) for f in fields):
+                raise ValueError
             values = [int(f, 16) for f in fields]
         except ValueError:
             raise ValueError(f"line {n}: expected hexadecimal counters") from None
@@ -192,3 +215,59 @@ def parse_conntrack_stat(text: str) -> dict:
         "entries": entries,
         "counters": totals,
     }
+
+
+def parse_conntrack_cli_stat(text: str) -> dict:
+    """``conntrack -S`` output, in parse_conntrack_stat's shape, in each form it has had.
+
+    * conntrack-tools 1.4 and later ask ctnetlink (nfct_stats_cb in src/conntrack.c):
+      one ``cpu=N<TAB>key=value ...`` line per CPU, ctnetlink's names
+      (``clash_resolve``, ``chaintoolong``).
+    * earlier 1.x releases read /proc/net/stat/nf_conntrack (display_proc_conntrack_stats):
+      the same ``cpu=N`` lines with the procfs header's names, ``entries=`` (the count,
+      repeated per CPU, not summed) and ``clashres``/``chainlength`` included.
+    * the first releases printed one ``name<TAB><TAB>value`` line per column of the first
+      CPU's line only (``insert_failed\\t\\t0``): its counters are CPU 0's, not totals, and
+      the result says so (``first_cpu_only``).
+
+    Anything else is a ValueError naming the line: never an empty table without a word.
+    """
+    totals: dict[str, int] = {}
+    columns: list[str] = []
+    per_line: dict[str, int] = {}
+    entries = cpus = 0
+    for n, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if not fields or line.startswith("conntrack v"):  # no fields; a version banner
+            continue
+        if fields[0].startswith("cpu=") and fields[0][4:].isdigit():
+            cpus += 1
+            for field in fields[1:]:
+                key, eq, value = field.partition("=")
+                if not eq or not re.fullmatch(r"[a-z_0-9]+", key) or not value.isdigit():
+                    raise ValueError(f"line {n}: expected key=value counters, found "
+                                     f"{field[:30]!r}")
+                if key not in columns:
+                    columns.append(key)
+                name = STAT_ALIASES.get(key, key)
+                if name in STAT_NOT_SUMMED:
+                    entries = max(entries, _int(value))
+                else:
+                    totals[name] = totals.get(name, 0) + _int(value)
+        elif (len(fields) == 2 and re.fullmatch(r"[a-z_]+", fields[0])
+              and fields[1].isdigit()):
+            per_line[fields[0]] = _int(fields[1])
+            columns.append(fields[0])
+        else:
+            raise ValueError(f"line {n}: expected 'cpu=N key=value ...' or 'name value', "
+                             f"found {line.strip()[:60]!r}")
+    if cpus and per_line:
+        raise ValueError("mixes per-CPU lines with one-counter-per-line output")
+    if per_line:
+        entries = per_line.pop("entries", 0)
+        totals = {STAT_ALIASES.get(k, k): v for k, v in per_line.items()}
+        cpus = 1
+    elif not cpus:
+        raise ValueError("no counters (expected 'cpu=N key=value ...' lines)")
+    return {"columns": columns, "cpus": cpus, "entries": entries, "counters": totals,
+            "first_cpu_only": bool(per_line)}

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ct_tune.findings import Finding
+from ct_tune.findings import ORDER, Finding, error_text
 from ct_tune.formulas import human_duration
-from ct_tune.ruleset import SEVERITIES, Rule
+from ct_tune.ruleset import Rule
 
-REPORT_SCHEMA_VERSION = 1
-_ORDER = {s: i for i, s in enumerate(SEVERITIES)}
+#: 2: status and severity "unknown", errors[], findings[].unavailable (man/ct-tune-json.5)
+REPORT_SCHEMA_VERSION = 2
+_ORDER = {s: i for i, s in enumerate(ORDER)}
 _TIMEOUT_HINT = "_timeout"
 
 
@@ -64,6 +65,8 @@ def explain(findings: list[Finding]) -> str:
             change = (f"{_fmt_value(f.parameter, f.current)} -> "
                       f"{_fmt_value(f.parameter, f.recommended)}") if f.changes else (
                       f"{_fmt_value(f.parameter, f.current)} (keep)")
+            if f.severity == "unknown":
+                change = f"{_fmt_value(f.parameter, f.current)} (not assessed)"
             lines.append(f"{f.parameter}: {change}")
             if f.scope == "host":
                 lines.append("scope: read-only in this network namespace; set it on the host")
@@ -87,8 +90,29 @@ def report(findings: list[Finding], facts: dict[str, Any], status: str,
         "status": status,
         "profile": profile,
         "findings": [f.to_json() for f in findings],
+        # every input problem, "PATH: [FIELD: ]what is wrong", as on stderr
+        "errors": error_lines(facts),
         "facts": facts,
     }
+
+
+def error_lines(facts: dict[str, Any]) -> list[str]:
+    """The facts' input problems as the one-line messages the CLI prints."""
+    return [error_text(err) for err in facts.get("errors") or []]
+
+
+def status_line(findings: list[Finding], facts: dict[str, Any], status: str,
+                profile: str) -> str:
+    """The table's last line: the status, the number of findings (and of unknown ones
+    and input problems, when there are any) and the profile."""
+    parts = [f"{len(findings)} findings"]
+    unknown = sum(f.severity == "unknown" for f in findings)
+    if unknown:
+        parts.append(f"{unknown} unknown")
+    errors = len(facts.get("errors") or [])
+    if errors:
+        parts.append(f"{errors} input problem{'s' if errors != 1 else ''} (on stderr)")
+    return f"status: {status.upper()} ({', '.join(parts)}, profile {profile})"
 
 
 def rules_table(rules: list[Rule]) -> str:

@@ -17,13 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from ct_tune import datafiles
-from ct_tune.errors import InputError
+from ct_tune.errors import InputError, InputErrors, flatten, raise_all
 from ct_tune.expr import Expr, ExprError, Text
-from ct_tune.sysctlkeys import short_name
+from ct_tune.sysctlkeys import WRITABLE_KEY, short_name
 
 SEVERITIES = ("ok", "info", "warning", "critical")
 ID_RE = re.compile(r"[a-z][a-z0-9-]*[a-z0-9]")
-PARAM_RE = re.compile(r"net\.[a-z0-9_.]+")
+ID_MAX = 64
+#: A rule that recommends a value tunes a key ct-tune may write (sysctlkeys.WRITABLE_KEY);
+#: one that only reports may name any key the facts hold (net.netfilter.*, keepalive).
+READ_KEY = re.compile(r"^(net\.netfilter\.[a-z0-9_]+|net\.nf_conntrack_max|"
+                      r"net\.ipv4\.tcp_keepalive_(time|intvl|probes))$")
 NAME_RE = re.compile(r"[a-z_][a-z0-9_]*")
 
 _KEYS = {"id", "title", "parameter", "needs", "when", "let", "recommended", "outcome",
@@ -98,15 +102,25 @@ def _names(data: dict, table: str, path: Path, rid: str, taken: set[str]) -> dic
 def parse_rule(data: dict[str, Any], path: Path) -> Rule:
     """Validate one decoded rule file and compile its expressions."""
     rid = data.get("id")
-    _need(isinstance(rid, str) and bool(ID_RE.fullmatch(rid)), path, None,
-          "'id' is required: lowercase letters, digits and dashes, e.g. 'conntrack-max'")
+    _need(isinstance(rid, str) and len(rid) <= ID_MAX and bool(ID_RE.fullmatch(rid)), path,
+          None, "'id' is required: lowercase letters, digits and dashes (at most "
+          f"{ID_MAX}), e.g. 'conntrack-max'")
+    problem = datafiles.number_problem(data)
+    _need(problem is None, path, rid, problem or "")
     unknown = sorted(set(data) - _KEYS)
     _need(not unknown, path, rid, f"unknown key(s): {', '.join(unknown)}")
     title = data.get("title")
     _need(isinstance(title, str) and title.strip() != "", path, rid, "'title' is required")
     param = data.get("parameter")
-    _need(param is None or (isinstance(param, str) and bool(PARAM_RE.fullmatch(param))), path,
-          rid, "'parameter' must be a sysctl key such as 'net.netfilter.nf_conntrack_max'")
+    rec_src = data.get("recommended")
+    _need(param is None or (isinstance(param, str) and bool(READ_KEY.fullmatch(param))), path,
+          rid, "'parameter' must be a conntrack sysctl key such as "
+          "'net.netfilter.nf_conntrack_max'")
+    _need(param is None or rec_src is None or bool(WRITABLE_KEY.fullmatch(param)), path, rid,
+          f"'parameter' {param!r} is not a key ct-tune may write, so 'recommended' cannot "
+          "set it (net.netfilter.nf_conntrack_* and net.nf_conntrack_max only)")
+    when_src = data.get("when", "true")
+    _need(isinstance(when_src, str), path, rid, "'when' must be an expression string")
     sources = _str_list(data, "sources", path, rid)
     _need(len(sources) > 0, path, rid, "'sources' must cite at least one source")
     explanation = data.get("explanation")
@@ -123,11 +137,11 @@ def parse_rule(data: dict[str, Any], path: Path) -> Rule:
               path, rid, f"evidence '{name}' is not a [let] or [outcome] name")
 
     try:
-        when = Expr(data.get("when", "true"))
+        when = Expr(when_src)
         lets = tuple((name, Expr(src)) for name, src in lets_raw.items())
-        rec_src = data.get("recommended")
-        _need(rec_src is None or isinstance(rec_src, str), path, rid,
-              "'recommended' must be an expression string")
+        # an empty one would silently mean "no recommendation": the rule could never warn
+        _need(rec_src is None or (isinstance(rec_src, str) and rec_src.strip() != ""), path,
+              rid, "'recommended' must be a non-empty expression string")
         _need(rec_src is None or param is not None, path, rid,
               "'recommended' needs a 'parameter' to recommend a value for")
         recommended = Expr(rec_src) if rec_src else None
@@ -143,7 +157,10 @@ def parse_rule(data: dict[str, Any], path: Path) -> Rule:
             summary = case.get("summary")
             _need(isinstance(summary, str) and summary.strip() != "", path, rid,
                   f"severity case {n}: 'summary' is required")
-            cases.append(Case(level, Expr(case.get("if", "true")), Text(summary)))
+            cond = case.get("if", "true")
+            _need(isinstance(cond, str), path, rid,
+                  f"severity case {n}: 'if' must be an expression string")
+            cases.append(Case(level, Expr(cond), Text(summary)))
         text = Text(explanation)
     except ExprError as e:
         raise InputError(str(path), str(e), item=rid) from None
@@ -163,13 +180,29 @@ def load_file(path: Path) -> Rule:
 def load(extra_dirs: Sequence[str | Path] = (), builtin: bool = True,
          site: Path | None = datafiles.SITE_RULES_DIR) -> list[Rule]:
     """The registry: every rule on the search path, a later id replacing an earlier one,
-    in dependency order (a rule comes after the rules it ``needs``)."""
+    in dependency order (a rule comes after the rules it ``needs``).
+
+    Every bad file is reported, not only the first (InputErrors); two files of one
+    directory with the same id are an error naming both, since neither can be meant
+    to replace the other."""
     by_id: dict[str, Rule] = {}
+    errors: list[InputError] = []
     for directory in datafiles.search_path(extra_dirs, builtin, site):
+        here: dict[str, Path] = {}
         for path in datafiles.toml_files(directory):
-            rule = load_file(path)
+            try:
+                rule = load_file(path)
+            except (InputError, InputErrors) as e:
+                errors.extend(flatten(e))
+                continue
+            if rule.id in here:
+                errors.append(InputError(str(path), f"duplicate rule id: {here[rule.id]} "
+                                         "in the same directory has it too", item=rule.id))
+                continue
+            here[rule.id] = path
             by_id.pop(rule.id, None)
             by_id[rule.id] = rule
+    raise_all(errors)
     return order(list(by_id.values()))
 
 

@@ -70,6 +70,11 @@ def _cannot(path: str | Path, e: OSError) -> InputError:
     return InputError(str(path), f"cannot read: {e.strerror or e}")
 
 
+def _tolerated(e: OSError, missing_ok: bool, denied_ok: bool) -> bool:
+    """Whether the caller takes this failure as "no such input" (None), not an error."""
+    return (missing_ok and e.errno in _ABSENT) or (denied_ok and e.errno in _DENIED)
+
+
 def open_regular(path: str | Path, *, missing_ok: bool = False,
                  denied_ok: bool = False) -> int | None:
     """A descriptor open for reading on `path`, which must be a regular file.
@@ -81,9 +86,7 @@ def open_regular(path: str | Path, *, missing_ok: bool = False,
     try:
         pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
     except OSError as e:
-        if missing_ok and e.errno in _ABSENT:
-            return None
-        if denied_ok and e.errno in _DENIED:
+        if _tolerated(e, missing_ok, denied_ok):
             return None
         raise _cannot(path, e) from None
     try:
@@ -100,9 +103,7 @@ def open_regular(path: str | Path, *, missing_ok: bool = False,
                 os.close(fd)
                 raise InputError(str(path), "changed while being opened") from None
     except OSError as e:
-        if denied_ok and e.errno in _DENIED:
-            return None
-        if missing_ok and e.errno in _ABSENT:
+        if _tolerated(e, missing_ok, denied_ok):
             return None
         raise _cannot(path, e) from None
     finally:

@@ -10,14 +10,20 @@ executable definition (SPEC).
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any
 
 from ct_tune import safeio
-from ct_tune.errors import InputError
+from ct_tune.errors import InputError, InputErrors
+from ct_tune.findings import one_line
+from ct_tune.sysctlkeys import spec as key_spec
 
 SCHEMA_NAME = "ct-tune/facts"
-SCHEMA_VERSION = 1
+#: 2 added errors[] and null sysctl values (a value that could not be read); 1 is read too
+SCHEMA_VERSION = 2
+READS_VERSIONS = (1, 2)
 
 INT = (int,)
 NUM = (int, float)
@@ -25,10 +31,53 @@ STR = (str,)
 BOOL = (bool,)
 NULL = (type(None),)
 
-_SYSCTL_ENTRY = {"value": (int, str, list), "writable": BOOL}
+#: the largest magnitude of any integer in a snapshot: nothing ct-tune reads is wider than
+#: 64 bits, and the formulas must never see numbers that take seconds to multiply
+INT_LIMIT = 2**63 - 1
+#: digits of a JSON integer ct-tune decodes at all (Python refuses int() of 4300)
+_MAX_DIGITS = 30
+#: idle histogram bins (flows.IDLE_BINS) plus the bin a timeout itself falls in
+_MAX_BINS = 1025
+_MAX_PORT_BINS = 64
 
-#: Field -> allowed types, or a nested spec.  Every listed field must be present;
-#: unknown fields are allowed (forward compatible within a schema version).
+
+def U(low: int = 0, high: int = INT_LIMIT) -> tuple[Any, ...]:
+    """An integer in low..high."""
+    return ("int", low, high)
+
+
+def LIST(item: Any, most: int = 1 << 20) -> tuple[Any, ...]:
+    return ("list", item, most)
+
+
+def MAP(item: Any, key: str | None = None) -> tuple[Any, ...]:
+    """An object of any keys (matching the regular expression `key`, when given)."""
+    return ("mapping", item, re.compile(key) if key else None)
+
+
+def NULLABLE(sub: Any) -> tuple[Any, ...]:
+    return ("nullable", sub)
+
+
+def OPTIONAL(sub: Any) -> tuple[Any, ...]:
+    return ("optional", sub)
+
+
+#: sysctl values: an integer key (sysctlkeys.spec) holds an integer or null (not read);
+#: other keys an integer, a list of integers (multi-field files) or the text
+_SYSCTL_ENTRY = {"value": ("sysctl-value",), "writable": BOOL}
+
+_FLOW_CLASS = {
+    "entries": U(), "timeout_key": STR, "timeout": U(0, 2**31 - 1),
+    "idle_bin_seconds": U(1, 2**31 - 1),
+    "idle_histogram": MAP(U(), r"[0-9]{1,4}"),
+    "idle_ports": LIST(MAP(U(), r"[0-9]{1,5}"), _MAX_PORT_BINS),
+}
+
+#: Field -> allowed types, or a nested spec.  Every listed field must be present unless
+#: OPTIONAL; unknown fields are allowed (forward compatible within a schema version).
+#: Every field the engine, the rules' helpers and the planner read is typed here, so a
+#: snapshot that loads can never fail inside them.
 SPEC: dict[str, Any] = {
     "schema": STR,
     "schema_version": INT,
@@ -38,110 +87,222 @@ SPEC: dict[str, Any] = {
     "host": {
         "hostname": STR + NULL,
         "kernel_release": STR + NULL,
-        "kernel_version": (list, type(None)),
+        "kernel_version": NULLABLE(LIST(U(0, 99999), 3)),
         "arch": STR + NULL,
-        "pointer_size": INT + NULL,
-        "cpus_online": INT + NULL,
-        "mem_total_bytes": INT + NULL,
-        "low_total_bytes": INT + NULL,
-        "uptime_seconds": INT + NULL,
+        "pointer_size": NULLABLE(U(1, 16)),
+        "cpus_online": NULLABLE(U(1, 1 << 16)),
+        "mem_total_bytes": NULLABLE(U(1)),
+        "low_total_bytes": NULLABLE(U(1)),
+        "uptime_seconds": NULLABLE(U()),
     },
     "conntrack": {
         "loaded": BOOL,
+        "builtin": OPTIONAL(BOOL + NULL),
         "initial_netns": BOOL + NULL,
-        "hashsize_param": INT + NULL,
-        "slab_object_size": INT + NULL,
+        "hashsize_param": NULLABLE(U(0, 2**32 - 1)),
+        "slab_object_size": NULLABLE(U(1, 1 << 20)),
         "slab_object_size_source": STR + NULL,
     },
-    "sysctl": ("mapping", _SYSCTL_ENTRY),
-    "flows": ("optional", ("nullable", {
-        "source": STR, "entries_read": INT, "entries_estimated": INT, "sampled": BOOL,
-        "malformed": INT, "by_l3": (dict,), "by_l4": (dict,), "by_flag": (dict,),
-        "top_dports": (list,), "classes": (dict,),
+    "sysctl": MAP(_SYSCTL_ENTRY),
+    "flows": OPTIONAL(NULLABLE({
+        "source": STR, "entries_read": U(), "entries_estimated": U(), "sampled": BOOL,
+        "malformed": U(), "by_l3": MAP(U()), "by_l4": MAP(U()), "by_flag": MAP(U()),
+        "top_dports": LIST(LIST(U(), 2)), "classes": MAP(_FLOW_CLASS),
     })),
-    "window": ("optional", {"seconds": NUM, "polls": INT, "peak": INT + NULL,
-                            "mean": NUM + NULL, "growth": INT + NULL, "rates": (dict,)}),
+    "window": OPTIONAL(NULLABLE({
+        "seconds": NUM, "polls": U(), "peak": NULLABLE(U()), "mean": NUM + NULL,
+        "growth": INT + NULL, "rates": MAP(NUM)})),
     # boot configuration (sysctl.d, modules-load.d, modprobe.d); optional so that
     # snapshots from before it was collected still load
-    "persist": ("optional", {"root": STR, "files": (list,), "assignments": (list,),
-                             "sysctl": (dict,), "early_load": (list,), "modprobe": (dict,),
-                             "udev_sysctl_rules": (list,)}),
+    "persist": OPTIONAL(NULLABLE({
+        "root": STR, "files": LIST(STR), "links": OPTIONAL(MAP(STR)),
+        "assignments": LIST({"key": STR, "value": STR, "file": STR, "line": U(),
+                             "optional": OPTIONAL(BOOL)}),
+        "sysctl": MAP({"value": STR, "file": STR, "line": U()}),
+        "early_load": LIST({"module": STR, "file": STR}),
+        "modprobe": MAP({"value": STR, "file": STR}),
+        "udev_sysctl_rules": LIST(STR)})),
     # other writers of the keys and the boot system (ct_tune.writers); optional so that
     # snapshots from before it was collected still load
-    "writers": ("optional", {
-        "kube_proxy": ("nullable", {
+    "writers": OPTIONAL({
+        "kube_proxy": NULLABLE({
             "pid": INT + NULL, "source": STR, "argv0": STR,
             # conntrack settings by KubeProxyConfiguration field name: int or null
-            "flags": ("mapping", INT + NULL),
+            "flags": MAP(INT + NULL),
             "config_file": STR + NULL, "config_read_from": STR + NULL,
-            "config": ("nullable", ("mapping", INT + NULL)), "version": STR + NULL,
+            "config": NULLABLE(MAP(INT + NULL)), "version": STR + NULL,
             "version_source": STR + NULL}),
         "init": STR + NULL, "init_evidence": (list,),
-        "distro": ("nullable", {"id": STR + NULL, "name": STR + NULL, "version": STR + NULL,
-                                "source": STR}),
+        "distro": NULLABLE({"id": STR + NULL, "name": STR + NULL, "version": STR + NULL,
+                            "source": STR}),
         "containers": {"in_container": BOOL, "evidence": (list,)},
         "modules_d": (list,), "pids_scanned": INT, "pids_truncated": BOOL,
     }),
-    "stat": (
-        "nullable",
-        {"source": STR, "columns": (list,), "cpus": INT, "entries": INT, "counters": (dict,)},
+    "stat": NULLABLE(
+        {"source": STR, "columns": LIST(STR), "cpus": U(), "entries": U(),
+         "counters": MAP(U())},
     ),
+    # input problems found while collecting (facts.Problems); optional for older snapshots
+    "errors": OPTIONAL(LIST({"path": STR, "problem": STR, "item": OPTIONAL(STR + NULL),
+                             "facts": LIST(LIST(STR, 8), 8)})),
 }
 
 _TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "boolean",
                list: "list", dict: "object", type(None): "null"}
 
 
+class _Huge(str):
+    """A JSON integer too long to be any fact (decoded as this, then reported by field)."""
+
+
+def _parse_int(text: str) -> int | _Huge:
+    return _Huge(text) if len(text.lstrip("-")) > _MAX_DIGITS else int(text)
+
+
 def _describe(types: tuple[type, ...]) -> str:
     return " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
 
 
-def _check(value: Any, spec: Any, where: str, path: str) -> None:
-    def fail(problem: str) -> None:
-        raise InputError(path, problem, item=where)
+def _show(value: Any) -> str:
+    """What was found, in a few words, without walking a deep or huge value."""
+    if isinstance(value, _Huge):
+        return f"a number of {len(value.lstrip('-'))} digits"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
-    if isinstance(spec, tuple) and spec and spec[0] == "optional":
-        _check(value, spec[1], where, path)
-        return
-    if isinstance(spec, tuple) and spec and spec[0] == "nullable":
-        if value is not None:
-            _check(value, spec[1], where, path)
-        return
-    if isinstance(spec, tuple) and spec and spec[0] == "mapping":
+
+def _check(value: Any, spec: Any, where: str, out: list[tuple[str, str]]) -> None:
+    """Append (field path, problem) for everything wrong in value, not just the first."""
+    def fail(problem: str) -> None:
+        out.append((where, problem))
+
+    kind = spec[0] if isinstance(spec, tuple) and spec and isinstance(spec[0], str) else None
+    if kind == "optional":
+        _check(value, spec[1], where, out)
+    elif kind == "nullable":
+        sub = spec[1]
+        if value is None:
+            return
+        not_int = isinstance(value, bool) or not isinstance(value, int)
+        if isinstance(sub, tuple) and sub[0] == "int" and not_int:
+            fail(f"expected integer or null, found {_show(value)}")
+        else:
+            _check(value, sub, where, out)
+    elif kind == "mapping":
         if not isinstance(value, dict):
-            fail(f"expected an object, found {type(value).__name__}")
+            fail(f"expected an object, found {_show(value)}")
+            return
         for key, item in value.items():
-            _check(item, spec[1], f"{where}.{key}", path)
-        return
-    if isinstance(spec, dict):
+            if spec[2] is not None and not spec[2].fullmatch(key):
+                out.append((f"{where}.{key}" if where else key, "not a valid key here"))
+                continue
+            _check(item, spec[1], f"{where}.{key}", out)
+    elif kind == "list":
+        if not isinstance(value, list):
+            fail(f"expected a list, found {_show(value)}")
+            return
+        if len(value) > spec[2]:
+            fail(f"more than {spec[2]} items")
+            return
+        for n, item in enumerate(value):
+            _check(item, spec[1], f"{where}[{n}]", out)
+    elif kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail(f"expected integer, found {_show(value)}")
+        elif not spec[1] <= value <= spec[2]:
+            fail(f"{value} is outside {spec[1]}..{spec[2]}")
+    elif kind == "sysctl-value":
+        _check_sysctl_value(value, where, out)
+    elif isinstance(spec, dict):
         if not isinstance(value, dict):
-            fail(f"expected an object, found {_TYPE_NAMES.get(type(value), type(value).__name__)}")
+            fail(f"expected an object, found {_show(value)}")
+            return
         for key, sub in spec.items():
             if key not in value and isinstance(sub, tuple) and sub and sub[0] == "optional":
                 continue
             if key not in value:
                 fail(f"missing field {key!r}")
-            _check(value[key], sub, f"{where}.{key}" if where else key, path)
+                continue
+            _check(value[key], sub, f"{where}.{key}" if where else key, out)
+    else:
+        # bool is an int subclass in Python: only accept it where booleans are meant.
+        ok = isinstance(value, spec) and not (isinstance(value, bool) and bool not in spec)
+        if not ok:
+            fail(f"expected {_describe(spec)}, found {_show(value)}")
+        elif isinstance(value, float) and not math.isfinite(value):
+            fail(f"expected a finite number, found {value}")
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
+            fail(f"{value} is beyond 64 bits")
+
+
+def _check_sysctl_value(value: Any, where: str, out: list[tuple[str, str]]) -> None:
+    key = where[len("sysctl."):-len(".value")]
+    if value is None or (isinstance(value, str) and key_spec(key) is None):
         return
-    # bool is an int subclass in Python: only accept it where booleans are meant.
-    ok = isinstance(value, spec) and not (isinstance(value, bool) and bool not in spec)
-    if not ok:
-        shown = json.dumps(value)[:40]
-        fail(f"expected {_describe(spec)}, found {shown}")
+    if key_spec(key) is not None:
+        _check(value, U(-INT_LIMIT, INT_LIMIT), where, out)
+    elif isinstance(value, list):
+        _check(value, LIST(U(-INT_LIMIT, INT_LIMIT)), where, out)
+    else:
+        _check(value, U(-INT_LIMIT, INT_LIMIT), where, out)
+
+
+def _flow_bins(data: dict[str, Any], out: list[tuple[str, str]]) -> None:
+    """The histogram of a class covers its timeout in at most _MAX_BINS bins (what-if
+    arithmetic walks them)."""
+    flows = data.get("flows")
+    for name, cls in ((flows or {}).get("classes") or {}).items():
+        if cls["timeout"] // cls["idle_bin_seconds"] >= _MAX_BINS:
+            out.append((f"flows.classes.{name}", "idle_bin_seconds is too small for its "
+                        f"timeout (more than {_MAX_BINS} bins)"))
+
+
+def _degrade_ranges(data: dict[str, Any], path: str) -> None:
+    """Out-of-range values of known integer keys become errors and missing values, as
+    when read from procfs: corrupt input, not a fact the rules may act on."""
+    errors = data.setdefault("errors", [])
+    for key, entry in data["sysctl"].items():
+        keyspec = key_spec(key)
+        value = entry["value"]
+        if keyspec is None or value is None:
+            continue
+        problem = keyspec.read_problem(value)
+        if problem:
+            errors.append({"path": path, "item": f"sysctl.{key}.value", "problem": problem,
+                           "facts": [["sysctl", key]]})
+            entry["value"] = None
 
 
 def validate(data: Any, path: str) -> dict[str, Any]:
-    """Check a decoded snapshot against SPEC and the schema version; return it."""
+    """Check a decoded snapshot against SPEC and the schema version; return it.
+
+    Every problem is reported (InputErrors), each naming the field; out-of-range values
+    of known sysctl keys are not fatal: they go to data["errors"] and read as missing.
+    """
     if not isinstance(data, dict):
         raise InputError(path, "not a ct-tune facts snapshot (expected a JSON object)")
     if data.get("schema") != SCHEMA_NAME:
-        raise InputError(path, f"not a ct-tune facts snapshot (schema is {data.get('schema')!r},"
-                               f" expected {SCHEMA_NAME!r})")
+        raise InputError(path, f"not a ct-tune facts snapshot (schema is "
+                               f"{_show(data.get('schema'))}, expected {SCHEMA_NAME!r})")
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise InputError(path, f"facts schema_version {version!r} is not supported by this "
-                               f"ct-tune (reads version {SCHEMA_VERSION}); re-collect or upgrade")
-    _check(data, SPEC, "", path)
+    if version not in READS_VERSIONS or isinstance(version, bool):
+        raise InputError(path, f"facts schema_version {_show(version)} is not supported by "
+                               f"this ct-tune (reads versions 1 and {SCHEMA_VERSION}); "
+                               "re-collect or upgrade")
+    problems: list[tuple[str, str]] = []
+    _check(data, SPEC, "", problems)
+    if not problems:
+        _flow_bins(data, problems)
+    if problems:
+        raise InputErrors([InputError(path, one_line(problem), item=one_line(where) or None)
+                           for where, problem in problems])
+    _degrade_ranges(data, path)
     return data
 
 
@@ -156,10 +317,14 @@ def load(path: str | Path) -> dict[str, Any]:
     else:
         text = safeio.read_text(path, safeio.SNAPSHOT) or ""
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_int=_parse_int)
     except json.JSONDecodeError as e:
         raise InputError(name, f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
                          ) from None
+    except RecursionError:
+        raise InputError(name, "invalid snapshot: nested too deeply") from None
+    except ValueError as e:  # a number Python will not convert (e.g. a 1e400000 exponent)
+        raise InputError(name, f"invalid JSON: {e}") from None
     return validate(data, name)
 
 

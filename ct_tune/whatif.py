@@ -19,6 +19,11 @@ timeout is lowered or raised:
 Idle histograms are binned (at most 1024 bins per class), so counts are exact
 to within one bin (every result says the bin width); the ports of idle flows
 are kept per idle octave, so they are exact to within a factor of two in time.
+
+A sample cut short by --sample-limit is scaled up to the table's count: every
+count below is then an estimate, and each comes with its 95 % sampling margin
+(``*_margin``, formulas.margin95; 0 for a whole table) so texts say "4,263 ± 1,210"
+rather than a number that looks exact.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from ct_tune.formulas import human_duration
+from ct_tune.formulas import human_duration, margin95
 from ct_tune.sysctlkeys import short_name
 
 _PREFIX = "net.netfilter."
@@ -100,6 +105,19 @@ def _ports_beyond(classes: list[dict[str, Any]], seconds: float, k: int) -> list
     return [[int(p), round(n)] for p, n in ports.most_common(k) if round(n) > 0]
 
 
+def _margin(flows: Mapping[str, Any] | None, estimate: float) -> int:
+    """95 % margin of a count estimated from the sample (0 when the whole table was read)."""
+    if not flows or not flows.get("sampled"):
+        return 0
+    total = flows.get("entries_estimated") or 0
+    return margin95(min(estimate, total), flows.get("entries_read") or 0, total)
+
+
+def pm(margin: Any) -> str:
+    """The text after an estimated count: " ± margin", or nothing for an exact count."""
+    return f" \u00b1 {int(margin):,}" if margin else ""
+
+
 def whatif(flows: Mapping[str, Any] | None, key: str, seconds: float | None,
            k: int = 5) -> dict[str, Any] | None:
     """The sample's answer for one timeout key set to `seconds`; None without a sample,
@@ -110,14 +128,19 @@ def whatif(flows: Mapping[str, Any] | None, key: str, seconds: float | None,
         return None
     current = max(c["timeout"] for c in classes)
     idle = sum(_beyond(c, seconds) for c in classes) if seconds < current else 0.0
+    projected = round(sum(_held(c, seconds) for c in classes))
     return {
         "entries": entries,
+        "entries_margin": _margin(flows, entries),
         "timeout": current,
         "proposed": seconds,
         "idle_beyond": round(idle),
+        "idle_beyond_margin": _margin(flows, idle),
         "idle_beyond_share": round(idle / entries, 4),
         "top_dports": _ports_beyond(classes, seconds, k) if idle >= 0.5 else [],
-        "projected": round(sum(_held(c, seconds) for c in classes)),
+        "projected": projected,
+        # the sampling margin only: not the error of the Little's-law model
+        "projected_margin": _margin(flows, projected),
         "bin_seconds": max(c["idle_bin_seconds"] for c in classes),
     }
 
@@ -144,7 +167,9 @@ def occupancy(flows: Mapping[str, Any] | None,
         if result["proposed"] != current:
             changes.append({"key": _PREFIX + key, **result})
     # the sample may be scaled: say the total the estimate refers to
-    return {"entries": now, "projected": projected, "idle_beyond": forgotten,
+    return {"entries": now, "entries_margin": _margin(flows, now),
+            "projected": projected, "projected_margin": _margin(flows, projected),
+            "idle_beyond": forgotten, "idle_beyond_margin": _margin(flows, forgotten),
             "change": (projected - now) / now if now else 0.0, "changes": changes}
 
 
@@ -163,6 +188,7 @@ def share(flows: Mapping[str, Any] | None, name: str) -> dict[str, Any] | None:
     return {
         "class": name,
         "entries": cls["entries"],
+        "margin": _margin(flows, cls["entries"]),
         "share": round(cls["entries"] / total, 4),
         "timeout_key": cls["timeout_key"],
         "timeout": cls["timeout"],
@@ -176,10 +202,11 @@ def describe(result: Mapping[str, Any] | None) -> str:
     if not result:
         return ""
     new, old = result["proposed"], result["timeout"]
-    text = (f"Table sample: {result['entries']:,} entries are held by this timeout now "
-            f"({human_duration(old)}).")
+    text = (f"Table sample: {result['entries']:,}{pm(result.get('entries_margin'))} entries "
+            f"are held by this timeout now ({human_duration(old)}).")
     if new < old:
-        text += (f" {result['idle_beyond']:,} of them ({result['idle_beyond_share']:.1%}) "
+        text += (f" {result['idle_beyond']:,}{pm(result.get('idle_beyond_margin'))} of them "
+                 f"({result['idle_beyond_share']:.1%}) "
                  f"have been idle longer than {human_duration(new)} and would already have "
                  "been forgotten")
         if result["top_dports"]:
@@ -188,7 +215,10 @@ def describe(result: Mapping[str, Any] | None) -> str:
         text += "."
     if new != old:
         text += (f" Under {human_duration(new)} the table would hold about "
-                 f"{result['projected']:,} of them (Little's law: entries = arrival rate x "
-                 f"hold time, from the idle-time histogram at {result['bin_seconds']} s "
-                 "resolution).")
+                 f"{result['projected']:,}{pm(result.get('projected_margin'))} of them "
+                 "(Little's law: entries = arrival rate x hold time, from the idle-time "
+                 f"histogram at {result['bin_seconds']} s resolution).")
+    if result.get("entries_margin"):
+        text += (" Estimates: the sample was cut short by --sample-limit and scaled up to the "
+                 "table's count; \u00b1 is the 95 % sampling margin.")
     return text

@@ -13,7 +13,7 @@ FINDING_KEYS = {"rule", "severity", "parameter", "current", "recommended", "summ
 def test_json_schema_fields(tree):
     proc = run_cli("audit", "--format", "json", *tree_args(tree("keepalive-trap")))
     report = json.loads(proc.stdout)
-    assert report["schema_version"] == 1
+    assert report["schema_version"] == 2
     assert report["status"] == "warning"
     assert set(report) >= {"schema_version", "status", "findings", "facts"}
     for f in report["findings"]:

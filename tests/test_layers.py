@@ -9,7 +9,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).parent.parent / "ct_tune"
 PURE = {"engine", "plan", "fragments", "render", "drift", "whatif", "formulas", "parsers",
         "kernelmodel", "kubeproxy", "bootinit",
-        "sysctld", "sysctlkeys", "findings", "flowparse", "flows"}
+        "sysctld", "sysctlkeys", "findings", "flowparse", "flows", "check", "textfile"}
 IO = {"facts", "sampler", "ctsource", "apply", "atomic", "capture", "cli", "cache", "writers"}
 
 

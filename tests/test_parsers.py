@@ -40,7 +40,12 @@ def test_stat_old_header_is_read_by_name():
 
 
 @pytest.mark.parametrize("text", ["", NEW + "\n0000 zz", NEW + "\n00000001 00000002",
-                                  "1 2 3\n00000001 00000002 00000003"])
+                                  "1 2 3\n00000001 00000002 00000003",
+                                  # a header alone, or one without the counters ct-tune reads
+                                  "garbage\n", NEW + "\n", "a b\n0 0\n",
+                                  # hex that is not a counter: 0x prefix, _, 17 digits
+                                  "entries drop\n0x1 2", "entries drop\n1_0 2",
+                                  "entries drop\n1 " + "f" * 17])
 def test_stat_corrupt_input_is_a_value_error(text):
     with pytest.raises(ValueError):
         p.parse_conntrack_stat(text)
@@ -91,3 +96,32 @@ def test_uptime_whole_seconds_and_corrupt_input():
     for bad in ("", "x 1.0", "-5.0 1.0", "nan 1.0", "inf 2"):
         with pytest.raises(ValueError, match="seconds since boot"):
             p.parse_uptime(bad)
+
+
+@pytest.mark.parametrize("text", ["-", "1_000", "\u00b2", "\u0663", "9" * 21, "9" * 5000,
+                                  "", " ", "0x10", "1e3"])
+def test_parse_int_refuses_what_is_not_a_sane_decimal(text):
+    with pytest.raises(ValueError, match=r"expected an integer|empty|number too long"):
+        p.parse_int(text)
+
+
+def test_parse_int_reads_signed_decimals():
+    assert p.parse_int(" -5\n") == -5
+    assert p.parse_int("9" * 20) == int("9" * 20)
+
+
+@pytest.mark.parametrize("text", ["0-99999999", "0-65536", "4294967295"])
+def test_cpu_list_beyond_any_kernel_is_refused_without_building_it(text):
+    with pytest.raises(ValueError):
+        p.parse_cpu_list(text)
+
+
+def test_meminfo_refuses_huge_and_non_ascii_numbers():
+    for value in ("9" * 5000, "\u00b2", "-5"):
+        with pytest.raises(ValueError, match=r"line 1|number too long"):
+            p.parse_meminfo(f"MemTotal: {value} kB\n")
+
+
+def test_sysctl_value_with_huge_digits_is_kept_as_text():
+    assert p.parse_sysctl_value("9" * 5000) == "9" * 5000
+    assert p.parse_sysctl_value("4096 87380 6291456") == [4096, 87380, 6291456]

@@ -43,41 +43,7 @@ def results() -> dict:
     return out
 
 
-def xfail(reason: str):
-    return pytest.mark.xfail(strict=False, reason=f"issue 9: {reason}")
-
-
-# What main (c472d3a) fails today, and the issue-9 branch that fixes it.
-FAILING = {
-    ("procfs", "hang"): xfail("a FIFO in the tree blocks the read: branch safe-reads"),
-    ("procfs", "injected"): xfail("a newline in the hostname reaches the fragment header: "
-                                  "branch rules-inject"),
-    ("procfs", "false_green"): xfail("negative and huge kernel values read as OK: branch "
-                                     "facts-validate"),
-    ("facts", "internal"): xfail("deep nesting in a snapshot is a RecursionError: branch "
-                                 "facts-validate"),
-    ("facts", "false_green"): xfail("a negative timeout in a snapshot reads as OK: branch "
-                                    "facts-validate"),
-    ("rules", "internal"): xfail("deep nesting in a rule or expression is a RecursionError: "
-                                 "branch rules-inject"),
-    ("rules", "injected"): xfail("a newline in a rule's title or summary reaches the "
-                                 "fragment: branch rules-inject"),
-    ("rules", "false_green"): xfail("two rules with one id in one directory: branch "
-                                    "rules-inject"),
-    ("profiles", "internal"): xfail("deep nesting in a profile is a RecursionError: branch "
-                                    "rules-inject"),
-    ("profiles", "injected"): xfail("a newline in a profile's reason reaches the fragment: "
-                                    "branch rules-inject"),
-    ("profiles", "false_green"): xfail("a negative profile target is accepted: branch "
-                                       "rules-inject"),
-    ("state", "internal"): xfail("wrong types / deep nesting in rollback.json: branch "
-                                 "apply-safe"),
-    ("state", "false_green"): xfail("rollback accepts paths, keys and a procfs outside the "
-                                    "root: branch apply-safe"),
-    ("roots", "outside"): xfail("apply and rollback follow symlinked directories out of "
-                                "--root: branch apply-safe"),
-}
-CASES = [pytest.param(cat, check, marks=FAILING.get((cat, check), ()), id=f"{cat}-{check}")
+CASES = [pytest.param(cat, check, id=f"{cat}-{check}")
          for picks in PICKS for cat in picks for check in CHECKS]
 
 

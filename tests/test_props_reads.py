@@ -57,6 +57,8 @@ def _by_blocks(data: bytes, size: int = ctsource.BLOCK_CHARS) -> FlowStats:
 def _summary(stats: FlowStats) -> str:
     out = stats.summary()
     out.pop("malformed_examples")  # quotes of an over-long line are cut by the reader
+    for kind in out["malformed_kinds"]:
+        kind.pop("example")
     return json.dumps(out)
 
 

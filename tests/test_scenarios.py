@@ -118,17 +118,29 @@ def test_container_namespace_recommendation_for_global_key_says_set_on_host(tree
     assert "set it on the host" in mx["summary"]
 
 
-@pytest.mark.parametrize(("name", "path", "problem"), [
+@pytest.mark.parametrize(("name", "path", "problem", "rule"), [
     ("corrupt-values", "proc/sys/net/netfilter/nf_conntrack_max",
-     "expected an integer, found '26214x4'"),
-    ("corrupt-stat", "proc/net/stat/nf_conntrack", "line 2: 3 fields, header has 17"),
+     "expected an integer, found '26214x4'", "conntrack-max"),
+    ("corrupt-stat", "proc/net/stat/nf_conntrack", "line 2: 3 fields, header has 17",
+     "table-drops"),
 ])
-def test_corrupt_input_is_one_line_naming_the_file_exit_3(tree, name, path, problem):
+def test_corrupt_input_is_one_line_naming_the_file_and_its_findings_are_unknown(
+        tree, name, path, problem, rule):
     roots = tree(name)
     proc = run_cli("audit", *tree_args(roots))
     assert proc.returncode == 3
-    assert proc.stdout == ""
-    assert proc.stderr.strip() == f"ct-tune: {roots.procfs.parent / path}: {problem}"
+    line = f"ct-tune: {roots.procfs.parent / path}: {problem}"
+    assert proc.stderr.strip() == line
+    assert proc.stdout.splitlines()[-1].startswith("status: UNKNOWN")
+    proc = run_cli("audit", "--format", "json", *tree_args(roots))
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 3 and report["status"] == "unknown"
+    assert proc.stderr.strip() == line
+    assert report["errors"] == [line.removeprefix("ct-tune: ")]
+    finding = by_rule(report)[rule]
+    assert finding["severity"] == "unknown"
+    assert finding["unavailable"] == [line.removeprefix("ct-tune: ")]
+    assert finding["recommended"] is None
 
 
 def test_32_bit_host_budgets_against_lowmem(tree):
@@ -203,9 +215,10 @@ def test_corrupt_uptime_names_the_file(tree):
     roots = tree("defaults-16g")
     (roots.procfs / "uptime").write_text("soon 12.0\n")
     proc = run_cli("audit", *tree_args(roots))
-    assert proc.returncode == 3 and proc.stdout == ""
+    assert proc.returncode == 3  # table-drops turns totals into rates with the uptime
     assert proc.stderr.strip() == (f"ct-tune: {roots.procfs / 'uptime'}: "
                                    "expected seconds since boot, got 'soon 12.0'")
+    assert "status: UNKNOWN" in proc.stdout
 
 
 def test_32_bit_kernel_default_is_sized_from_all_ram_not_lowmem(tree):

@@ -25,7 +25,7 @@ def test_offline_audit_of_a_snapshot_matches_the_live_audit(tree, tmp_path):
 
 def test_collect_to_stdout_is_versioned_json(tree):
     data = json.loads(run_cli("collect", *tree_args(tree("defaults-16g"))).stdout)
-    assert data["schema"] == "ct-tune/facts" and data["schema_version"] == 1
+    assert data["schema"] == "ct-tune/facts" and data["schema_version"] == 2
     assert data["sysctl"]["net.netfilter.nf_conntrack_max"] == {"value": 262144,
                                                                 "writable": True}
     # unknown and multi-field keys are kept (nf_log is a directory of per-family files)
