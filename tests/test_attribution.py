@@ -62,3 +62,24 @@ def test_protocol_mix_names_the_majority():
     assert attribution.protocol_mix(flows) == {"udp": 0.3, "tcp": 0.7, "dns": 0.25,
                                                "major": "tcp"}
     assert attribution.protocol_mix(None) is None
+
+
+def test_forwarding_is_read_from_either_family_and_a_corrupt_value_is_a_problem(tmp_path):
+    from conftest import materialize
+
+    from ct_tune import facts
+
+    roots = materialize("defaults-16g", tmp_path)
+    v4 = roots.procfs / "sys/net/ipv4/ip_forward"
+    v6 = roots.procfs / "sys/net/ipv6/conf/all/forwarding"
+    v6.parent.mkdir(parents=True, exist_ok=True)
+    v4.write_text("0\n")
+    v6.write_text("0\n")
+    assert facts.collect(roots)["host"]["forwarding"] is False
+    v6.write_text("1\n")
+    assert facts.collect(roots)["host"]["forwarding"] is True
+    v4.write_text("yes\n")
+    data = facts.collect(roots)
+    assert data["host"]["forwarding"] is None
+    assert any(e["path"] == str(v4) and "expected 0 or 1" in e["problem"]
+               for e in data["errors"])
