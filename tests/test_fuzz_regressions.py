@@ -11,6 +11,18 @@ from conftest import run_cli, tree_args
 from ct_tune import apply
 
 
+def shipped_rule_with(tmp_path: Path, rule_id: str, key: str, source: str) -> Path:
+    """A copy of a shipped rule, in a directory of its own, with one top-level key's
+    expression replaced."""
+    text = (Path(__file__).parent.parent / "rules" / f"{rule_id}.toml").read_text()
+    start = text.index(f"\n{key} = ")
+    end = text.index("\n", start + 1)
+    path = tmp_path / "rules" / f"{rule_id}.toml"
+    path.parent.mkdir()
+    path.write_text(f"{text[:start]}\n{key} = {json.dumps(source)}{text[end:]}")
+    return path
+
+
 def test_a_directory_in_place_of_a_timeout_key_is_reported_not_absent(tree):
     roots = tree("defaults-16g")
     key = roots.proc("sys/net/netfilter/nf_conntrack_icmpv6_timeout")
@@ -23,14 +35,7 @@ def test_a_directory_in_place_of_a_timeout_key_is_reported_not_absent(tree):
 
 def test_an_infinite_number_in_a_rule_is_the_rule_files_fault(tmp_path, tree):
     roots = tree("defaults-16g")
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    shipped = Path(__file__).parent.parent / "rules" / "conntrack-early-load.toml"
-    text = shipped.read_text()
-    start = text.index("\nwhen = ")
-    end = text.index("\n", start + 1)
-    (rules / "conntrack-early-load.toml").write_text(text[:start] + '\nwhen = "1e400"'
-                                                     + text[end:])
+    rules = shipped_rule_with(tmp_path, "conntrack-early-load", "when", "1e400").parent
     proc = run_cli("audit", "--no-sample", *tree_args(roots), "--rules-dir", str(rules))
     assert proc.returncode == 3
     assert "internal error" not in proc.stderr
@@ -55,15 +60,8 @@ def test_a_state_whose_live_path_is_not_the_keys_file_is_refused(tmp_path):
 def test_an_empty_recommended_expression_is_a_rule_error(tmp_path, tree):
     """seed 11: `recommended = ""` dropped the recommendation, and the audit read OK."""
     roots = tree("defaults-16g")
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    shipped = Path(__file__).parent.parent / "rules" / "udp-timeout-stream.toml"
-    text = shipped.read_text()
-    start = text.index("\nrecommended = ")
-    end = text.index("\n", start + 1)
-    path = rules / "udp-timeout-stream.toml"
-    path.write_text(text[:start] + '\nrecommended = ""' + text[end:])
-    proc = run_cli("audit", "--no-sample", *tree_args(roots), "--rules-dir", str(rules))
+    path = shipped_rule_with(tmp_path, "udp-timeout-stream", "recommended", "")
+    proc = run_cli("audit", "--no-sample", *tree_args(roots), "--rules-dir", str(path.parent))
     assert proc.returncode == 3
     assert proc.stderr == (f"ct-tune: {path}: udp-timeout-stream: 'recommended' must be a "
                            "non-empty expression string\n")
