@@ -350,6 +350,9 @@ class Fuzzer:
             checked = integer_file(rel) or rel in ("proc/meminfo", "proc/net/stat/nf_conntrack")
             kind = rng.choice(["garbage", "number", "empty", "missing", "fifo", "dir",
                                "devzero", "hostname", "negative", "huge", "huge", "lines"])
+            if kind == "hostname":  # it replaces the hostname file, never the file drawn
+                rel, checked = "proc/sys/kernel/hostname", False
+                path = tree / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)

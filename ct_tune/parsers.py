@@ -45,7 +45,9 @@ def _int(text: str, base: int = 10) -> int:
 #: unsigned int printed as %08x; 16 allows 64 bits).
 DECIMAL_DIGITS = 20
 MAX_HEX_DIGITS = 16
-_DECIMAL = re.compile(r"[+-]?[0-9]+")
+#: what the kernel prints (and proc_get_long reads back): an optional minus, ASCII digits;
+#: never a plus sign
+_DECIMAL = re.compile(r"-?[0-9]+")
 _HEX = re.compile(rf"[0-9a-fA-F]{{1,{MAX_HEX_DIGITS}}}")
 _MEMINFO_VALUE = re.compile(r"[0-9]+")
 

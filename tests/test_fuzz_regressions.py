@@ -65,3 +65,13 @@ def test_an_empty_recommended_expression_is_a_rule_error(tmp_path, tree):
     assert proc.returncode == 3
     assert proc.stderr == (f"ct-tune: {path}: udp-timeout-stream: 'recommended' must be a "
                            "non-empty expression string\n")
+
+
+def test_a_plus_signed_timeout_is_corrupt_not_a_number(tree):
+    """seed 13: '+7' read as 7; the kernel never prints a plus sign, nor reads one back."""
+    roots = tree("defaults-16g")
+    key = roots.proc("sys/net/netfilter/nf_conntrack_tcp_timeout_unacknowledged")
+    key.write_text("+7\n")
+    proc = run_cli("audit", "--no-sample", *tree_args(roots))
+    assert proc.returncode == 3, proc.stdout
+    assert f"ct-tune: {key}: expected an integer, found '+7'\n" in proc.stderr
