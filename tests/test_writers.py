@@ -4,11 +4,13 @@ snapshot round trips."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -187,42 +189,41 @@ def test_collect_and_audit_carry_writers(tmp_path):
     assert "kube-proxy v1.30.2 sets it to 524,288" in found["conntrack-max"]["summary"]
 
 
-def test_live_process_named_kube_proxy_is_found():
-    """A real process in this host's /proc whose argv[0] is kube-proxy (bash exec -a)."""
+@contextlib.contextmanager
+def fake_kube_proxy(flags: str) -> Iterator[subprocess.Popen]:
+    """A real process in this host's /proc whose argv[0] is kube-proxy (bash exec -a),
+    running until the block ends."""
     proc = subprocess.Popen(
         ["bash", "-c", f"exec -a /usr/local/bin/kube-proxy {sys.executable} -c "
-                       "'import time; time.sleep(30)' "
-                       "--conntrack-min=300000 --conntrack-tcp-timeout-close-wait=2h"],
+                       f"'import time; time.sleep(30)' {flags}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(100):
             if Path(f"/proc/{proc.pid}/cmdline").read_bytes().startswith(b"/usr/local/bin/kube"):
                 break
             time.sleep(0.05)
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_live_process_named_kube_proxy_is_found():
+    """A real process in this host's /proc whose argv[0] is kube-proxy (bash exec -a)."""
+    with fake_kube_proxy("--conntrack-min=300000 --conntrack-tcp-timeout-close-wait=2h") as proc:
         w = writers.collect(facts.Roots())
         if w["pids_truncated"] and (w["kube_proxy"] or {}).get("pid") != proc.pid:
             pytest.skip(f"more than {writers.MAX_PIDS} processes here")
         kp = w["kube_proxy"]
         assert kp is not None and kp["pid"] == proc.pid
         assert kp["flags"] == {"min": 300000, "tcpCloseWaitTimeout": 7200}
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start a process as another user")
 def test_other_users_process_root_is_skipped_not_an_error():
     """As an unprivileged user, another user's /proc/PID/root cannot be searched: the
     kube-proxy is still found from its cmdline, its config file counts as unreadable."""
-    proc = subprocess.Popen(
-        ["bash", "-c", f"exec -a /usr/local/bin/kube-proxy {sys.executable} -c "
-                       "'import time; time.sleep(30)' --config=/var/lib/kube-proxy/config.conf"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            if Path(f"/proc/{proc.pid}/cmdline").read_bytes().startswith(b"/usr/local/bin/kube"):
-                break
-            time.sleep(0.05)
+    with fake_kube_proxy("--config=/var/lib/kube-proxy/config.conf") as proc:
         read, write = os.pipe()
         child = os.fork()
         if child == 0:  # the child drops to nobody and reports what it saw
@@ -241,6 +242,3 @@ def test_other_users_process_root_is_skipped_not_an_error():
         assert "error" not in (kp or {}), kp
         assert kp["pid"] == proc.pid and kp["config_file"] == "/var/lib/kube-proxy/config.conf"
         assert kp["config"] is None
-    finally:
-        proc.kill()
-        proc.wait()
