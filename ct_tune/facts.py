@@ -437,13 +437,22 @@ def _initial_netns(roots: Roots, sysctls: dict[str, dict[str, Any]]) -> bool:
     """
     if roots.proc("sys/net/nf_conntrack_max").exists():
         return True
-    entry = sysctls["net.netfilter.nf_conntrack_max"]
+    entry = sysctls.get("net.netfilter.nf_conntrack_max") or {}
     return entry.get("key", "").startswith("net.ipv4.netfilter.ip_conntrack_")
 
 
 def _conntrack(roots: Roots, sysctls: dict[str, dict[str, Any]],
                problems: Problems) -> dict[str, Any]:
     loaded = "net.netfilter.nf_conntrack_max" in sysctls
+    others = sorted(k for k in sysctls if k.startswith("net.netfilter.nf_conntrack_"))
+    if not loaded and others:
+        # every nf_conntrack_* key is registered with nf_conntrack_max (one ctl_table in
+        # nf_conntrack_standalone.c): others without it are an incomplete tree, never a
+        # host without conntrack, whose "nothing to tune" would read as OK
+        problems.add(roots.proc("sys/net/netfilter/nf_conntrack_max"),
+                     f"missing while {others[0]} is present (incomplete procfs tree)",
+                     ("sysctl", "net.netfilter.nf_conntrack_max"))
+        loaded = True
     hashsize = problems.parse(roots.sys("module/nf_conntrack/parameters/hashsize"),
                               _then(parsers.parse_int, in_range(0, 2**32 - 1, "hash size")),
                               ("conntrack", "hashsize_param"))

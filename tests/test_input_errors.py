@@ -346,3 +346,17 @@ def test_apply_refuses_a_host_it_could_not_read_whole(tree, tmp_path):
     assert proc.returncode == 3
     assert proc.stderr.startswith(f"ct-tune: {path}: -5 is below 0")
     assert "nothing to apply" not in proc.stdout
+
+
+def test_conntrack_keys_without_nf_conntrack_max_are_an_incomplete_tree_not_a_green(tree):
+    """Every nf_conntrack_* key is registered with nf_conntrack_max: a tree that has the
+    others but not it lost files, and must not read as "module not loaded, OK"."""
+    roots = tree("defaults-16g")
+    (roots.procfs / NF / "nf_conntrack_max").unlink()
+    (roots.procfs / "sys/net/nf_conntrack_max").unlink()
+    proc, report = _audit_json(roots, "--no-sample")
+    assert proc.returncode == 3
+    assert report["status"] == "unknown"
+    assert "module-loaded" not in _by_rule(report)
+    assert f"{roots.procfs / NF / 'nf_conntrack_max'}: missing while" in proc.stderr
+    assert _by_rule(report)["conntrack-max"]["severity"] == "unknown"
