@@ -459,7 +459,7 @@ def _conntrack(roots: Roots, sysctls: dict[str, dict[str, Any]],
     size, size_source = _slab_object_size(roots, problems) if loaded else (None, None)
     initial = _initial_netns(roots, sysctls) if loaded else None
     # built in: modules-load.d and modprobe.d options do nothing
-    builtin = builtin_module(roots, loaded)
+    builtin = builtin_module(roots, loaded, problems)
     return {
         "loaded": loaded,
         "builtin": builtin,
@@ -471,7 +471,7 @@ def _conntrack(roots: Roots, sysctls: dict[str, dict[str, Any]],
     }
 
 
-def builtin_module(roots: Roots, loaded: bool) -> bool | None:
+def builtin_module(roots: Roots, loaded: bool, problems: Problems | None = None) -> bool | None:
     """Whether nf_conntrack is built into the kernel (None: cannot tell).
 
     A loadable module has /sys/module/nf_conntrack/initstate; a built-in one has the
@@ -484,7 +484,8 @@ def builtin_module(roots: Roots, loaded: bool) -> bool | None:
         return None
     if roots.live:
         return True if roots.sys("module/nf_conntrack").exists() else None
-    return True if (_read(roots.sys(BUILTIN_MARKER)) or "").strip() == "1" else None
+    marker = (problems or Problems()).read(roots.sys(BUILTIN_MARKER), ("conntrack", "builtin"))
+    return True if (marker or "").strip() == "1" else None
 
 
 def _stat_table(roots: Roots, problems: Problems) -> dict[str, Any] | None:
