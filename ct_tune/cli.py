@@ -171,6 +171,14 @@ def gather(roots: facts.Roots, no_sample: bool, sample_limit: int | None,
             host["flows"] = sampler.sample(roots, host, sample_limit, table_source)
         except ctsource.SourceError as e:
             click.echo(f"ct-tune: warning: table not sampled: {e}", err=True)
+        if host.get("flows") is not None:
+            # the sample's CLOSE_WAIT entries are read against this namespace's sockets
+            from ct_tune import sockets
+
+            found = facts.Problems()
+            host["sockets"] = sockets.collect(roots, found)
+            host["errors"] = [*host.get("errors", []), *found.items]
+            _report_problems({"errors": found.items})
     if not no_sample and duration > 0 and host["conntrack"]["loaded"]:
         host["window"] = sampler.poll(roots, duration, interval, _progress)
         if sys.stderr.isatty():

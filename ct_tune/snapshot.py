@@ -109,6 +109,10 @@ SPEC: dict[str, Any] = {
         "malformed": U(), "by_l3": MAP(U()), "by_l4": MAP(U()), "by_flag": MAP(U()),
         "top_dports": LIST(LIST(U(), 2)), "classes": MAP(_FLOW_CLASS),
     })),
+    # this namespace's TCP sockets in the states that explain CLOSE_WAIT entries
+    # (ct_tune/sockets.py), read with the table sample; optional for older snapshots
+    "sockets": OPTIONAL(NULLABLE({"close_wait": U(), "fin_wait2": U(),
+                                  "sources": LIST(STR, 2)})),
     "window": OPTIONAL(NULLABLE({
         "seconds": NUM, "polls": U(), "peak": NULLABLE(U()), "mean": NUM + NULL,
         "growth": INT + NULL, "rates": MAP(NUM)})),
