@@ -14,6 +14,7 @@ pygal is the optional extra ``report`` (``pip install 'ct-tune[report]'``).
 
 from __future__ import annotations
 
+import math
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
@@ -100,9 +101,17 @@ def svg(chart: Any, name: str) -> str:
     return text.replace(uid, slug) if uid else text
 
 
+def _finite(*values: Any) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+               and abs(v) < 1e15 for v in values)
+
+
 def _thin(points: Sequence[Sequence[float]], most: int) -> list[tuple[float, float]]:
-    """At most `most` points, the highest of each stretch kept."""
-    pts = [(float(p[0]), float(p[1])) for p in points if len(p) == 2]
+    """At most `most` points, the highest of each stretch kept; x from the first point
+    (a snapshot's window starts at 0 s, but nothing else guarantees it)."""
+    pts = [(float(p[0]), float(p[1])) for p in points if len(p) == 2 and _finite(*p)]
+    if pts:
+        pts = [(x - pts[0][0], y) for x, y in pts]
     if len(pts) <= most:
         return pts
     step = -(-len(pts) // most)
@@ -156,8 +165,10 @@ def mix(classes: Mapping[str, Mapping[str, Any]] | None) -> str | None:
 
 def _bins(cls: Mapping[str, Any], bars: int) -> tuple[list[tuple[float, float, float]], float]:
     """The class's idle histogram regrouped into at most `bars` bars: (count, start, end)."""
-    width = float(cls.get("idle_bin_seconds") or 1)
-    hist = {int(k): int(v) for k, v in (cls.get("idle_histogram") or {}).items() if int(v) > 0}
+    width = cls.get("idle_bin_seconds") or 1
+    width = float(width) if _finite(width) and width > 0 else 1.0
+    hist = {int(k): int(v) for k, v in (cls.get("idle_histogram") or {}).items()
+            if str(k).isdigit() and _finite(v) and v > 0}
     if not hist:
         return [], width
     top = max(hist) + 1
@@ -176,7 +187,8 @@ def idle(name: str, cls: Mapping[str, Any], recommended: int | None) -> str | No
     bins, _ = _bins(cls, IDLE_BARS)
     if not bins:
         return None
-    current = cls.get("timeout")
+    current = cls.get("timeout") if _finite(cls.get("timeout")) else None
+    recommended = recommended if _finite(recommended) else None
     cut = recommended if recommended is not None and recommended != current else None
     # the timeout lines reach above the highest bar, so they show where the bars are dense
     top = max(b[0] for b in bins) * 1.1
@@ -219,7 +231,7 @@ def memory(cost_now: float | None, cost_planned: float | None, budget: float | N
     bars = [(label, v) for label, v in (("full table now", cost_now),
                                         ("at the recommended max", cost_planned),
                                         ("memory budget", budget))
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0]
+            if _finite(v) and v >= 0]
     if not any(label != "memory budget" for label, _ in bars):
         return None
     chart = pygal.HorizontalBar(**{**_BASE, "height": 260}, title="Kernel memory of the table",
@@ -235,7 +247,7 @@ def fleet_usage(hosts: Sequence[Mapping[str, Any]]) -> str | None:
     """Hosts by table usage (count / max), highest first, coloured by status."""
     rows = sorted(((str(h.get("host") or h.get("source") or "?"), float(h["usage"]),
                     str(h.get("status") or "unknown"))
-                   for h in hosts if isinstance(h.get("usage"), (int, float))),
+                   for h in hosts if _finite(h.get("usage"))),
                   key=lambda r: (-r[1], r[0]))
     if not rows:
         return None

@@ -114,6 +114,15 @@ def _by_severity(findings: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return sorted(findings, key=lambda f: -_RANK.get(f.get("severity"), 0))
 
 
+def _draw(draw: Any, *args: Any) -> str | None:
+    """One chart; values no chart can show (a hand-edited snapshot: 1e300 seconds, counts
+    beyond any table) leave the sentence instead of failing the report."""
+    try:
+        return draw(*args)
+    except (ArithmeticError, ValueError, TypeError):
+        return None
+
+
 def _chart(svg: str | None, missing: str) -> dict[str, Any]:
     """A chart for the template: its SVG, or the sentence that stands in for it."""
     from markupsafe import Markup
@@ -133,13 +142,13 @@ def _audit_charts(report: Mapping[str, Any], warn_pct: float, crit_pct: float
     out: dict[str, Any] = {}
     window = facts.get("window") or {}
     max_entries = _int(_sysctl(facts, "net.netfilter.nf_conntrack_max"))
-    svg = charts.usage(window.get("series"), max_entries, warn_pct, crit_pct)
+    svg = _draw(charts.usage, window.get("series"), max_entries, warn_pct, crit_pct)
     out["usage"] = _chart(svg,
         "No polling window: run the audit with --duration S to chart the count over time."
-        if not window else "The polling window has no count readings to chart.")
+        if not window else "The polling window has no count readings that can be charted.")
     flows = facts.get("flows") or {}
     classes = flows.get("classes") or {}
-    svg = charts.mix(classes)
+    svg = _draw(charts.mix, classes)
     out["mix"] = _chart(svg,
         "The table was not sampled (--no-sample, a snapshot without a sample, or the table "
         "could not be read): no mix of entries." if not flows else
@@ -149,7 +158,7 @@ def _audit_charts(report: Mapping[str, Any], warn_pct: float, crit_pct: float
     idle = []
     ranked = sorted(classes.items(), key=lambda kv: -(_int(kv[1].get("entries")) or 0))
     for i, (name, cls) in enumerate(ranked[:IDLE_CHARTS]):
-        svg = charts.idle(name, cls, recommended.get(cls.get("timeout_key")))
+        svg = _draw(charts.idle, name, cls, recommended.get(cls.get("timeout_key")))
         if svg:
             # the chart's id is derived from this name: unique within the page
             svg = svg.replace("chart-idle-", f"chart-idle{i}-")
@@ -163,7 +172,7 @@ def _audit_charts(report: Mapping[str, Any], warn_pct: float, crit_pct: float
                         if not classes else "The sample's classes hold no idle times.")
     mem = next((f for f in findings if f.get("rule") == "table-memory"), None)
     ev = (mem or {}).get("evidence") or {}
-    svg = charts.memory(ev.get("cost_now"), ev.get("cost_planned"), ev.get("budget"))
+    svg = _draw(charts.memory, ev.get("cost_now"), ev.get("cost_planned"), ev.get("budget"))
     out["memory"] = _chart(svg,
         "No memory figures: the table-memory rule did not run or could not assess this host.")
     return out
@@ -224,8 +233,8 @@ def render_fleet(report: Mapping[str, Any]) -> str:
     for h in hosts:
         statuses[str(h.get("status") or "unknown")] = statuses.get(
             str(h.get("status") or "unknown"), 0) + 1
-    usage_svg = charts.fleet_usage(hosts)
-    worst_svg = charts.fleet_worst(hosts)
+    usage_svg = _draw(charts.fleet_usage, hosts)
+    worst_svg = _draw(charts.fleet_worst, hosts)
     context = {
         "version": __version__,
         "generated": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),

@@ -579,3 +579,19 @@ def test_chromium_renders_the_report_with_its_charts(tree, tmp_path):
                    if all(abs(row[i + k] - rgb[k]) < 40 for k in range(3)))
     assert near((0xc6, 0x28, 0x28)) > 50
     assert near((0x15, 0x65, 0xc0)) > 50
+
+
+def test_snapshot_values_no_chart_can_show_leave_a_sentence_not_a_traceback(tree, tmp_path):
+    """A hand-edited snapshot that still loads: seconds and counts no chart can scale."""
+    roots = sampled_tree(tree)
+    snap = tmp_path / "snap.json"
+    assert run_cli("collect", *tree_args(roots), "-o", str(snap)).returncode == 0
+    data = json.loads(snap.read_text())
+    data["window"] = sampler.window_summary([5, 7], None, None, 1.0, [1e300, 1e301])
+    snap.write_text(json.dumps(data))
+    out = tmp_path / "r.html"
+    res = run_cli("audit", "--facts", str(snap), "--format", "html", "-o", str(out))
+    assert res.returncode == 2 and "internal error" not in res.stderr, res.stderr
+    page = out.read_text()
+    assert "chart-usage" not in page and "The polling window has no count readings that can be charted" in page
+    assert "chart-mix" in page  # the other charts are still drawn
