@@ -48,9 +48,25 @@ _STYLE_ARGS: dict[str, Any] = dict(
 _STYLE = Style(**_STYLE_ARGS)
 
 
-def _style(*colours: str) -> Style:
-    """The report's style with the series drawn in these colours, in order."""
-    return Style(**{**_STYLE_ARGS, "colors": colours})
+def _style(*colours: str, stroke: float | None = None) -> Style:
+    """The report's style with the series drawn in these colours, in order (and lines
+    this wide: pygal's per-series width is overridden by its own .line rule)."""
+    extra = {"stroke_width": str(stroke)} if stroke else {}
+    return Style(**{**_STYLE_ARGS, "colors": colours, **extra})
+
+
+#: tick steps for an axis of seconds: round durations
+_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 3 * 3600, 6 * 3600,
+          12 * 3600, 86400, 2 * 86400, 5 * 86400, 10 * 86400, 30 * 86400)
+
+
+def _ticks(hi: float, most: int = 10) -> list[float]:
+    """Round-duration ticks from 0 to at least hi, at most `most` + 1 of them."""
+    step = next((s for s in _STEPS if hi / s <= most), None)
+    if step is None:
+        step = _STEPS[-1] * math.ceil(hi / most / _STEPS[-1])
+    return [i * step for i in range(math.ceil(hi / step) + 1)]
+
 
 _BASE = {"js": [], "disable_xml_declaration": True, "style": _STYLE, "width": 900,
          "height": 440, "legend_at_bottom": True, "legend_at_bottom_columns": 2,
@@ -75,12 +91,16 @@ def _bytes(value: float) -> str:
 
 
 def _seconds(value: float) -> str:
+    """Seconds as a duration in at most two units: 75 -> '1 min 15 s', 129600 -> '1 d 12 h'."""
     value = float(value)
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if value >= size:
-            n = value / size
-            return f"{n:,.0f} {unit}" if n.is_integer() or n >= 10 else f"{n:,.1f} {unit}"
-    return f"{value:,.0f} s" if value.is_integer() else f"{value:,.1f} s"
+    if not math.isfinite(value) or abs(value) < 60:
+        return f"{value:g} s"
+    rest, parts = round(value), []
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+        if rest >= size:
+            parts.append(f"{rest // size:,} {unit}")
+            rest %= size
+    return " ".join(parts[:2])
 
 
 def svg(chart: Any, name: str) -> str:
@@ -126,7 +146,8 @@ def usage(series: Sequence[Sequence[float]] | None, max_entries: int | None,
     if len(pts) < 1:
         return None
     end = max(pts[-1][0], pts[0][0] + 1)
-    chart = pygal.XY(**{**_BASE, "style": _style("#1565c0", "#c62828", "#ef6c00", "#000000")},
+    chart = pygal.XY(**{**_BASE, "style": _style("#1565c0", "#c62828", "#ef6c00", "#000000",
+                                                    stroke=2)},
                      title="Entries over the sampling window", x_title="seconds",
                      y_title="entries", show_x_guides=False, dots_size=1.5,
                      value_formatter=_num, x_value_formatter=lambda v: f"{v:g}",
@@ -192,12 +213,13 @@ def idle(name: str, cls: Mapping[str, Any], recommended: int | None) -> str | No
     cut = recommended if recommended is not None and recommended != current else None
     # the timeout lines reach above the highest bar, so they show where the bars are dense
     top = max(b[0] for b in bins) * 1.1
-    colours = ("#1565c0", "#ef6c00", "#555555", "#c62828") if cut is not None else (
-        "#1565c0", "#555555")
-    chart = pygal.XY(**{**_BASE, "style": _style(*colours)},
+    colours = ("#1565c0", "#ef6c00", "#333333", "#c62828") if cut is not None else (
+        "#1565c0", "#333333")
+    chart = pygal.XY(**{**_BASE, "style": _style(*colours, stroke=2.5)},
                      title=f"{name}: seconds since the last packet", x_title="idle time",
                      y_title="entries", fill=False, show_x_guides=False, dots_size=1.5,
                      value_formatter=_num, x_value_formatter=_seconds, include_x_axis=True)
+    chart.x_labels = _ticks(max([bins[-1][2], current or 0, cut or 0]))
     kept, cut_off = [], []
     for count, lo, hi in bins:
         # a bar straddling the cut counts with the side its middle is on
