@@ -299,6 +299,9 @@ def fleet_worst(hosts: Sequence[Mapping[str, Any]]) -> str | None:
     chart = pygal.Bar(**{**_BASE, "height": 320}, title="Hosts by worst finding",
                       print_values=True, show_legend=False, value_formatter=_num)
     chart.x_labels = order
+    top = max(counts.values())
+    step = max(1, math.ceil(top / 10))
+    chart.y_labels = list(range(0, top + step, step))  # whole hosts, not 0.2 of one
     chart.add("hosts", [{"value": counts[s], "color": SEVERITY_COLOURS.get(s, "#6d6d6d")}
                         for s in order])
     return svg(chart, "fleet-worst")
