@@ -115,7 +115,9 @@ SPEC: dict[str, Any] = {
                                   "sources": LIST(STR, 2)})),
     "window": OPTIONAL(NULLABLE({
         "seconds": NUM, "polls": U(), "peak": NULLABLE(U()), "mean": NUM + NULL,
-        "growth": INT + NULL, "rates": MAP(NUM)})),
+        "growth": INT + NULL, "rates": MAP(NUM),
+        # the polls, [seconds since the start, count] (added in 0.1; older snapshots lack it)
+        "series": OPTIONAL(LIST(LIST(NUM, 2), 100_000))})),
     # boot configuration (sysctl.d, modules-load.d, modprobe.d); optional so that
     # snapshots from before it was collected still load
     "persist": OPTIONAL(NULLABLE({
