@@ -1,0 +1,265 @@
+"""The real-kernel scenarios of the project's issue 14, shared by the tests and by
+benchmarks/scenarios.py (which prints their before and after for a person to read).
+
+Each scenario builds its failure in throwaway network namespaces, measures it, runs
+ct-tune as a user would (audit, then apply), and measures again.  Root only: callers skip
+with a reason elsewhere (netns.require_netns).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from netns import require_netns, sh, write_sysctl
+
+ROOT = Path(__file__).parent.parent
+CT = [sys.executable, "-m", "ct_tune"]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def ct(*args: str, ns: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """ct-tune as a user runs it, optionally inside a namespace."""
+    cmd = ["ip", "netns", "exec", ns, *CT, *args] if ns else [*CT, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout,
+                          check=False)
+
+
+def ct_apply(*args: str, ns: str | None = None) -> subprocess.CompletedProcess:
+    """ct-tune apply with a private, empty /var/lib (tmpfs in a private mount namespace),
+    so its rollback state never lands on the host; in a namespace it writes live values
+    only (the host's /etc is bind-mounted read-only, so a write there would fail)."""
+    import shlex
+    cmd = " ".join(shlex.quote(a) for a in [*CT, "apply", *args])
+    script = ("mount -t tmpfs ct-tune-test /var/lib && mount --bind /etc /etc && "
+              "mount -o remount,ro,bind /etc && " + cmd)
+    full = ["unshare", "-m", "sh", "-c", script]
+    if ns:
+        full = ["ip", "netns", "exec", ns, *full]
+    return subprocess.run(full, capture_output=True, text=True, timeout=120, check=False,
+                          env=ENV)
+
+
+def audit_json(*args: str, ns: str | None = None) -> dict:
+    proc = ct("audit", "--format", "json", *args, ns=ns)
+    assert proc.returncode in (0, 1, 2), proc.stdout + proc.stderr
+    return json.loads(proc.stdout)
+
+
+def by_rule(report: dict) -> dict[str, dict]:
+    return {f["rule"]: f for f in report["findings"]}
+
+
+def finding_lines(report: dict, least: str = "info") -> list[str]:
+    """One line per finding at `least` or above, from the JSON: what a person acts on."""
+    order = ["ok", "info", "unknown", "warning", "critical"]
+    return [f"{f['severity']:<8} {f['rule']}: {f['summary']}" for f in report["findings"]
+            if order.index(f["severity"]) >= order.index(least)]
+
+
+def stat_totals(ns: str | None = None) -> dict[str, int]:
+    """/proc/net/stat/nf_conntrack summed over CPUs (hex per-CPU lines), of a namespace."""
+    text = sh("cat", "/proc/net/stat/nf_conntrack", ns=ns).stdout.splitlines()
+    names = text[0].split()
+    out = dict.fromkeys(names, 0)
+    for line in text[1:]:
+        for k, v in zip(names, line.split(), strict=True):
+            out[k] += int(v, 16)
+    return out
+
+
+def count(ns: str | None = None) -> int:
+    return int(sh("cat", "/proc/sys/net/netfilter/nf_conntrack_count", ns=ns).stdout)
+
+
+@contextmanager
+def namespaces(*roles: str) -> Iterator[dict[str, str]]:
+    """Namespaces by role, lo up in each; deleted afterwards whatever happens."""
+    require_netns()
+    tag = uuid.uuid4().hex[:6]
+    names = {r: f"ctt-{r}-{tag}" for r in roles}
+    made: list[str] = []
+    try:
+        for name in names.values():
+            sh("ip", "netns", "add", name)
+            made.append(name)
+            sh("ip", "link", "set", "lo", "up", ns=name)
+        yield names
+    finally:
+        for name in made:
+            sh("ip", "netns", "delete", name, check=False)
+
+
+def veth(a: str, a_addr: str, b: str, b_addr: str) -> None:
+    """A veth pair between namespaces a and b, addresses in one /24."""
+    tag = uuid.uuid4().hex[:6]
+    sh("ip", "link", "add", f"va{tag}", "netns", a, "type", "veth", "peer", "name",
+       f"vb{tag}", "netns", b)
+    for ns, dev, addr in ((a, f"va{tag}", a_addr), (b, f"vb{tag}", b_addr)):
+        sh("ip", "addr", "add", f"{addr}/24", "dev", dev, ns=ns)
+        sh("ip", "link", "set", dev, "up", ns=ns)
+
+
+# --------------------------------------------------------------------------------------
+# Scenario 1: the idle pooled connection behind a "NEW must be SYN" stateful rule.
+# Scaled 1:900 (15 min of the story is 1 s here): keepalive 7,200 s -> 8 s, its 75 s
+# interval -> 1 s (the least the kernel takes); an established timeout lowered to 1 h
+# -> 4 s; the pool's connection idles 1 h 30 min -> 6 s.
+
+SCALE = 900
+KEEPALIVE = {"net.ipv4.tcp_keepalive_time": 8, "net.ipv4.tcp_keepalive_intvl": 1,
+             "net.ipv4.tcp_keepalive_probes": 9}
+EST = "net.netfilter.nf_conntrack_tcp_timeout_established"
+EST_SHORT = 4
+IDLE = 6.0
+PORT = 2222
+SERVER_ADDR, CLIENT_ADDR = "10.77.0.2", "10.77.0.1"
+
+# the article's `iptables -m state --state NEW -m tcp --tcp-flags PSH PSH -j DROP`, in nft
+SERVER_NFT = f"""
+table inet pool {{
+  chain input {{
+    type filter hook input priority 0; policy accept;
+    tcp dport {PORT} ct state new tcp flags & psh == psh counter name psh_drop drop
+    ct state established,related accept
+  }}
+  counter psh_drop {{ }}
+}}
+"""
+
+SERVER = textwrap.dedent(f"""
+    import socket, threading
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("{SERVER_ADDR}", {PORT}))
+    srv.listen(16)
+    print("listening", flush=True)
+    def serve(c):
+        while True:
+            data = c.recv(100)
+            if not data:
+                return
+            c.sendall(b"pong:" + data)
+    while True:
+        c, _ = srv.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+    """)
+
+# One pooled connection: a request, IDLE seconds of silence, the same request again.
+# It prints "ready" after the first answer (the test samples the table then), and at the
+# end a JSON line: the second answer or the error, and the socket's retransmissions
+# (struct tcp_info's tcpi_total_retrans, include/uapi/linux/tcp.h, at byte 100).
+CLIENT = textwrap.dedent(f"""
+    import json, socket, struct, sys, time
+    idle, give_up_ms = float(sys.argv[1]), int(sys.argv[2])
+    s = socket.create_connection(("{SERVER_ADDR}", {PORT}), timeout=5)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, give_up_ms)
+    s.sendall(b"1")
+    first = s.recv(100).decode()
+    t0 = time.monotonic()
+    print("ready", first, flush=True)
+    sys.stdin.readline()
+    time.sleep(max(0.0, idle - (time.monotonic() - t0)))
+    s.settimeout(give_up_ms / 1000 + 5)
+    out = {{"first": first, "idle": round(time.monotonic() - t0, 2)}}
+    start = time.monotonic()
+    try:
+        s.sendall(b"2")
+        out["second"] = s.recv(100).decode() or "closed"
+    except OSError as e:
+        out["second"] = None
+        out["error"] = e.strerror or type(e).__name__
+    out["waited"] = round(time.monotonic() - start, 2)
+    info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    out["retrans"] = struct.unpack_from("I", info, 100)[0]
+    print(json.dumps(out), flush=True)
+    """)
+
+
+def drop_counter(ns: str) -> int:
+    out = json.loads(sh("nft", "-j", "list", "counter", "inet", "pool", "psh_drop",
+                        ns=ns).stdout)
+    return next(x["counter"]["packets"] for x in out["nftables"] if "counter" in x)
+
+
+class IdlePool:
+    """The two namespaces, the server, and one pooled connection at a time."""
+
+    def __init__(self, ns: dict[str, str]) -> None:
+        self.ns = ns
+        veth(ns["client"], CLIENT_ADDR, ns["server"], SERVER_ADDR)
+        for side in ("client", "server"):
+            for key, value in KEEPALIVE.items():
+                write_sysctl(ns[side], key, value)
+        sh("nft", "-f", "-", ns=ns["server"], input=SERVER_NFT)
+        write_sysctl(ns["server"], EST, EST_SHORT)
+        self.server = subprocess.Popen(
+            ["ip", "netns", "exec", ns["server"], sys.executable, "-c", SERVER],
+            stdout=subprocess.PIPE, text=True)
+        assert self.server.stdout.readline().strip() == "listening"
+
+    def close(self) -> None:
+        self.server.kill()
+        self.server.wait(timeout=10)
+
+    def connection(self, while_idle=None, give_up_ms: int = 3000) -> dict:
+        """One pooled connection's round: request, IDLE s idle (while_idle() runs at its
+        start, the flow in the table), request again.  Returns the client's JSON plus the
+        rule's drop counter rise and whatever while_idle returned."""
+        dropped = drop_counter(self.ns["server"])
+        client = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns["client"], sys.executable, "-c", CLIENT,
+             str(IDLE), str(give_up_ms)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            ready = client.stdout.readline()
+            assert ready.startswith("ready pong:1"), ready
+            seen = while_idle() if while_idle else None
+            client.stdin.write("go\n")
+            client.stdin.flush()
+            out = json.loads(client.stdout.readline())
+            client.wait(timeout=30)
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+        out["dropped"] = drop_counter(self.ns["server"]) - dropped
+        out["seen"] = seen
+        return out
+
+
+def established_in_table(ns: str) -> list[str]:
+    lines = sh("cat", "/proc/net/nf_conntrack", ns=ns).stdout.splitlines()
+    return [x for x in lines if "ESTABLISHED" in x and f"dport={PORT}" in x]
+
+
+def idle_pool(report=None) -> dict:
+    """Scenario 1 from start to end; returns what was measured at each step."""
+    with namespaces("client", "server") as ns:
+        pool = IdlePool(ns)
+        try:
+            seen: dict = {}
+
+            def audit_while_idle() -> None:
+                seen["entries"] = established_in_table(ns["server"])
+                seen["report"] = audit_json(ns=ns["server"])
+
+            before = pool.connection(while_idle=audit_while_idle)
+            before_count = count(ns["server"])
+            applied = ct_apply(ns=ns["server"])
+            est_after = int(sh("cat", "/proc/sys/" + EST.replace(".", "/"),
+                               ns=ns["server"]).stdout)
+            after = pool.connection()
+            after_report = audit_json(ns=ns["server"])
+            return {"before": before, "entries": seen["entries"], "report": seen["report"],
+                    "applied": applied, "est_after": est_after, "after": after,
+                    "after_report": after_report, "count_before": before_count}
+        finally:
+            pool.close()
