@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ct_tune import __version__, kernelmodel, parsers, safeio, sysctld
+from ct_tune import __version__, kernelmodel, nsview, parsers, safeio, sysctld
 from ct_tune.errors import InputError
 from ct_tune.sysctlkeys import short_name, spec
 
@@ -633,6 +633,9 @@ def collect(roots: Roots, now: _dt.datetime | None = None) -> dict[str, Any]:
         "conntrack": conntrack,
         "sysctl": sysctls,
         "stat": _stat_table(roots, problems),
+        # the other network namespaces' tables (count and max check are per namespace)
+        "namespaces": (nsview.scan(roots.procfs) if roots.live and conntrack["loaded"]
+                       else None),
         "persist": _persistence(roots.config_root, problems),
         "errors": problems.items,
     }

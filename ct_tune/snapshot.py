@@ -111,7 +111,17 @@ SPEC: dict[str, Any] = {
     })),
     "window": OPTIONAL(NULLABLE({
         "seconds": NUM, "polls": U(), "peak": NULLABLE(U()), "mean": NUM + NULL,
-        "growth": INT + NULL, "rates": MAP(NUM)})),
+        "growth": INT + NULL, "rates": MAP(NUM),
+        "namespaces": OPTIONAL(NULLABLE({"seconds": NUM, "list": LIST({
+            "netns": STR, "pid": U(), "names": LIST(STR, 64), "peak": U(),
+            "drop_per_s": NUM, "early_drop_per_s": NUM, "insert_failed_per_s": NUM},
+            64)}))})),
+    # the other network namespaces' tables (ct_tune.nsview); optional for older snapshots
+    "namespaces": OPTIONAL(NULLABLE({
+        "own": STR, "pids": U(), "seen": U(), "truncated": BOOL,
+        "list": LIST({"netns": STR, "pid": U(), "names": LIST(STR, 64), "source": STR,
+                      "entries": U(), "drop": U(), "early_drop": U(),
+                      "insert_failed": U()}, 64)})),
     # boot configuration (sysctl.d, modules-load.d, modprobe.d); optional so that
     # snapshots from before it was collected still load
     "persist": OPTIONAL(NULLABLE({

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -335,3 +336,179 @@ def udp_bloat(rules_dir: Path) -> dict:
         out["after_table"] = ct("audit", *prof, ns=ns).stdout
         out["after_explain"] = ct("audit", "--explain", *prof, ns=ns).stdout
         return out
+
+
+# --------------------------------------------------------------------------------------
+# Scenario 2: table full.  nf_conntrack_max is global, each namespace's count is checked
+# against it: the host's max is lowered (host-modifying: every value is restored), a
+# namespace overflows it with TCP connections (assured, so early_drop cannot evict them:
+# their SYNs are dropped), the host's ct-tune sees it through /proc/PID/net and applies.
+
+NETFILTER = Path("/proc/sys/net/netfilter")
+MAX = NETFILTER / "nf_conntrack_max"
+
+
+def host_values() -> dict[str, str]:
+    """Every writable host value under /proc/sys/net/netfilter, to restore afterwards
+    (read in the host's namespace: this process's)."""
+    out = {}
+    for path in sorted(NETFILTER.iterdir()):
+        if path.is_file() and path.stat().st_mode & 0o200:
+            try:
+                out[str(path)] = path.read_text()
+            except OSError:
+                continue
+    return out
+
+
+def restore_host(saved: dict[str, str]) -> list[str]:
+    """Write back every value that differs; returns the keys it could not restore.
+    max first: a value restored above it must never be refused."""
+    failed = []
+    for path in sorted(saved, key=lambda p: p != str(MAX)):
+        try:
+            if Path(path).read_text() != saved[path]:
+                Path(path).write_text(saved[path])
+        except OSError:
+            failed.append(path)
+    return [p for p in saved if Path(p).read_text() != saved[p]] or failed
+
+
+def busiest_count() -> int:
+    """The fullest table on this host now: its own, or any namespace's a process is in."""
+    from ct_tune import nsview
+    seen = nsview.scan(Path("/proc")) or {"list": []}
+    return max([count(), *(n["entries"] for n in seen["list"])])
+
+
+# K TCP connections over loopback inside the namespace, fired at once (non-blocking);
+# those whose SYN the full table drops keep retransmitting it while the process lives.
+# Prints a JSON line once the connects have settled, then holds every socket until stdin
+# closes.
+TCP_FILL = textwrap.dedent("""
+    import json, resource, socket, sys, threading, time
+    k, port, settle = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port))
+    srv.listen(4096)
+    held = []
+    threading.Thread(target=lambda: [held.append(srv.accept()[0]) for _ in iter(int, 1)],
+                     daemon=True).start()
+    socks = []
+    for i in range(k):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        socks.append(s)
+    time.sleep(settle)
+    ok = 0
+    for s in socks:
+        try:
+            s.getpeername()
+            ok += 1
+        except OSError:
+            pass
+    print(json.dumps({"attempted": k, "connected": ok}), flush=True)
+    def knock():  # new clients keep arriving, one every 10 ms, each gives up after 0.5 s
+        while True:
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            time.sleep(0.01)
+            threading.Timer(0.5, s.close).start()
+    threading.Thread(target=knock, daemon=True).start()
+    sys.stdin.read()
+    """)
+
+
+class Filler:
+    """The workload, running in the namespace until closed."""
+
+    def __init__(self, ns: str, k: int, port: int, settle: float = 1.5) -> None:
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", TCP_FILL, str(k), str(port),
+             str(settle)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.result = json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def kernel_log_table_full() -> int | None:
+    """'table full' lines in the kernel log, None where it cannot be read."""
+    proc = subprocess.run(["dmesg"], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        return None
+    return proc.stdout.count("nf_conntrack: table full, dropping packet")
+
+
+def table_full(tmp: Path, duration: int = 3) -> dict:
+    """Scenario 2 from start to end.  Lowers the host's max; the caller must restore the
+    host's values (restore_host) whatever happens, as this does too."""
+    saved = host_values()
+    out: dict = {"saved_max": int(saved[str(MAX)]), "timings": {}}
+    t0 = time.monotonic()
+
+    def lap(name: str) -> None:
+        out["timings"][name] = round(time.monotonic() - t0, 1)
+    try:
+        with namespaces("full") as names:
+            ns = names["full"]
+            sh("nft", "-f", "-", ns=ns, input=_nft_accept())
+            # the whole host first: every table must stay below the small max
+            small = max(2048, -(-(2 * busiest_count() + 1024) // 1024) * 1024)
+            k = small + small // 2
+            out.update(small=small, workload=k, log_before=kernel_log_table_full())
+            MAX.write_text(str(small))
+            stat0 = stat_totals(ns)
+            lap("setup")
+            fill = Filler(ns, k, 5001)
+            lap("fill")
+            try:
+                out["before"] = {**fill.result, "count": count(ns)}
+                out["ns_report"] = audit_json("--duration", str(duration), ns=ns)
+                lap("ns audit")
+                out["host_report"] = audit_json("--duration", str(duration))
+                lap("host audit")
+                stat1 = stat_totals(ns)
+                out["before"].update(drop=stat1["drop"] - stat0["drop"],
+                                     early_drop=stat1["early_drop"] - stat0["early_drop"])
+                out["applied"] = ct_apply("--duration", str(duration), "--root", str(tmp))
+                out["max_after"] = int(MAX.read_text())
+                lap("apply")
+            finally:
+                fill.close()
+            lap("close")
+            out["log_after"] = kernel_log_table_full()
+            sh("conntrack", "-F", ns=ns, check=False)
+            stat2 = stat_totals(ns)
+            t = time.monotonic()
+            fill = Filler(ns, k, 5002)
+            try:
+                out["after"] = {**fill.result, "count": count(ns)}
+                lap("refill")
+                out["after_report"] = audit_json("--duration", str(duration))
+                lap("after audit")
+            finally:
+                fill.close()
+            stat3 = stat_totals(ns)
+            out["after"].update(drop=stat3["drop"] - stat2["drop"],
+                                early_drop=stat3["early_drop"] - stat2["early_drop"],
+                                seconds=round(time.monotonic() - t, 1))
+        lap("end")
+        return out
+    finally:
+        out["not_restored"] = restore_host(saved)
+
+
+def _nft_accept() -> str:
+    from netns import NFT_RULES
+    return NFT_RULES
