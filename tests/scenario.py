@@ -110,16 +110,16 @@ def veth(a: str, a_addr: str, b: str, b_addr: str) -> None:
 
 # --------------------------------------------------------------------------------------
 # Scenario 1: the idle pooled connection behind a "NEW must be SYN" stateful rule.
-# Scaled 1:900 (15 min of the story is 1 s here): keepalive 7,200 s -> 8 s, its 75 s
+# Scaled 1:720 (12 min of the story is 1 s here): keepalive 7,200 s -> 10 s, its 75 s
 # interval -> 1 s (the least the kernel takes); an established timeout lowered to 1 h
-# -> 4 s; the pool's connection idles 1 h 22 min 30 s -> 5.5 s.
+# -> 5 s; the pool's connection idles 1 h 18 min -> 6.5 s.
 
-SCALE = 900
-KEEPALIVE = {"net.ipv4.tcp_keepalive_time": 8, "net.ipv4.tcp_keepalive_intvl": 1,
+SCALE = 720
+KEEPALIVE = {"net.ipv4.tcp_keepalive_time": 10, "net.ipv4.tcp_keepalive_intvl": 1,
              "net.ipv4.tcp_keepalive_probes": 9}
 EST = "net.netfilter.nf_conntrack_tcp_timeout_established"
-EST_SHORT = 4
-IDLE = 5.5
+EST_SHORT = 5
+IDLE = 6.5
 PORT = 2222
 SERVER_ADDR, CLIENT_ADDR = "10.77.0.2", "10.77.0.1"
 
@@ -410,14 +410,26 @@ TCP_FILL = textwrap.dedent("""
         s.setblocking(False)
         s.connect_ex(("127.0.0.1", port))
         socks.append(s)
-    time.sleep(settle)
-    ok = 0
-    for s in socks:
-        try:
-            s.getpeername()
-            ok += 1
-        except OSError:
-            pass
+    def connected():
+        n = 0
+        for s in socks:
+            try:
+                s.getpeername()
+                n += 1
+            except OSError:
+                pass
+        return n
+    # settled: all connected, or no progress for half a second after `settle` (at most 6 s)
+    start, ok, last, since = time.monotonic(), 0, -1, time.monotonic()
+    while time.monotonic() - start < 6:
+        time.sleep(0.25)
+        ok = connected()
+        if ok == k:
+            break
+        if ok != last:
+            last, since = ok, time.monotonic()
+        elif time.monotonic() - start >= settle and time.monotonic() - since >= 0.5:
+            break
     print(json.dumps({"attempted": k, "connected": ok}), flush=True)
     def knock():  # new clients keep arriving, one every 10 ms, each gives up after 0.5 s
         while True:
@@ -434,7 +446,7 @@ TCP_FILL = textwrap.dedent("""
 class Filler:
     """The workload, running in the namespace until closed."""
 
-    def __init__(self, ns: str, k: int, port: int, settle: float = 1.5) -> None:
+    def __init__(self, ns: str, k: int, port: int, settle: float = 1.0) -> None:
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, sys.executable, "-c", TCP_FILL, str(k), str(port),
              str(settle)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -5,7 +5,8 @@ connections that carry PSH (the article's `iptables -m state --state NEW -m tcp
 --tcp-flags PSH PSH -j DROP`, in nft); its established timeout is below the pool's idle
 period.  The request after the idle period is dropped and retransmitted until the client
 gives up; ct-tune's audit, with the idle flow in its sample, flags the timeout; after
-`ct-tune apply` the same idle period ends with an answer.  Scaled 1:900 (tests/scenario.py).
+`ct-tune apply` the same idle period ends with an answer.  Time is scaled down
+(tests/scenario.py: SCALE).
 """
 
 from __future__ import annotations
