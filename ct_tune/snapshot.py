@@ -187,6 +187,11 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def check_field(name: str, value: Any, out: list[tuple[str, str]]) -> None:
+    """Check one top-level field of a snapshot on its own (a capture's copy of it)."""
+    _check(value, SPEC[name], name, out)
+
+
 def _check(value: Any, spec: Any, where: str, out: list[tuple[str, str]]) -> None:
     """Append (field path, problem) for everything wrong in value, not just the first."""
     def fail(problem: str) -> None:

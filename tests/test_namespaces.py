@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import materialize
+from conftest import materialize, run_cli, tree_args
 
 from ct_tune import engine, facts, nsload, nsview, profiles, ruleset, snapshot
 from ct_tune.errors import InputErrors
@@ -162,3 +162,23 @@ def test_snapshot_rejects_a_malformed_namespace_list(tmp_path: Path):
     with pytest.raises(InputErrors) as e:
         snapshot.load(str(path))
     assert "namespaces.list[0]" in str(e.value)
+
+
+def test_a_capture_keeps_the_scan_and_its_replay_reads_it(tmp_path: Path):
+    roots = materialize("defaults-16g", tmp_path)
+    seen = {"own": "net:[1]", "pids": 3, "seen": 1, "truncated": False,
+            "list": [{"netns": "net:[7]", "pid": 42, "names": ["web"], "source": "s",
+                      "entries": 262144, "drop": 9, "early_drop": 0, "insert_failed": 0}]}
+    (roots.procfs / facts.NAMESPACES_FILE).write_text(json.dumps(seen))
+    host = facts.collect(roots)
+    assert host["namespaces"] == seen and host["errors"] == []
+    assert "network namespace web" in audit(host)["conntrack-max"].summary
+
+
+def test_a_corrupt_captured_scan_is_one_line_naming_the_file(tmp_path: Path):
+    roots = materialize("defaults-16g", tmp_path)
+    path = roots.procfs / facts.NAMESPACES_FILE
+    path.write_text('{"own": 1}')
+    proc = run_cli("audit", "--format", "json", *tree_args(roots))
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr == f"ct-tune: {path}: namespaces.own: expected string, found 1\n"
