@@ -395,8 +395,9 @@ def busiest_count() -> int:
 TCP_FILL = textwrap.dedent("""
     import json, resource, socket, sys, threading, time
     k, port, settle = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # both ends of k connections, the late arrivals, the interpreter's own (root may raise)
+    need = max(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 2 * k + 4096)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need, need))
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("127.0.0.1", port))
@@ -450,7 +451,11 @@ class Filler:
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, sys.executable, "-c", TCP_FILL, str(k), str(port),
              str(settle)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.result = json.loads(self.proc.stdout.readline())
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait(timeout=20)
+            raise RuntimeError(f"the {k}-connection workload exited ({self.proc.returncode})")
+        self.result = json.loads(line)
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -475,6 +480,14 @@ def kernel_log_table_full(ns: str) -> int | None:
     return sum(f"in netns {ino}," in x for x in named) if named else len(lines)
 
 
+#: the largest max the test lowers to (its workload opens 2 x 1.5 x this many sockets)
+MAX_SMALL = 16384
+
+
+class HostTooBusy(Exception):
+    """The host's own tables are too full to lower max for the test without harm."""
+
+
 def table_full(tmp: Path, duration: int = 2) -> dict:
     """Scenario 2 from start to end.  Lowers the host's max; the caller must restore the
     host's values (restore_host) whatever happens, as this does too."""
@@ -488,8 +501,12 @@ def table_full(tmp: Path, duration: int = 2) -> dict:
         with namespaces("full") as names:
             ns = names["full"]
             sh("nft", "-f", "-", ns=ns, input=_nft_accept())
-            # the whole host first: every table must stay below the small max
-            small = max(2048, -(-(2 * busiest_count() + 1024) // 1024) * 1024)
+            # the whole host first: every table must stay well below the small max
+            busiest = busiest_count()
+            small = max(2048, -(-(busiest + busiest // 2 + 1024) // 1024) * 1024)
+            if small > MAX_SMALL:
+                raise HostTooBusy(f"a table on this host holds {busiest} entries: lowering "
+                                  f"max below that for the test would drop its flows")
             k = small + small // 2
             out.update(small=small, workload=k, log_before=kernel_log_table_full(ns))
             MAX.write_text(str(small))

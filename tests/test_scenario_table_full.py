@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from netns import require_netns
-from scenario import by_rule, host_values, restore_host, table_full
+from scenario import HostTooBusy, by_rule, host_values, restore_host, table_full
 
 pytestmark = [
     pytest.mark.root, pytest.mark.host_modifying,
@@ -42,7 +42,10 @@ def host_restored():
 
 def test_full_table_in_a_namespace_is_fixed_from_the_host(host_restored, tmp_path: Path):
     t0 = time.monotonic()
-    r = table_full(tmp_path)
+    try:
+        r = table_full(tmp_path)
+    except HostTooBusy as e:
+        pytest.skip(str(e))
     print(r["timings"])
     assert r["not_restored"] == []
     small, k = r["small"], r["workload"]
