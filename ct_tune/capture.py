@@ -35,16 +35,18 @@ counters such a kernel gives only through ``conntrack -S``.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
-from ct_tune import safeio, sockets, sysctld, writers
+from ct_tune import nsview, safeio, sockets, sysctld, writers
 from ct_tune.errors import CtTuneError, InputError
 from ct_tune.facts import (
     BUILTIN_MARKER,
     FORWARDING_FILES,
     KEEPALIVE_KEYS,
     MACHINE_FILE,
+    NAMESPACES_FILE,
     NETFILTER_DIR,
     OLD_NAMES_DIR,
     OLD_PREFIX,
@@ -233,6 +235,13 @@ def capture(roots: Roots, out: Path, table: bool = True, table_source: str = "au
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text("1\n")
         modes.append(f"sys/{BUILTIN_MARKER} 0644")
+    if loaded and roots.live:
+        # other namespaces' counters: the scan itself (its /proc/PID files are per process)
+        seen = nsview.scan(roots.procfs)
+        if seen is not None:
+            _write(out / "proc" / NAMESPACES_FILE,
+                   (json.dumps(seen, indent=2, sort_keys=True) + "\n").encode(), 0o644)
+            modes.append(f"proc/{NAMESPACES_FILE} 0644")
     links = _capture_config(roots.config_root, out, modes)
     _capture_writers(roots, out, modes)
     _write(out / "MODES", "".join(f"{m}\n" for m in sorted(modes)).encode(), 0o644)

@@ -180,7 +180,8 @@ def gather(roots: facts.Roots, no_sample: bool, sample_limit: int | None,
             host["errors"] = [*host.get("errors", []), *found.items]
             _report_problems({"errors": found.items})
     if not no_sample and duration > 0 and host["conntrack"]["loaded"]:
-        host["window"] = sampler.poll(roots, duration, interval, _progress)
+        host["window"] = sampler.poll(roots, duration, interval, _progress,
+                                      host.get("namespaces"))
         if sys.stderr.isatty():
             click.echo("", err=True)
     return host
@@ -461,7 +462,8 @@ def _check_run(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_
         host = gather(c.roots, not sample, sample_limit, table_source,
                       duration if sample else 0, interval)
         if not sample and duration > 0 and host["conntrack"]["loaded"]:
-            host["window"] = sampler.poll(c.roots, duration, interval, _progress)
+            host["window"] = sampler.poll(c.roots, duration, interval, _progress,
+                                          host.get("namespaces"))
     result = engine.evaluate(loaded_rules, host, prof)
     report = render.report(result, host, findings.status(result, host.get("errors") or []),
                            prof.name)

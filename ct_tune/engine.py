@@ -74,6 +74,8 @@ def build_context(facts: dict[str, Any], profile: Profile) -> dict[str, Any]:
         "persist": facts.get("persist"),
         # other writers of the keys and the boot system (ct_tune.writers); None if unknown
         "writers": facts.get("writers"),
+        # the other network namespaces' tables (ct_tune.nsview): None when not scanned
+        "namespaces": facts.get("namespaces"),
     }
 
 
@@ -304,7 +306,8 @@ def _run(rule: Rule, base: dict[str, Any], planned: NoneDict) -> Finding | None:
             scope = "module"
         elif scope == "host" and recommended is not None and recommended != current:
             note = GLOBAL_NOTE if base["writable"][param] else HOST_ONLY_NOTE
-            summary = f"{summary} ({note})"
+            # the exact command for the host (the initial namespace), where it can be set
+            summary = f"{summary} ({note}: sysctl -w {rule.parameter}={recommended})"
     return Finding(
         rule=rule.id, title=rule.title, severity=case.level, parameter=rule.parameter,
         current=_jsonable(current), recommended=_jsonable(recommended), summary=summary,

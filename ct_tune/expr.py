@@ -42,6 +42,7 @@ from ct_tune import (
     formulas,
     kernelmodel,
     kubeproxy,
+    nsload,
     whatif,
 )
 
@@ -99,6 +100,8 @@ HELPERS: dict[str, Callable[..., Any]] = {
     "class_share": whatif.share,
     # which timeouts hold the table and what changing each frees (ct_tune/attribution.py)
     "attribution": attribution.attribution, "relief": attribution.relief,
+    # the other network namespaces' tables against the global max (ct_tune/nsload.py)
+    "busiest_namespace": nsload.busiest,
     "held_by": attribution.held_by, "dominant_port": attribution.dominant_port,
     "protocol_mix": attribution.protocol_mix, "notrack_candidate": attribution.notrack_candidate,
     # boot configuration against the running kernel (None/[] without persist facts)

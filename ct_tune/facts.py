@@ -10,6 +10,7 @@ man/ct-tune-json.5 and validated by :mod:`ct_tune.snapshot`.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import stat as _stat
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ct_tune import __version__, kernelmodel, parsers, safeio, sysctld
+from ct_tune import __version__, kernelmodel, nsview, parsers, safeio, sysctld
 from ct_tune.errors import InputError
 from ct_tune.sysctlkeys import short_name, spec
 
@@ -28,6 +29,9 @@ NETFILTER_DIR = "sys/net/netfilter"
 #: nf_conntrack built in: live, that is told by /sys/module/nf_conntrack existing
 #: without initstate, which a tree cannot tell apart from a capture that missed initstate.
 BUILTIN_MARKER = "module/nf_conntrack/builtin.ct-tune"
+#: under a captured tree's proc/: the live host's scan of the other namespaces
+#: (ct_tune.nsview), so the replay audits what the live host saw
+NAMESPACES_FILE = "ct-tune.namespaces.json"
 KEEPALIVE_KEYS = ("tcp_keepalive_time", "tcp_keepalive_intvl", "tcp_keepalive_probes")
 
 #: Keys whose value the rules do arithmetic on: a non-integer here is corrupt input.
@@ -488,6 +492,32 @@ def builtin_module(roots: Roots, loaded: bool, problems: Problems | None = None)
     return True if (marker or "").strip() == "1" else None
 
 
+def _namespaces(roots: Roots, loaded: bool, problems: Problems) -> dict[str, Any] | None:
+    """The other namespaces' tables: scanned on the live host, read back from a
+    capture's NAMESPACES_FILE (validated as the snapshot's field is)."""
+    if not loaded:
+        return None
+    if roots.live:
+        return nsview.scan(roots.procfs)
+    path = roots.proc(NAMESPACES_FILE)
+    text = problems.read(path, ("namespaces",), bound=safeio.PROC_TABLE)
+    if text is None:
+        return None
+    from ct_tune import snapshot
+
+    try:
+        data = json.loads(text)
+    except ValueError:
+        problems.add(path, "not JSON", ("namespaces",))
+        return None
+    wrong: list[tuple[str, str]] = []
+    snapshot.check_field("namespaces", data, wrong)
+    if wrong:
+        problems.add(path, f"{wrong[0][0]}: {wrong[0][1]}", ("namespaces",))
+        return None
+    return data
+
+
 def _stat_table(roots: Roots, problems: Problems) -> dict[str, Any] | None:
     path = roots.proc("net/stat/nf_conntrack")
     parsed = problems.parse(path, parsers.parse_conntrack_stat, ("stat",),
@@ -643,6 +673,8 @@ def collect(roots: Roots, now: _dt.datetime | None = None) -> dict[str, Any]:
         "conntrack": conntrack,
         "sysctl": sysctls,
         "stat": _stat_table(roots, problems),
+        # the other network namespaces' tables (count and max check are per namespace)
+        "namespaces": _namespaces(roots, conntrack["loaded"], problems),
         "persist": _persistence(roots.config_root, problems),
         "errors": problems.items,
     }

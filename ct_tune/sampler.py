@@ -90,9 +90,10 @@ def window_summary(counts: list[int], first: dict[str, int] | None,
     }
 
 
-def poll(roots: Roots, duration: float, interval: float, progress: Any = None
-         ) -> dict[str, Any]:
-    """Poll nf_conntrack_count and the stat counters for `duration` seconds."""
+def poll(roots: Roots, duration: float, interval: float, progress: Any = None,
+         namespaces: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Poll nf_conntrack_count and the stat counters for `duration` seconds; with the
+    other namespaces' scan taken before (facts['namespaces']), their drop rates too."""
     from ct_tune import parsers, safeio
 
     count_path = roots.proc("sys/net/netfilter/nf_conntrack_count")
@@ -126,4 +127,10 @@ def poll(roots: Roots, duration: float, interval: float, progress: Any = None
             times.append(time.monotonic() - start)
         if progress:
             progress(time.monotonic() - start, duration, count)
-    return window_summary(counts, first, last, time.monotonic() - start, times)
+    window = window_summary(counts, first, last, time.monotonic() - start, times)
+    if namespaces:
+        from ct_tune import nsload, nsview
+
+        window["namespaces"] = nsload.rates(namespaces, nsview.scan(roots.procfs),
+                                            time.monotonic() - start)
+    return window

@@ -117,7 +117,17 @@ SPEC: dict[str, Any] = {
         "seconds": NUM, "polls": U(), "peak": NULLABLE(U()), "mean": NUM + NULL,
         "growth": INT + NULL, "rates": MAP(NUM),
         # the polls, [seconds since the start, count] (added in 0.1; older snapshots lack it)
-        "series": OPTIONAL(LIST(LIST(NUM, 2), 100_000))})),
+        "series": OPTIONAL(LIST(LIST(NUM, 2), 100_000)),
+        "namespaces": OPTIONAL(NULLABLE({"seconds": NUM, "list": LIST({
+            "netns": STR, "pid": U(), "names": LIST(STR, 64), "peak": U(),
+            "drop_per_s": NUM, "early_drop_per_s": NUM, "insert_failed_per_s": NUM},
+            64)}))})),
+    # the other network namespaces' tables (ct_tune.nsview); optional for older snapshots
+    "namespaces": OPTIONAL(NULLABLE({
+        "own": STR, "pids": U(), "seen": U(), "truncated": BOOL,
+        "list": LIST({"netns": STR, "pid": U(), "names": LIST(STR, 64), "source": STR,
+                      "entries": U(), "drop": U(), "early_drop": U(),
+                      "insert_failed": U()}, 64)})),
     # boot configuration (sysctl.d, modules-load.d, modprobe.d); optional so that
     # snapshots from before it was collected still load
     "persist": OPTIONAL(NULLABLE({
@@ -181,6 +191,11 @@ def _show(value: Any) -> str:
         return "a list"
     text = json.dumps(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_field(name: str, value: Any, out: list[tuple[str, str]]) -> None:
+    """Check one top-level field of a snapshot on its own (a capture's copy of it)."""
+    _check(value, SPEC[name], name, out)
 
 
 def _check(value: Any, spec: Any, where: str, out: list[tuple[str, str]]) -> None:

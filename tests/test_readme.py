@@ -20,3 +20,8 @@ def test_readme_has_run_and_test_commands():
 
 def test_ci_runs_the_readme_test_command():
     assert "README.md" in (ROOT / ".ci/run").read_text()
+
+
+def test_ci_runs_the_host_modifying_tests():
+    """CI machines are throwaway: .ci/run opts in to the tests that change host values."""
+    assert "export CT_TUNE_HOST_TESTS=1" in (ROOT / ".ci/run").read_text()
