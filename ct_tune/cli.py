@@ -453,6 +453,12 @@ def _plan(loaded_rules: list[ruleset.Rule], host: dict[str, Any], prof: profiles
     return p
 
 
+_apply_format_option = click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+    help="json: one document on stdout, also when it fails: planned and done changes, "
+    "'changed', skips, the state file, error.reason (man ct-tune-json(5)).")
+
+
 @cli.command("apply")
 @root_options
 @_root_dir_option
@@ -467,53 +473,84 @@ def _plan(loaded_rules: list[ruleset.Rule], host: dict[str, Any], prof: profiles
               help="File name of the sysctl.d fragment (sorts after distribution files).")
 @click.option("--lock-wait", type=click.FloatRange(min=0), default=5.0, show_default=True,
               metavar="S", help="Wait this long for another apply/rollback, then exit 4.")
+@_apply_format_option
 @sample_options
 def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules: bool,
               root: str | None, profile: str, dry_run: bool, live: bool, allow_lower: bool,
-              name: str, lock_wait: float, no_sample: bool, sample_limit: int | None,
+              name: str, lock_wait: float, fmt: str, no_sample: bool, sample_limit: int | None,
               duration: float, interval: float, table_source: str) -> None:
     """Make the recommendations take effect now and at every boot, or change nothing."""
-    from ct_tune import apply, engine, fragments, profiles, render
+    from ct_tune import apply, applyreport, engine, fragments, profiles, render
 
     if not apply.valid_name(name):
         raise click.BadParameter("must be a file name ending in .conf", param_hint="--name")
     c = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules, root)
     target = c.roots.config_root
-    if not dry_run:
-        apply.require_root(target, live and c.roots.live)
-    all_profiles, loaded_rules = collect_errors(c.profiles, c.rules)  # every bad file reported
-    prof = profiles.get(all_profiles, profile)
-    with (apply.locked(target, lock_wait) if not dry_run else _nolock()):
-        host = gather(c.roots, no_sample, sample_limit, table_source, duration, interval)
-        if host.get("errors"):
-            # the problems are on stderr already: a host that could not be read whole is
-            # not changed (exit 3, nothing changed), whatever the readable part says
-            sys.exit(EXIT_UNKNOWN)
-        # In a non-initial network namespace /etc is the host's (ip netns exec) or the
-        # image's (a container): boot applies it to the initial namespace, never this one.
-        persist = root is not None or host["conntrack"]["initial_netns"] is not False
-        if not persist and not live:
-            raise CtTuneError("--no-live in a non-initial network namespace changes nothing: "
-                              "boot applies /etc/sysctl.d to the host's namespace, not this "
-                              "one (give --root DIR to write the files anyway)")
-        p = _plan(loaded_rules, host, prof, allow_lower, engine.evaluate(loaded_rules, host, prof))
-        files = fragments.render(p, _meta(host, prof.name, name))
-        ch = apply.changes(p, files, target, c.roots.procfs, live, persist=persist)
-        _out(render.changes(ch, p.skips, target, dry_run))
-        for note in p.notes if persist else ():
-            _out(f"note: {note}")
-        if persist:
-            _warn_overrides(host, name, p)
-        else:
-            _out(render.live_only_note(p.settings))
-        if dry_run or ch.empty:
-            return
-        apply.refuse_if_interrupted(target)
-        _flush_stdout()  # output that cannot be written stops the apply before any change
-        state = apply.execute(ch, target, c.roots.procfs, __version__,
-                              temps=apply.writable_files(name))
-        _out(f"applied: {len(ch.live)} live value(s), {len(ch.files)} file(s); the "
-             f"previous state is in {state}: 'ct-tune rollback' restores it")
+    js = fmt == "json"
+    planned: dict[str, Any] = {}  # the JSON report once the changes are known
+    try:
+        if not dry_run:
+            apply.require_root(target, live and c.roots.live)
+        all_profiles, loaded_rules = collect_errors(c.profiles, c.rules)  # every bad file
+        prof = profiles.get(all_profiles, profile)
+        with (apply.locked(target, lock_wait) if not dry_run else _nolock()):
+            host = gather(c.roots, no_sample, sample_limit, table_source, duration, interval)
+            if host.get("errors"):
+                # the problems are on stderr already: a host that could not be read whole
+                # is not changed (exit 3, nothing changed), whatever the readable part says
+                if js:
+                    from ct_tune.findings import error_text
+
+                    doc = applyreport.failure(
+                        CtTuneError("the host could not be read whole: nothing was changed",
+                                    reason="bad-input"), command="apply", dry_run=dry_run,
+                        root=target, procfs=c.roots.procfs, exit_code=EXIT_UNKNOWN)
+                    doc["input_errors"] = [error_text(e) for e in host["errors"]]
+                    _out(json.dumps(doc, indent=2))
+                sys.exit(EXIT_UNKNOWN)
+            # In a non-initial network namespace /etc is the host's (ip netns exec) or the
+            # image's (a container): boot applies it to the initial namespace, never this one.
+            persist = root is not None or host["conntrack"]["initial_netns"] is not False
+            if not persist and not live:
+                raise CtTuneError("--no-live in a non-initial network namespace changes "
+                                  "nothing: boot applies /etc/sysctl.d to the host's "
+                                  "namespace, not this one (give --root DIR to write the "
+                                  "files anyway)", reason="namespace")
+            p = _plan(loaded_rules, host, prof, allow_lower,
+                      engine.evaluate(loaded_rules, host, prof))
+            files = fragments.render(p, _meta(host, prof.name, name))
+            ch = apply.changes(p, files, target, c.roots.procfs, live, persist=persist)
+            notes = list(p.notes) if persist else [render.live_only_note(p.settings)]
+            warnings = _warn_overrides(host, name, p) if persist else []
+            planned.update(applyreport.report(
+                ch, command="apply", dry_run=dry_run, root=target, procfs=c.roots.procfs,
+                settings=p.settings, skips=p.skips, notes=notes, warnings=warnings,
+                persist=persist, live=live, profile=prof.name))
+            if not js:
+                _out(render.changes(ch, p.skips, target, dry_run))
+                for note in notes:
+                    _out(note if not persist else f"note: {note}")
+            if dry_run or ch.empty:
+                if js:
+                    _out(json.dumps(planned, indent=2))
+                return
+            apply.refuse_if_interrupted(target)
+            _flush_stdout()  # output that cannot be written stops the apply before any change
+            state = apply.execute(ch, target, c.roots.procfs, __version__,
+                                  temps=apply.writable_files(name))
+    except CtTuneError as e:
+        if js:
+            _out(json.dumps(applyreport.failure(e, command="apply", dry_run=dry_run,
+                                                root=target, procfs=c.roots.procfs,
+                                                exit_code=e.exit_code, partial=planned or None),
+                            indent=2))
+        raise
+    if js:
+        planned["state_file"] = str(state) if state is not None else None
+        _out(json.dumps(planned, indent=2))
+        return
+    _out(f"applied: {len(ch.live)} live value(s), {len(ch.files)} file(s); the "
+         f"previous state is in {state}: 'ct-tune rollback' restores it")
 
 
 @cli.command("rollback")
@@ -526,45 +563,73 @@ def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_r
 @click.option("--dry-run", is_flag=True, help="Show what would be restored; change nothing.")
 @click.option("--lock-wait", type=click.FloatRange(min=0), default=5.0, show_default=True,
               metavar="S", help="Wait this long for another apply/rollback, then exit 4.")
-def rollback_cmd(procfs: str | None, root: str | None, dry_run: bool, lock_wait: float
-                 ) -> None:
+@_apply_format_option
+def rollback_cmd(procfs: str | None, root: str | None, dry_run: bool, lock_wait: float,
+                 fmt: str) -> None:
     """Restore the files and live values saved by the last apply that changed something."""
-    from ct_tune import apply, render
+    from ct_tune import apply, applyreport, render
 
     target = Path(root or "/")
-    if not dry_run:
-        # the running kernel is written only when the apply wrote live values
-        # (an unprivileged 'apply --root SCRATCH --no-live' rolls back unprivileged)
-        saved = apply.load_state(target)
-        live_root = apply.rollback_procfs(saved, procfs)
-        apply.require_root(target, kernel=os.path.realpath(live_root) == "/proc"
-                           and bool(saved.live))
-    with (apply.locked(target, lock_wait) if not dry_run else _nolock()):
-        state = apply.load_state(target)
-        live_root = apply.rollback_procfs(state, procfs)
-        ch = apply.rollback_changes(target, state, live_root)
-        if state.path.name == apply.PENDING_FILE:
-            _out(f"an apply was interrupted: restoring the state it saved in {state.path}")
-        _out(render.changes(ch, (), target, dry_run, verb="restore"))
-        if dry_run:
-            return
-        _flush_stdout()
-        apply.execute(ch, target, live_root, __version__, save=False,
-                      temps=[rel for rel, _ in state.files])
-        done = apply.finish_rollback(target, state)
-        _out(f"rolled back: {len(ch.live)} live value(s), {len(ch.files)} file(s); "
-             f"the saved state is kept as {done}")
+    js = fmt == "json"
+    planned: dict[str, Any] = {}
+    try:
+        if not dry_run:
+            # the running kernel is written only when the apply wrote live values
+            # (an unprivileged 'apply --root SCRATCH --no-live' rolls back unprivileged)
+            saved = apply.load_state(target)
+            live_root = apply.rollback_procfs(saved, procfs)
+            apply.require_root(target, kernel=os.path.realpath(live_root) == "/proc"
+                               and bool(saved.live))
+        with (apply.locked(target, lock_wait) if not dry_run else _nolock()):
+            state = apply.load_state(target)
+            live_root = apply.rollback_procfs(state, procfs)
+            ch = apply.rollback_changes(target, state, live_root)
+            planned.update(applyreport.report(
+                ch, command="rollback", dry_run=dry_run, root=target, procfs=live_root,
+                live=bool(state.live), restored_from=state.path))
+            if js:
+                if dry_run:
+                    _out(json.dumps(planned, indent=2))
+                    return
+            else:
+                if state.path.name == apply.PENDING_FILE:
+                    _out("an apply was interrupted: restoring the state it saved in "
+                         f"{state.path}")
+                _out(render.changes(ch, (), target, dry_run, verb="restore"))
+                if dry_run:
+                    return
+            _flush_stdout()
+            apply.execute(ch, target, live_root, __version__, save=False,
+                          temps=[rel for rel, _ in state.files])
+            done = apply.finish_rollback(target, state)
+    except CtTuneError as e:
+        if js:
+            _out(json.dumps(applyreport.failure(e, command="rollback", dry_run=dry_run,
+                                                root=target, procfs=None if procfs is None
+                                                else Path(procfs), exit_code=e.exit_code,
+                                                partial=planned or None), indent=2))
+        raise
+    if js:
+        planned["state_file"] = str(done)
+        _out(json.dumps(planned, indent=2))
+        return
+    _out(f"rolled back: {len(ch.live)} live value(s), {len(ch.files)} file(s); "
+         f"the saved state is kept as {done}")
 
 
-def _warn_overrides(host: dict[str, Any], name: str, p: Any) -> None:
-    """A file boot reads after ours that sets one of our keys wins at boot: say so."""
+def _warn_overrides(host: dict[str, Any], name: str, p: Any) -> list[str]:
+    """A file boot reads after ours that sets one of our keys wins at boot: say so (on
+    stderr; returned for apply's JSON)."""
     from ct_tune import sysctld
 
     persist = host.get("persist") or {}
+    out = []
     for a in sysctld.read_after(persist.get("assignments", []), name,
                                 [s.key for s in p.settings]):
-        click.echo(f"ct-tune: warning: {a['file']}:{a['line']} sets {a['key']} = {a['value']} "
-                   f"and is read after {name} at boot: it overrides ct-tune's value", err=True)
+        out.append(f"{a['file']}:{a['line']} sets {a['key']} = {a['value']} and is read "
+                   f"after {name} at boot: it overrides ct-tune's value")
+        click.echo(f"ct-tune: warning: {out[-1]}", err=True)
+    return out
 
 
 def _nolock() -> Any:
