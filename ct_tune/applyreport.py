@@ -6,7 +6,7 @@ the text output: ``changed`` is true only when something changed (or, in a dry r
 would change), so a second run reports false; each file carries its content before and
 after and their digests (Ansible's diff mode), each live value its value before and
 after; a failure is ``error.reason``, a word a program can map (busy, not-root,
-read-only, ...).  The schema is documented in man ct-tune-json(5), APPLY OUTPUT.
+read-only, ...).  The schema is documented in man ct-tune-json(5), APPLY REPORT.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import Any
 
 from ct_tune.errors import CtTuneError
 
-SCHEMA = "ct-tune-apply/1"
+SCHEMA = "ct-tune/apply"
+SCHEMA_VERSION = 1
 
 #: OSErrors behind a failed write that mean "this cannot be written here" (a read-only
 #: mount, /proc/sys in a container, a sysctl owned by another user namespace)
@@ -59,6 +60,7 @@ def report(ch: Any, *, command: str, dry_run: bool, root: Path, procfs: Path,
                      "changed": False} for k in ch.unchanged_live]
     return {
         "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
         "command": command,
         "dry_run": dry_run,
         "changed": not ch.empty,
@@ -103,7 +105,7 @@ def failure(e: CtTuneError, *, command: str, dry_run: bool, root: Path,
     restore failed too (exit 5, error.reason restore-failed).  ``partial``: the report
     of what the run had planned, when it got that far."""
     doc = dict(partial) if partial else {
-        "schema": SCHEMA, "command": command, "dry_run": dry_run, "root": str(root),
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "command": command, "dry_run": dry_run, "root": str(root),
         "procfs": str(procfs) if procfs is not None else None, "files": [],
         "live_values": [], "skipped": [], "notes": [], "warnings": [], "state_file": None,
         "restored_from": None, "input_errors": []}

@@ -42,7 +42,7 @@ def test_dry_run_reports_the_changes_and_writes_nothing(tree, tmp_path):
     code, doc = apply_json("apply", *tree_args(roots), "--root", str(root), "--no-sample",
                            "--dry-run")
     assert code == 0
-    assert doc["schema"] == "ct-tune-apply/1" and doc["dry_run"] is True
+    assert (doc["schema"], doc["schema_version"]) == ("ct-tune/apply", 1) and doc["dry_run"] is True
     assert doc["changed"] is True and doc["error"] is None and doc["state_file"] is None
     sysctl = next(f for f in doc["files"] if f["path"].endswith("etc/sysctl.d/99-ct-tune.conf"))
     assert sysctl["action"] == "create" and sysctl["before"] is None
