@@ -105,7 +105,8 @@ def failure(e: CtTuneError, *, command: str, dry_run: bool, root: Path,
     restore failed too (exit 5, error.reason restore-failed).  ``partial``: the report
     of what the run had planned, when it got that far."""
     doc = dict(partial) if partial else {
-        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "command": command, "dry_run": dry_run, "root": str(root),
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "command": command,
+        "dry_run": dry_run, "root": str(root),
         "procfs": str(procfs) if procfs is not None else None, "files": [],
         "live_values": [], "skipped": [], "notes": [], "warnings": [], "state_file": None,
         "restored_from": None, "input_errors": []}
