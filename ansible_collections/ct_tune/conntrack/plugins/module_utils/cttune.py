@@ -184,4 +184,3 @@ def run_json(module, exe, args):
     except ValueError:
         doc = None
     return rc, doc, out, err
-

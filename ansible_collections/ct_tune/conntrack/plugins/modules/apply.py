@@ -21,8 +21,8 @@ description:
     lock and predicts RV(ignore:changed) exactly.
   - With O(state=rolled_back) it runs C(ct-tune rollback) instead, restoring the files
     and live values saved by the last apply that changed something.
-  - Needs the C(ct-tune) command on the target (C(pip install ct-tune)) and root
-    (C(become: true)), except with O(root) a scratch directory and O(live=false).
+  - "Needs the C(ct-tune) command on the target (C(pip install ct-tune)) and root
+    (C(become: true)), except with O(root) a scratch directory and O(live=false)."
 options:
   state:
     description:
@@ -106,11 +106,12 @@ notes:
     C(/etc) or C(/proc/sys)), V(interrupted), V(not-installed), ...; nothing was changed
     unless the reason is V(restore-failed).
   - Keys this host may not set (read-only in a container, owned by kube-proxy, a lower
-    C(nf_conntrack_max)) are skipped, not failed; see RV(skipped).
+    C(nf_conntrack_max)) are skipped, not failed; see RV(skipped_keys) (not C(skipped),
+    which Ansible reads as the task's own status).
   - In a non-initial network namespace (a container) without O(root) only live values
     are written; with O(live=false) there is nothing to do and the task is skipped.
 author:
-  - ct-tune maintainers
+  - ct-tune maintainers (@ct-tune)
 """
 
 EXAMPLES = r"""
@@ -153,7 +154,7 @@ live_values:
   returned: success
   type: list
   elements: dict
-skipped:
+skipped_keys:
   description: Recommendations not acted on, with C(key), C(current), C(recommended),
     C(kind) (read-only, kube-proxy, not-lowered, module-parameter, unpinnable) and
     C(reason).
@@ -242,7 +243,7 @@ def main():
         changed=bool(doc.get("changed")),
         files=doc.get("files") or [],
         live_values=doc.get("live_values") or [],
-        skipped=doc.get("skipped") or [],
+        skipped_keys=doc.get("skipped") or [],
         notes=doc.get("notes") or [],
         state_file=doc.get("state_file"),
         persist=doc.get("persist"),

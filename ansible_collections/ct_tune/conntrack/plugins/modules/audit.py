@@ -81,7 +81,7 @@ seealso:
 notes:
   - The full report format is described in C(man 5 ct-tune-json) (AUDIT REPORT).
 author:
-  - ct-tune maintainers
+  - ct-tune maintainers (@ct-tune)
 """
 
 EXAMPLES = r"""

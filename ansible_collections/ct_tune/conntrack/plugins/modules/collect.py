@@ -11,7 +11,7 @@ module: collect
 short_description: Write a host's ct-tune facts snapshot for the fleet report
 version_added: "0.1.0"
 description:
-  - Runs C(ct-tune collect -o DEST) on the target: a versioned JSON snapshot of
+  - Runs C(ct-tune collect -o DEST) on the target, a versioned JSON snapshot of
     everything ct-tune reads (conntrack sysctls, counters, memory, kernel, kube-proxy).
   - Gather the snapshots with M(ansible.builtin.fetch) and run C(ct-tune fleet DIR) on
     the controller for one report of the fleet, or C(ct-tune audit --facts FILE) for one
@@ -61,9 +61,9 @@ seealso:
 notes:
   - RV(ignore:changed) is true whenever the file at O(dest) was written with other bytes
     than it had, which is every run (the snapshot holds the time it was collected and the
-    uptime). Use C(changed_when: false) if a snapshot should not count as a change.
+    uptime). Use C(changed_when) with V(false) if a snapshot should not count as a change.
 author:
-  - ct-tune maintainers
+  - ct-tune maintainers (@ct-tune)
 """
 
 EXAMPLES = r"""
