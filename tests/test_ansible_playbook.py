@@ -10,6 +10,7 @@ host's; otherwise a captured host tree's /proc/sys files stand in for them (--pr
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, materialize
+
+from ct_tune import facts
 
 EST = "net.netfilter.nf_conntrack_tcp_timeout_established"
 COLLECTIONS = ROOT / "ansible_collections"
@@ -47,7 +50,8 @@ def _ct_tune_bin(tmp: Path) -> Path:
     return bindir
 
 
-def _playbook(opts: dict, snapshot: Path, scratch: Path, est_file: str) -> list[dict]:
+def _playbook(opts: dict, snapshot: Path, scratch: Path, est_file: str, netns_tree: facts.Roots
+              ) -> list[dict]:
     """The fleet workflow of the collection's README, in plays whose results are checked."""
     root = opts["root"]
     target = {k: v for k, v in opts.items() if k != "root"}
@@ -98,11 +102,19 @@ def _playbook(opts: dict, snapshot: Path, scratch: Path, est_file: str) -> list[
             {"name": "rollback again", "ct_tune.conntrack.apply": {"root": root,
                                                                    "state": "rolled_back"}},
         ]},
-        {"name": "ct-tune missing", "hosts": "all", "gather_facts": False, "tasks": [
+        {"name": "failures", "hosts": "all", "gather_facts": False, "tasks": [
             {"name": "not on PATH", "ct_tune.conntrack.audit": {}, "ignore_errors": True,
              "environment": {"PATH": "/var/empty"}},
             {"name": "executable absent", "ct_tune.conntrack.apply": {
                 "executable": "/nonexistent/ct-tune", "root": root}, "ignore_errors": True},
+            {"name": "busy", "ct_tune.conntrack.apply": {
+                **apply_opts, "root": str(scratch / "locked"), "lock_wait": 0},
+             "ignore_errors": True},
+            # a captured 'ip netns exec' host: files would be the host's, --no-live leaves
+            # nothing to do (the files go to the capture's top directory, never /etc)
+            {"name": "namespace", "ct_tune.conntrack.apply": {
+                "procfs": str(netns_tree.procfs), "sysfs": str(netns_tree.sysfs),
+                "live": False, "sample": False}},
         ]},
     ]
 
@@ -156,8 +168,13 @@ def playbook_run(tmp_path_factory):
         est_file = str(roots.procfs / "sys" / EST.replace(".", "/"))
     pb = tmp / "site.yml"
     results = tmp / "results.json"
-    pb.write_text(json.dumps(_registered(_playbook(opts, snapshot, tmp, est_file), results),
-                             indent=1))
+    netns_tree = materialize("netns-exec", tmp / "trees")
+    pb.write_text(json.dumps(_registered(_playbook(opts, snapshot, tmp, est_file, netns_tree),
+                                         results), indent=1))
+    lock = tmp / "locked/var/lib/ct-tune/lock"
+    lock.parent.mkdir(parents=True)
+    held = open(lock, "w")  # noqa: SIM115 (held for the whole run)
+    fcntl.flock(held, fcntl.LOCK_EX)
     env = {**os.environ, "PATH": f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
            "ANSIBLE_COLLECTIONS_PATH": str(ROOT),
            "ANSIBLE_LOCALHOST_WARNING": "0", "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0",
@@ -170,6 +187,7 @@ def playbook_run(tmp_path_factory):
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     finally:
+        held.close()
         if ns_cm is not None:
             ns_cm.__exit__(None, None, None)
     seconds = time.monotonic() - started
@@ -253,10 +271,20 @@ def test_rollback_state_restores_once(playbook_run):
     assert again["changed"] is False and "nothing to roll back" in again["msg"]
 
 
+def test_busy_fails_and_namespace_skips(playbook_run):
+    res, _, _, _ = playbook_run
+    busy = res[("failures", "busy")]
+    assert busy["failed"] is True and busy["reason"] == "busy"
+    assert "retry later or raise lock_wait" in busy["msg"] and busy["changed"] is False
+    ns = res[("failures", "namespace")]
+    assert ns["skipped"] is True and ns["reason"] == "namespace" and ns["changed"] is False
+    assert "non-initial network namespace" in ns["msg"]
+
+
 def test_missing_ct_tune_fails_naming_the_package(playbook_run):
     res, _, _, seconds = playbook_run
     for task in ("not on PATH", "executable absent"):
-        r = res[("ct-tune missing", task)]
+        r = res[("failures", task)]
         assert r["failed"] is True and r["reason"] == "not-installed"
         assert "pip install ct-tune" in r["msg"]
     print(f"ansible-playbook run: {seconds:.1f} s")
