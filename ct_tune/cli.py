@@ -522,6 +522,12 @@ def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_r
             ch = apply.changes(p, files, target, c.roots.procfs, live, persist=persist)
             notes = list(p.notes) if persist else [render.live_only_note(p.settings)]
             warnings = _warn_overrides(host, name, p) if persist else []
+            if dry_run and not ch.empty:  # the prediction says what the real run will do
+                try:
+                    apply.refuse_if_interrupted(target)
+                except CtTuneError as e:
+                    warnings.append(f"the apply itself will refuse: {e}")
+                    click.echo(f"ct-tune: warning: {warnings[-1]}", err=True)
             planned.update(applyreport.report(
                 ch, command="apply", dry_run=dry_run, root=target, procfs=c.roots.procfs,
                 settings=p.settings, skips=p.skips, notes=notes, warnings=warnings,

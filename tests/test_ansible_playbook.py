@@ -179,6 +179,8 @@ def playbook_run(tmp_path_factory):
            "ANSIBLE_COLLECTIONS_PATH": str(ROOT),
            "ANSIBLE_LOCALHOST_WARNING": "0", "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0",
            "ANSIBLE_HOME": str(tmp / "ansible-home"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible-tmp"),
+           "ANSIBLE_REMOTE_TMP": str(tmp / "ansible-tmp"),
            "ANSIBLE_RETRY_FILES_ENABLED": "0", "ANSIBLE_PYTHON_INTERPRETER": sys.executable}
     cmd = [exe, "-i", "localhost,", "-c", "local", "--diff", str(pb)]
     if ns:

@@ -187,6 +187,10 @@ def test_interrupted_apply_is_reason_interrupted(tree, tmp_path):
     root = tmp_path / "root"
     (root / "var/lib/ct-tune").mkdir(parents=True)
     (root / "var/lib/ct-tune/pending.json").write_text("{}")
+    code, dry = apply_json("apply", *tree_args(roots), "--root", str(root), "--no-sample",
+                           "--dry-run")
+    assert code == 0 and dry["changed"] is True
+    assert any("interrupted" in w for w in dry["warnings"])  # the check mode warns
     code, doc = apply_json("apply", *tree_args(roots), "--root", str(root), "--no-sample")
     assert code == 3 and doc["error"]["reason"] == "interrupted"
     # it had planned the changes: the document still shows them, none done
