@@ -16,7 +16,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from ct_tune.errors import CtTuneError
+from ct_tune.errors import EXIT_UNKNOWN, CtTuneError
 
 SCHEMA = "ct-tune/apply"
 SCHEMA_VERSION = 1
@@ -113,4 +113,16 @@ def failure(e: CtTuneError, *, command: str, dry_run: bool, root: Path,
     kind = reason(e)
     doc["changed"] = kind == "restore-failed"
     doc["error"] = {"reason": kind, "message": str(e), "exit_code": exit_code}
+    return doc
+
+
+def unreadable(errors: Any, dry_run: bool, root: Path, procfs: Path) -> dict[str, Any]:
+    """The document for an apply that stopped because the host could not be read whole
+    (each problem is on stderr too): nothing was changed, exit 3."""
+    from ct_tune.findings import error_text
+
+    doc = failure(CtTuneError("the host could not be read whole: nothing was changed",
+                              reason="bad-input"), command="apply", dry_run=dry_run,
+                  root=root, procfs=procfs, exit_code=EXIT_UNKNOWN)
+    doc["input_errors"] = [error_text(e) for e in errors]
     return doc

@@ -9,7 +9,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).parent.parent / "ct_tune"
 PURE = {"engine", "plan", "fragments", "render", "drift", "whatif", "formulas", "parsers",
         "kernelmodel", "kubeproxy", "bootinit",
-        "sysctld", "sysctlkeys", "findings", "flowparse", "flows", "check", "textfile"}
+        "sysctld", "sysctlkeys", "findings", "flowparse", "flows", "check", "textfile",
+        "applyreport"}
 IO = {"facts", "sampler", "ctsource", "apply", "atomic", "capture", "cli", "cache", "writers"}
 
 
