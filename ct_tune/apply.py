@@ -64,12 +64,14 @@ class Busy(CtTuneError):
     """Another apply or rollback holds the lock."""
 
     exit_code = EXIT_BUSY
+    reason = "busy"
 
 
 class RestoreFailed(CtTuneError):
     """A change failed and the previous state could not be fully restored."""
 
     exit_code = EXIT_RESTORE_FAILED
+    reason = "restore-failed"
 
 
 @dataclass(frozen=True)
@@ -215,7 +217,8 @@ def changes(plan: Plan, files: dict[str, str], root: Path, procfs: Path,
                                   "decimal integer: not writing it")
             current = read_live(procfs, s.key)
             if current is None:
-                raise CtTuneError(f"{path}: missing: is nf_conntrack loaded?")
+                raise CtTuneError(f"{path}: missing: is nf_conntrack loaded?",
+                                  reason="not-loaded")
             if not valid_value(current.strip()):
                 raise InputError(str(path), f"expected an integer, found {current.strip()!r}")
             if _same(current, s.value):
@@ -232,7 +235,8 @@ def require_root(root: Path, kernel: bool) -> None:
         return
     if kernel or root.resolve() == Path("/"):
         raise CtTuneError("apply and rollback change /etc and /proc/sys and must run as root "
-                          "(to try it unprivileged: --root SCRATCH_DIR --no-live)")
+                          "(to try it unprivileged: --root SCRATCH_DIR --no-live)",
+                          reason="not-root")
 
 
 @contextlib.contextmanager
@@ -441,7 +445,7 @@ def refuse_if_interrupted(root: Path) -> None:
     if _state_entry(root, PENDING_FILE) is not None:
         raise CtTuneError(f"{root / STATE_DIR / PENDING_FILE}: an earlier apply was "
                           "interrupted; run 'ct-tune rollback' first to restore what it "
-                          "saved (or remove the file)")
+                          "saved (or remove the file)", reason="interrupted")
 
 
 def state_path(root: Path) -> Path:
@@ -557,7 +561,7 @@ def load_state(root: Path) -> State:
     with atomic.directory(root, STATE_DIR) as fd:
         data = None if fd is None else atomic.read_at(fd, path.name, path, MAX_STATE)
     if data is None:
-        raise CtTuneError(f"{path}: no saved state: nothing to roll back")
+        raise CtTuneError(f"{path}: no saved state: nothing to roll back", reason="no-state")
     try:
         doc = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
@@ -591,7 +595,8 @@ def rollback_changes(root: Path, state: State, procfs: Path) -> Changes:
     if state.live and state.netns and here and state.netns != here:
         raise CtTuneError(f"{state.path}: its live values were saved in network namespace "
                           f"{state.netns}, this is {here}: run the rollback there "
-                          "(ip netns exec NAME ct-tune rollback), or it would write them here")
+                          "(ip netns exec NAME ct-tune rollback), or it would write them here",
+                          reason="namespace")
     ch = Changes()
     for rel, old in state.files:
         now = read_file(root, rel)

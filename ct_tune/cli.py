@@ -489,6 +489,41 @@ def _plan(loaded_rules: list[ruleset.Rule], host: dict[str, Any], prof: profiles
     return p
 
 
+_apply_format_option = click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+    help="json: one document on stdout, also when it fails: planned and done changes, "
+    "'changed', skips, the state file, error.reason (man ct-tune-json(5)).")
+
+
+def _json_on_failure(command: str) -> Any:
+    """With --format json a failure is still one document on stdout, error.reason telling
+    busy, not-root, read-only ... apart; with what the run had planned once it got that far
+    (the command fills `planned`)."""
+    import functools
+
+    def wrap(run: Any) -> Any:
+        @functools.wraps(run)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            from ct_tune import applyreport
+
+            planned: dict[str, Any] = {}
+            try:
+                return run(*args, planned=planned, **kwargs)
+            except CtTuneError as e:
+                if kwargs.get("fmt") == "json":
+                    procfs = planned.get("procfs") or kwargs.get("procfs")
+                    _out(json.dumps(applyreport.failure(
+                        e, command=command, dry_run=kwargs["dry_run"],
+                        root=Path(planned.get("root") or kwargs.get("root") or "/"),
+                        procfs=Path(procfs) if procfs else None, exit_code=e.exit_code,
+                        partial=planned if "schema" in planned else None), indent=2))
+                raise
+
+        return wrapped
+
+    return wrap
+
+
 @cli.command("apply")
 @root_options
 @_root_dir_option
@@ -503,18 +538,23 @@ def _plan(loaded_rules: list[ruleset.Rule], host: dict[str, Any], prof: profiles
               help="File name of the sysctl.d fragment (sorts after distribution files).")
 @click.option("--lock-wait", type=click.FloatRange(min=0), default=5.0, show_default=True,
               metavar="S", help="Wait this long for another apply/rollback, then exit 4.")
+@_apply_format_option
 @sample_options
+@_json_on_failure("apply")
 def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules: bool,
               root: str | None, profile: str, dry_run: bool, live: bool, allow_lower: bool,
-              name: str, lock_wait: float, no_sample: bool, sample_limit: int | None,
-              duration: float, interval: float, table_source: str) -> None:
+              name: str, lock_wait: float, fmt: str, no_sample: bool, sample_limit: int | None,
+              duration: float, interval: float, table_source: str, planned: dict[str, Any]
+              ) -> None:
     """Make the recommendations take effect now and at every boot, or change nothing."""
-    from ct_tune import apply, engine, fragments, profiles, render
+    from ct_tune import apply, applyreport, engine, fragments, profiles, render
 
     if not apply.valid_name(name):
         raise click.BadParameter("must be a file name ending in .conf", param_hint="--name")
     c = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules, root)
     target = c.roots.config_root
+    planned.update(root=str(target), procfs=str(c.roots.procfs))  # for a failure's report
+    js = fmt == "json"
     if not dry_run:
         apply.require_root(target, live and c.roots.live)
     all_profiles, loaded_rules = collect_errors(c.profiles, c.rules)  # every bad file reported
@@ -524,6 +564,9 @@ def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_r
         if host.get("errors"):
             # the problems are on stderr already: a host that could not be read whole is
             # not changed (exit 3, nothing changed), whatever the readable part says
+            if js:
+                _out(json.dumps(applyreport.unreadable(host["errors"], dry_run, target,
+                                                       c.roots.procfs), indent=2))
             sys.exit(EXIT_UNKNOWN)
         # In a non-initial network namespace /etc is the host's (ip netns exec) or the
         # image's (a container): boot applies it to the initial namespace, never this one.
@@ -531,23 +574,38 @@ def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_r
         if not persist and not live:
             raise CtTuneError("--no-live in a non-initial network namespace changes nothing: "
                               "boot applies /etc/sysctl.d to the host's namespace, not this "
-                              "one (give --root DIR to write the files anyway)")
+                              "one (give --root DIR to write the files anyway)",
+                              reason="namespace")
         p = _plan(loaded_rules, host, prof, allow_lower, engine.evaluate(loaded_rules, host, prof))
         files = fragments.render(p, _meta(host, prof.name, name))
         ch = apply.changes(p, files, target, c.roots.procfs, live, persist=persist)
-        _out(render.changes(ch, p.skips, target, dry_run))
-        for note in p.notes if persist else ():
-            _out(f"note: {note}")
-        if persist:
-            _warn_overrides(host, name, p)
-        else:
-            _out(render.live_only_note(p.settings))
+        notes = list(p.notes) if persist else [render.live_only_note(p.settings)]
+        warnings = _warn_overrides(host, name, p) if persist else []
+        if dry_run and not ch.empty:  # the prediction says what the real run will do
+            try:
+                apply.refuse_if_interrupted(target)
+            except CtTuneError as e:
+                warnings.append(f"the apply itself will refuse: {e}")
+                click.echo(f"ct-tune: warning: {warnings[-1]}", err=True)
+        planned.update(applyreport.report(
+            ch, command="apply", dry_run=dry_run, root=target, procfs=c.roots.procfs,
+            settings=p.settings, skips=p.skips, notes=notes, warnings=warnings,
+            persist=persist, live=live, profile=prof.name))
+        if not js:
+            _out(render.changes(ch, p.skips, target, dry_run))
+            for note in notes:
+                _out(f"note: {note}" if persist else note)
         if dry_run or ch.empty:
+            if js:
+                _out(json.dumps(planned, indent=2))
             return
         apply.refuse_if_interrupted(target)
         _flush_stdout()  # output that cannot be written stops the apply before any change
         state = apply.execute(ch, target, c.roots.procfs, __version__,
                               temps=apply.writable_files(name))
+        if js:
+            _out(json.dumps({**planned, "state_file": str(state)}, indent=2))
+            return
         _out(f"applied: {len(ch.live)} live value(s), {len(ch.files)} file(s); the "
              f"previous state is in {state}: 'ct-tune rollback' restores it")
 
@@ -562,12 +620,15 @@ def apply_cmd(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_r
 @click.option("--dry-run", is_flag=True, help="Show what would be restored; change nothing.")
 @click.option("--lock-wait", type=click.FloatRange(min=0), default=5.0, show_default=True,
               metavar="S", help="Wait this long for another apply/rollback, then exit 4.")
-def rollback_cmd(procfs: str | None, root: str | None, dry_run: bool, lock_wait: float
-                 ) -> None:
+@_apply_format_option
+@_json_on_failure("rollback")
+def rollback_cmd(procfs: str | None, root: str | None, dry_run: bool, lock_wait: float,
+                 fmt: str, planned: dict[str, Any]) -> None:
     """Restore the files and live values saved by the last apply that changed something."""
-    from ct_tune import apply, render
+    from ct_tune import apply, applyreport, render
 
     target = Path(root or "/")
+    js = fmt == "json"
     if not dry_run:
         # the running kernel is written only when the apply wrote live values
         # (an unprivileged 'apply --root SCRATCH --no-live' rolls back unprivileged)
@@ -579,28 +640,41 @@ def rollback_cmd(procfs: str | None, root: str | None, dry_run: bool, lock_wait:
         state = apply.load_state(target)
         live_root = apply.rollback_procfs(state, procfs)
         ch = apply.rollback_changes(target, state, live_root)
-        if state.path.name == apply.PENDING_FILE:
+        planned.update(applyreport.report(ch, command="rollback", dry_run=dry_run, root=target,
+                                          procfs=live_root, live=bool(state.live),
+                                          restored_from=state.path))
+        if state.path.name == apply.PENDING_FILE and not js:
             _out(f"an apply was interrupted: restoring the state it saved in {state.path}")
-        _out(render.changes(ch, (), target, dry_run, verb="restore"))
+        if not js:
+            _out(render.changes(ch, (), target, dry_run, verb="restore"))
         if dry_run:
+            if js:
+                _out(json.dumps(planned, indent=2))
             return
         _flush_stdout()
         apply.execute(ch, target, live_root, __version__, save=False,
                       temps=[rel for rel, _ in state.files])
         done = apply.finish_rollback(target, state)
+        if js:
+            _out(json.dumps({**planned, "state_file": str(done)}, indent=2))
+            return
         _out(f"rolled back: {len(ch.live)} live value(s), {len(ch.files)} file(s); "
              f"the saved state is kept as {done}")
 
 
-def _warn_overrides(host: dict[str, Any], name: str, p: Any) -> None:
-    """A file boot reads after ours that sets one of our keys wins at boot: say so."""
+def _warn_overrides(host: dict[str, Any], name: str, p: Any) -> list[str]:
+    """A file boot reads after ours that sets one of our keys wins at boot: say so (on
+    stderr; returned for apply's JSON)."""
     from ct_tune import sysctld
 
     persist = host.get("persist") or {}
+    out = []
     for a in sysctld.read_after(persist.get("assignments", []), name,
                                 [s.key for s in p.settings]):
-        click.echo(f"ct-tune: warning: {a['file']}:{a['line']} sets {a['key']} = {a['value']} "
-                   f"and is read after {name} at boot: it overrides ct-tune's value", err=True)
+        out.append(f"{a['file']}:{a['line']} sets {a['key']} = {a['value']} and is read "
+                   f"after {name} at boot: it overrides ct-tune's value")
+        click.echo(f"ct-tune: warning: {out[-1]}", err=True)
+    return out
 
 
 def _nolock() -> Any:

@@ -26,10 +26,15 @@ class CtTuneError(Exception):
     """Base for errors that end a command with one message and an exit status."""
 
     exit_code = EXIT_UNKNOWN
+    #: what kind of failure, for machine-readable output (apply --format json's
+    #: error.reason, which the Ansible modules map): see man ct-tune-json(5)
+    reason = "error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, reason: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if reason is not None:
+            self.reason = reason
 
     def __str__(self) -> str:
         return self.message
@@ -37,6 +42,8 @@ class CtTuneError(Exception):
 
 class InputError(CtTuneError):
     """A file the tool read is wrong: ``PATH: [ID: ]problem``."""
+
+    reason = "bad-input"
 
     def __init__(self, path: str, problem: str, item: str | None = None) -> None:
         self.path = str(path)

@@ -77,6 +77,9 @@ class Skip:
     #: the value the key has from now on, when another writer (kube-proxy) sets it at
     #: start; None: it stays at ``current``
     stays: Any = None
+    #: why, as a word a program can test (apply --format json; man ct-tune-json(5)):
+    #: read-only, kube-proxy, not-lowered, module-parameter, unpinnable
+    kind: str = "other"
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ def _checked(f: Finding) -> Skip | None:
         return None
     if f.recommended == f.current and not f.changes:
         return Skip(f.parameter, f.current, f.recommended,
-                    f"the current value cannot be pinned: {problem}")
+                    f"the current value cannot be pinned: {problem}", kind="unpinnable")
     raise InputError(f.rule_file, f"recommended value for {f.parameter}: {problem}",
                      item=f.rule)
 
@@ -149,11 +152,13 @@ def _max_skip(f: Finding, count: int | None, target_usage: float,
     if lowering and not allow_lower:
         return Skip(f.parameter, cur, rec, "would lower nf_conntrack_max"
                     + (" from unlimited (0)" if cur == 0 else "")
-                    + ": only raised by default; pass --allow-lower to lower it")
+                    + ": only raised by default; pass --allow-lower to lower it",
+                    kind="not-lowered")
     floor = max_floor(count, target_usage)
     if lowering and rec < floor:
         return Skip(f.parameter, cur, rec, f"below the {count:,} entries in use now with the "
-                    f"profile's headroom ({floor:,}): not lowered even with --allow-lower")
+                    f"profile's headroom ({floor:,}): not lowered even with --allow-lower",
+                    kind="not-lowered")
     return None
 
 
@@ -192,14 +197,15 @@ def _kube_skip(kp: dict[str, Any] | None, f: Finding, key_writable: bool) -> Ski
     if f.parameter == BUCKETS_KEY:
         reason = _hashsize_owner(kp, f.recommended)
         return Skip(f.parameter, f.current, f.recommended, reason,
-                    stays=kubeproxy.hashsize_after(kp, f.current)) if reason else None
+                    stays=kubeproxy.hashsize_after(kp, f.current),
+                    kind="kube-proxy") if reason else None
     o = kubeproxy.owns(kp, short, f.current, f.recommended, key_writable)
     if o is None or not o["undoes"]:
         return None
     return Skip(f.parameter, f.current, f.recommended,
                 f"{o['says']}: a sysctl.d value of {f.recommended:,} is undone; set "
                 f"{o['change']} in {o['where']}",
-                stays=kubeproxy.after_start(kp, short, f.current))
+                stays=kubeproxy.after_start(kp, short, f.current), kind="kube-proxy")
 
 
 def _kube_holds(kp: dict[str, Any] | None, f: Finding) -> str:
@@ -276,14 +282,15 @@ def build(findings: Iterable[Finding], facts: dict[str, Any], profile: Profile,
             # (systemd-sysctl would fail on it); modprobe.d hashsize= sizes the table
             if _host_key(facts, BUCKETS_KEY) != BUCKETS_KEY:  # the ip_conntrack module
                 skips.append(Skip(f.parameter, f.current, f.recommended, OLD_MODULE.format(
-                    n=f.recommended)))
+                    n=f.recommended), kind="module-parameter"))
                 continue
             module_buckets = f.recommended
             skips.append(Skip(f.parameter, f.current, f.recommended, MODULE_ONLY.format(
-                n=f.recommended)))
+                n=f.recommended), kind="module-parameter"))
             continue
         if f.scope == "host":
-            skips.append(Skip(f.parameter, f.current, f.recommended, _host_reason(kp, f)))
+            skips.append(Skip(f.parameter, f.current, f.recommended, _host_reason(kp, f),
+                              kind="read-only"))
             continue
         undone = _kube_skip(kp, f, writable.get(f.parameter, True))
         if undone:

@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).parent.parent / "ct_tune"
 PURE = {"engine", "plan", "fragments", "render", "drift", "whatif", "formulas", "parsers",
         "kernelmodel", "kubeproxy", "bootinit",
         "sysctld", "sysctlkeys", "findings", "flowparse", "flows", "check", "textfile",
-        "nsload"}
+        "nsload", "applyreport"}
 IO = {"facts", "sampler", "ctsource", "apply", "atomic", "capture", "cli", "cache", "writers",
       "sockets", "nsview"}
 
