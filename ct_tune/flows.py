@@ -48,6 +48,7 @@ IDLE_BINS = 1024
 PORTS_PER_BIN = 64
 TOP_ADDRS_CAP = 4096
 TOP_K = 10
+_PORT_TEXTS_CAP = 1 << 17
 
 _TCP_STATE_KEY = {"SYN_SENT2": "syn_sent"}
 
@@ -183,6 +184,9 @@ class FlowStats:
         self.by_flag: Counter[str] = Counter()
         self.by_zone: Counter[int] = Counter()
         self.ports = array("L", bytes(array("L").itemsize * 65536))
+        # The block path's ports, by text until _fold_ports adds them to self.ports.
+        self._port_texts: Counter[str] = Counter()
+        self._port_ok: set[str] = {""}  # texts checked to be ports ("": no port)
         self.addrs: Counter[str] = Counter()
         self.addrs_pruned = False
         self.classes: dict[str, _Class] = {}
@@ -287,15 +291,20 @@ class FlowStats:
     def _add_columns(self, cols: Columns, flag_counts: list[int]) -> bool:
         """Aggregate a scanned block; False, having changed nothing, when a line has a
         port feed would reject (it counts that line as malformed)."""
-        port_counts = Counter(cols.dport)
-        port_counts.pop("", None)
-        nums = list(map(int, port_counts))
-        if nums and max(nums) > 65535:
-            return False
-        ports = self.ports
-        for port, c in zip(nums, port_counts.values(), strict=True):
-            ports[port] += c
-        self.entries += len(cols.l4)
+        port_col = cols.dport
+        # Ports are counted by their text, in C; only a text not seen before is checked
+        # (int() in Python), so that work is bounded by the distinct ports, not the lines.
+        fresh = set(port_col)
+        fresh -= self._port_ok
+        if fresh:
+            if max(map(int, fresh)) > 65535:
+                return False
+            self._port_ok |= fresh
+        self._port_texts.update(port_col)
+        if len(self._port_texts) > _PORT_TEXTS_CAP:
+            self._fold_ports()  # leading zeros make more texts than ports: memory stays bounded
+        n = len(cols.l4)
+        self.entries += n
         if cols.zone is not None:
             for zone_text, c in Counter(cols.zone).items():
                 zone = int(zone_text)
@@ -303,15 +312,22 @@ class FlowStats:
                     self.by_zone[zone] += c
         if _count_in_order(self.addrs, cols.dst, TOP_ADDRS_CAP):
             self.addrs_pruned = True
+        key_cols = (cols.l3, cols.l4, cols.state, cols.flag1, cols.flag2)
+        if all(c.count(c[0]) == n for c in key_cols):
+            # one key for the whole block (the common case): no tuple per line to count
+            head_counts: Mapping[tuple[str, ...], int] = {tuple(c[0] for c in key_cols): n}
+            heads: Sequence[tuple[str, ...]] = ()
+        else:
+            heads = list(zip(*key_cols, strict=True))
+            head_counts = Counter(heads)
         # One pass per distinct class key, in order of first appearance, so the Counters and
         # the classes get their keys in the order feed would insert them.
-        heads = list(zip(cols.l3, cols.l4, cols.state, cols.flag1, cols.flag2, strict=True))
         by_l3, by_l4 = self.by_l3, self.by_l4
         classes: list[_Class] = []
         slot: dict[int, int] = {}                  # id of a class -> its index in classes
         index_of: dict[tuple[str, ...], int] = {}  # class key -> index in classes
         offloaded: list[tuple[str, ...]] = []
-        for head, c in Counter(heads).items():
+        for head, c in head_counts.items():
             l3, l4, state, flag1, flag2 = head
             flags = FLAG_BITS.get(flag1, 0) | FLAG_BITS.get(flag2, 0)
             by_l3[l3] += c
@@ -325,8 +341,10 @@ class FlowStats:
             i = index_of[head] = slot.setdefault(id(cls), len(classes))
             if i == len(classes):
                 classes.append(cls)
+        if not classes:  # all offloaded
+            return True
         if len(classes) == 1 and not offloaded:
-            classes[0].add_rows(cols.ttl, cols.dport)
+            classes[0].add_rows(cols.ttl, port_col)
             return True
         for head in offloaded:  # one list past the classes': rows dropped
             index_of[head] = len(classes)
@@ -348,7 +366,16 @@ class FlowStats:
                 if bits & (1 << i):
                     self.by_flag[name] += c
 
+    def _fold_ports(self) -> None:
+        ports = self.ports
+        for text, c in self._port_texts.items():
+            if text:
+                ports[int(text)] += c
+        self._port_texts.clear()
+        self._port_ok = {""}
+
     def top_ports(self, k: int = TOP_K) -> list[tuple[int, int]]:
+        self._fold_ports()
         return [(p, c) for p, c in heapq.nlargest(k, enumerate(self.ports), key=itemgetter(1))
                 if c]
 

@@ -160,7 +160,7 @@ def test_scan_block_agrees_with_scan_line(case):
     row = [c[0] for c in cols[:8]]
     assert (row[0], row[1], row[2] or None, int(row[3]), row[4], row[5] or None) == (
         l3, l4, state, ttl, dst, dport)
-    flags = {"[UNREPLIED]": 1, "[ASSURED]": 2, "[OFFLOAD]": 4, "[HW_OFFLOAD]": 8}
+    flags = {"UNREPLIED": 1, "ASSURED": 2, "OFFLOAD": 4, "HW_OFFLOAD": 8}
     assert flags.get(row[6], 0) | flags.get(row[7], 0) == bits
     assert (int(cols.zone[0]) if cols.zone else 0) == zone
 
