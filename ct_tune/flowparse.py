@@ -304,11 +304,11 @@ def scan_block(block: str) -> Columns | None:
     if max(map(len, lines)) > MAX_LINE:
         return None
     del lines
-    # Every " zone=" followed by "0 ": scan_line reads zone 0 from each line.
-    zones = block.count(" zone=")
-    zoned = zones != block.count(" zone=0 ")
+    # Every "zone=" followed by "0 ": scan_line reads zone 0 from each line.  (Counted
+    # without the space before it: a rare first letter is searched for much faster.)
+    zoned = block.count("zone=") != block.count("zone=0 ")
     rows = (_BLOCK_ZONE if zoned else _BLOCK).findall("\n" + block)
-    if len(rows) != n or (zoned and zones != n):
+    if len(rows) != n or (zoned and block.count(" zone=") != n):
         return None
     cols = list(zip(*rows, strict=True))
     flag1, flag2 = cols[6], cols[7]

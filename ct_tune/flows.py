@@ -48,7 +48,6 @@ IDLE_BINS = 1024
 PORTS_PER_BIN = 64
 TOP_ADDRS_CAP = 4096
 TOP_K = 10
-_PORT_TEXTS_CAP = 1 << 17
 
 _TCP_STATE_KEY = {"SYN_SENT2": "syn_sent"}
 
@@ -184,9 +183,6 @@ class FlowStats:
         self.by_flag: Counter[str] = Counter()
         self.by_zone: Counter[int] = Counter()
         self.ports = array("L", bytes(array("L").itemsize * 65536))
-        # The block path's ports, by text until _fold_ports adds them to self.ports.
-        self._port_texts: Counter[str] = Counter()
-        self._port_ok: set[str] = {""}  # texts checked to be ports ("": no port)
         self.addrs: Counter[str] = Counter()
         self.addrs_pruned = False
         self.classes: dict[str, _Class] = {}
@@ -292,17 +288,14 @@ class FlowStats:
         """Aggregate a scanned block; False, having changed nothing, when a line has a
         port feed would reject (it counts that line as malformed)."""
         port_col = cols.dport
-        # Ports are counted by their text, in C; only a text not seen before is checked
-        # (int() in Python), so that work is bounded by the distinct ports, not the lines.
-        fresh = set(port_col)
-        fresh -= self._port_ok
-        if fresh:
-            if max(map(int, fresh)) > 65535:
-                return False
-            self._port_ok |= fresh
-        self._port_texts.update(port_col)
-        if len(self._port_texts) > _PORT_TEXTS_CAP:
-            self._fold_ports()  # leading zeros make more texts than ports: memory stays bounded
+        port_counts = Counter(port_col)
+        port_counts.pop("", None)
+        nums = list(map(int, port_counts))
+        if nums and max(nums) > 65535:
+            return False
+        ports = self.ports
+        for port, c in zip(nums, port_counts.values(), strict=True):
+            ports[port] += c
         n = len(cols.l4)
         self.entries += n
         if cols.zone is not None:
@@ -366,16 +359,7 @@ class FlowStats:
                 if bits & (1 << i):
                     self.by_flag[name] += c
 
-    def _fold_ports(self) -> None:
-        ports = self.ports
-        for text, c in self._port_texts.items():
-            if text:
-                ports[int(text)] += c
-        self._port_texts.clear()
-        self._port_ok = {""}
-
     def top_ports(self, k: int = TOP_K) -> list[tuple[int, int]]:
-        self._fold_ports()
         return [(p, c) for p, c in heapq.nlargest(k, enumerate(self.ports), key=itemgetter(1))
                 if c]
 
