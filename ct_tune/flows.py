@@ -287,7 +287,8 @@ class FlowStats:
     def _add_columns(self, cols: Columns, flag_counts: list[int]) -> bool:
         """Aggregate a scanned block; False, having changed nothing, when a line has a
         port feed would reject (it counts that line as malformed)."""
-        port_counts = Counter(cols.dport)
+        port_col = cols.dport
+        port_counts = Counter(port_col)
         port_counts.pop("", None)
         nums = list(map(int, port_counts))
         if nums and max(nums) > 65535:
@@ -295,7 +296,8 @@ class FlowStats:
         ports = self.ports
         for port, c in zip(nums, port_counts.values(), strict=True):
             ports[port] += c
-        self.entries += len(cols.l4)
+        n = len(cols.l4)
+        self.entries += n
         if cols.zone is not None:
             for zone_text, c in Counter(cols.zone).items():
                 zone = int(zone_text)
@@ -303,15 +305,22 @@ class FlowStats:
                     self.by_zone[zone] += c
         if _count_in_order(self.addrs, cols.dst, TOP_ADDRS_CAP):
             self.addrs_pruned = True
+        key_cols = (cols.l3, cols.l4, cols.state, cols.flag1, cols.flag2)
+        if all(c.count(c[0]) == n for c in key_cols):
+            # one key for the whole block (the common case): no tuple per line to count
+            head_counts: Mapping[tuple[str, ...], int] = {tuple(c[0] for c in key_cols): n}
+            heads: Sequence[tuple[str, ...]] = ()
+        else:
+            heads = list(zip(*key_cols, strict=True))
+            head_counts = Counter(heads)
         # One pass per distinct class key, in order of first appearance, so the Counters and
         # the classes get their keys in the order feed would insert them.
-        heads = list(zip(cols.l3, cols.l4, cols.state, cols.flag1, cols.flag2, strict=True))
         by_l3, by_l4 = self.by_l3, self.by_l4
         classes: list[_Class] = []
         slot: dict[int, int] = {}                  # id of a class -> its index in classes
         index_of: dict[tuple[str, ...], int] = {}  # class key -> index in classes
         offloaded: list[tuple[str, ...]] = []
-        for head, c in Counter(heads).items():
+        for head, c in head_counts.items():
             l3, l4, state, flag1, flag2 = head
             flags = FLAG_BITS.get(flag1, 0) | FLAG_BITS.get(flag2, 0)
             by_l3[l3] += c
@@ -325,8 +334,10 @@ class FlowStats:
             i = index_of[head] = slot.setdefault(id(cls), len(classes))
             if i == len(classes):
                 classes.append(cls)
+        if not classes:  # all offloaded
+            return True
         if len(classes) == 1 and not offloaded:
-            classes[0].add_rows(cols.ttl, cols.dport)
+            classes[0].add_rows(cols.ttl, port_col)
             return True
         for head in offloaded:  # one list past the classes': rows dropped
             index_of[head] = len(classes)

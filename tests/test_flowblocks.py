@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import pathlib
 import random
 import re
 
@@ -160,7 +161,7 @@ def test_scan_block_agrees_with_scan_line(case):
     row = [c[0] for c in cols[:8]]
     assert (row[0], row[1], row[2] or None, int(row[3]), row[4], row[5] or None) == (
         l3, l4, state, ttl, dst, dport)
-    flags = {"[UNREPLIED]": 1, "[ASSURED]": 2, "[OFFLOAD]": 4, "[HW_OFFLOAD]": 8}
+    flags = {"UNREPLIED": 1, "ASSURED": 2, "OFFLOAD": 4, "HW_OFFLOAD": 8}
     assert flags.get(row[6], 0) | flags.get(row[7], 0) == bits
     assert (int(cols.zone[0]) if cols.zone else 0) == zone
 
@@ -216,3 +217,101 @@ def test_kernel_lines_take_the_block_path():
         cols = scan_block(text)
         assert cols is not None and len(cols.l4) == 2000
         assert (cols.zone is not None) == zones
+
+
+# --- the fast path must stay the path: every format through both, and the common ones
+# must not fall back (speed is measured by benchmarks/sampling.py, not here) -------------
+
+DATE = st.sampled_from(["Thu Feb 17 17:41:18 2011", "Sun Nov 29 09:58:01 2026"])
+
+
+@st.composite
+def every_format(draw):
+    """A line of entries() rewritten as one of the forms the printers have produced
+    (flowparse's docstring lists them; tests/fixtures/formats has one file of each)."""
+    line, want = draw(entries())
+    line = line.rstrip("\n")
+    form = draw(st.sampled_from(["plain", "offload", "gre-old", "ktimestamp", "after-use",
+                                 "zone-dir", "secmark"]))
+    if form == "offload":  # no timeout, no state, the offload flag where [ASSURED] goes
+        head = re.match(r"((?:ipv[46] +\d+ +)?\S+ +\d+) +\d+ +(?:[A-Z][A-Z_0-9]* +)?", line)
+        line = head.group(1) + " " + line[head.end():]
+        line = re.sub(r" \[(ASSURED|OFFLOAD|HW_OFFLOAD)\]", "", line)
+        flag = draw(st.sampled_from(["OFFLOAD", "HW_OFFLOAD"]))
+        line = line.replace(" mark=", f" [{flag}] mark=", 1)
+    elif form == "gre-old" and want["l4"] == "gre":
+        t = draw(st.integers(0, 10**5))
+        line = re.sub(r"( \d+) src=", rf"\1 timeout={t}, stream_timeout={t * 6} src=", line,
+                      count=1)
+        line = line.replace("sport=", "srckey=0x").replace("dport=", "dstkey=0x")
+    elif form == "ktimestamp":
+        line = line.replace(" use=", f" [start={draw(DATE)}] use=")
+        if draw(st.booleans()):
+            line = line.replace(" use=", f" [stop={draw(DATE)}] use=")
+    elif form == "after-use":
+        line += draw(st.sampled_from([" id=2845103104", " zone=7", " labels=0x1"]))
+    elif form == "zone-dir":
+        line = re.sub(r"( dst=\S+(?: \w+=\S+)*?)( \[UNREPLIED\])? src=", r"\1 zone-orig=5\2 src=",
+                      line, count=1)
+    elif form == "secmark":
+        line = line.replace(" use=", " secmark=0 use=")
+    return line + "\n"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(every_format(), min_size=1, max_size=30),
+       st.lists(st.integers(0, 40), max_size=5))
+def test_fast_and_slow_paths_agree_on_every_format(lines, cuts):
+    """The block scanner (fast) and scan_line (slow), line by line and as blocks cut
+    anywhere, give the same summary for lines of every format."""
+    text = "".join(lines)
+    same(by_blocks(split_blocks(text, cuts)), by_lines(text))
+    for line in lines:
+        cols = scan_block(line)
+        if cols is not None:
+            l3, l4, state, ttl, dst, dport, bits, zone = scan_line(line)
+            row = [c[0] for c in cols[:8]]
+            assert (row[0], row[1], row[2] or None, int(row[3]) if row[3] else None, row[4],
+                    row[5] or None) == (l3, l4, state, ttl, dst, dport)
+            names = {"UNREPLIED": 1, "ASSURED": 2, "OFFLOAD": 4, "HW_OFFLOAD": 8}
+            assert names.get(row[6], 0) | names.get(row[7], 0) == bits
+            assert (int(cols.zone[0]) if cols.zone else 0) == zone
+
+
+FORMATS = pathlib.Path(__file__).parent / "fixtures" / "formats"
+#: The forms the block scanner must take whole: the kernel's, old kernels', and conntrack -L's
+#: default output (with ktimestamp dates, ids or zones after use= it may decline).
+BLOCK_PATH_FILES = ["procfs-offload.txt", "procfs-gre-old.txt", "procfs-ip_conntrack-old.txt",
+                    "ctl-offload.txt", "ctl-sctp-dccp.txt"]
+
+
+@pytest.mark.parametrize("name", BLOCK_PATH_FILES)
+def test_common_formats_take_the_block_path(name, monkeypatch):
+    """A guard against a change that silently sends the common formats line by line (it
+    would still be correct, only several times slower): the line path must not run."""
+    entries_only = [line for line in block_lines((FORMATS / name).read_text()) if " use=" in line]
+    text = "".join(entries_only) + kernel_like_table(3000, seed=7)
+    cols = scan_block(text)
+    assert cols is not None and len(cols.l4) == text.count("\n")
+
+    def no_fallback(*_args):
+        raise AssertionError("a common-format block went line by line")
+
+    monkeypatch.setattr(FlowStats, "_feed_lines", no_fallback)
+    lines = block_lines(text)
+    stats = FlowStats(TIMEOUTS)
+    stats.feed_blocks(["".join(lines[i:i + 500]) for i in range(0, len(lines), 500)])
+    assert stats.entries == len(lines)
+
+
+def test_block_path_takes_the_common_table_without_falling_back(monkeypatch):
+    def no_fallback(*_args):
+        raise AssertionError("a kernel-format block went line by line")
+
+    monkeypatch.setattr(FlowStats, "_feed_lines", no_fallback)
+    for zones in (False, True):
+        text = kernel_like_table(20000, seed=3, zones=zones)
+        lines = block_lines(text)
+        stats = FlowStats(TIMEOUTS)
+        stats.feed_blocks(["".join(lines[i:i + 1500]) for i in range(0, len(lines), 1500)])
+        assert stats.entries == 20000
