@@ -282,6 +282,11 @@ def _textfile_on_failure(command: Any) -> Any:
               default="table", show_default=True,
               help="sysctl: print only the sysctl.d fragment 'apply' would write.")
 @click.option("--explain", is_flag=True, help="Show the arithmetic and evidence per finding.")
+@click.option("--all", "show_all", is_flag=True,
+              help="Table: also show the checks that passed (severity ok).")
+@click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto",
+              show_default=True,
+              help="Colour the severities: auto on a terminal unless NO_COLOR is set.")
 @click.option("--allow-lower", is_flag=True,
               help="With --format sysctl: let the fragment lower nf_conntrack_max.")
 @click.option("--name", default="99-ct-tune.conf", show_default=True,
@@ -291,8 +296,9 @@ def _textfile_on_failure(command: Any) -> Any:
 @_textfile_on_failure
 def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules: bool,
           root: str | None, facts_file: str | None, profile: str, fmt: str, explain: bool,
-          allow_lower: bool, name: str, no_sample: bool, sample_limit: int | None,
-          duration: float, interval: float, table_source: str, textfile: str | None) -> None:
+          show_all: bool, color: str, allow_lower: bool, name: str, no_sample: bool,
+          sample_limit: int | None, duration: float, interval: float, table_source: str,
+          textfile: str | None) -> None:
     """Report findings about connection tracking; exit 0/1/2/3 = ok/warning/critical/unknown."""
     from ct_tune import engine, findings, profiles, render, snapshot
 
@@ -327,11 +333,13 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
                        "or container spec ('ct-tune apply' here prints how)", err=True)
         else:
             _warn_overrides(host, name, p)
-    elif explain:
-        _out(render.explain(result))
     else:
-        _out(render.table(result))
-        _out("\n" + render.status_line(result, host, state, prof.name))
+        from ct_tune import termtable
+
+        style = termtable.terminal_style(color, sys.stdout, os.environ)
+        _out(render.audit_text(result, host, state, prof.name, style, show_all,
+                               {r.id: dict(r.units) for r in loaded_rules} if explain
+                               else None))
     sys.exit(findings.exit_code(state))
 
 
