@@ -12,7 +12,6 @@ from typing import Any
 
 from ct_tune import termtable, units
 from ct_tune.findings import Finding, error_text
-from ct_tune.ruleset import Rule
 
 #: 2: status and severity "unknown", errors[], findings[].unavailable (man/ct-tune-json.5)
 REPORT_SCHEMA_VERSION = 2
@@ -101,13 +100,6 @@ def report(findings: list[Finding], facts: dict[str, Any], status: str,
 def error_lines(facts: dict[str, Any]) -> list[str]:
     """The facts' input problems as the one-line messages the CLI prints."""
     return [error_text(err) for err in facts.get("errors") or []]
-
-
-def rules_table(rules: list[Rule]) -> str:
-    from tabulate import tabulate
-
-    rows = [[r.id, r.max_level, r.parameter or "-", r.path] for r in rules]
-    return tabulate(rows, headers=["id", "severity", "parameter", "file"], tablefmt="simple")
 
 
 def _diff(rel: str, old: str | None, new: str | None) -> str:
