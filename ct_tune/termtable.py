@@ -89,7 +89,7 @@ def _row(f: Finding) -> tuple[str, str, str, str, str]:
 
 #: a number and its unit stay on one line ("5 d", "66.0 MiB", "95 %")
 _UNIT_SPACE = re.compile(r"(?<=\d) (?=(?:d|h|min|s|ms|B|KiB|MiB|GiB|TiB|%)(?![\w-]))")
-_GLUE = "\x00"
+_GLUE = "\ue000"  # private use: never in a summary, not whitespace to textwrap
 
 
 def _wrap(text: str, width: int, indent: str = "", first: str | None = None) -> list[str]:
