@@ -144,7 +144,8 @@ def _blocks(rows: list[tuple[str, ...]], style: Style) -> str:
         lines = _wrap(f"{sev:<8}{_GAP}{param}", width, indent, first="")
         lines[0] = style.paint(sev, sev) + lines[0][len(sev):]
         if cur != "-" or rec != "-":
-            change = f"{cur} -> {rec}" if rec not in ("-", cur) else f"{cur} (keep)"
+            change = (f"{cur} (not assessed)" if sev == "unknown" else f"{cur} -> {rec}"
+                      if rec not in ("-", cur) else f"{cur} (keep)")
             lines += _wrap(change, width, indent)
         lines += _wrap(why, width, indent)
         out.append("\n".join(line.rstrip() for line in lines))

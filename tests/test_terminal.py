@@ -281,3 +281,14 @@ def test_audit_text_shows_the_sparkline_before_the_summary():
     text = render.audit_text([f], facts, "warning", "default", termtable.Style(width=60))
     assert text.splitlines()[-3:] == ["count over 3 s: ▁█▅ 1..5", "",
                                       "status: WARNING - 1 warning; profile default"]
+
+
+def test_unknown_findings_say_not_assessed_in_the_narrow_layout(tree):
+    roots = tree("corrupt-values")
+    report = _json(roots)
+    buckets = next(f for f in report["findings"] if f["rule"] == "hash-buckets")
+    assert buckets["severity"] == "unknown"
+    text = _audit(roots, columns=60).stdout
+    block = next(b for b in text.split("\n\n")
+                 if b.startswith("unknown   net.netfilter.nf_conntrack_buckets"))
+    assert block.splitlines()[1] == f"          {buckets['current']:,} (not assessed)"
