@@ -670,7 +670,7 @@ def rules_list(procfs: str, sysfs: str, rules_dirs: tuple[str, ...],
 def rules_show(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules: bool,
                rule_id: str) -> None:
     """Print one rule file: its logic, explanation and sources are its documentation."""
-    from ct_tune import listings
+    from ct_tune.suggest import did_you_mean
 
     rules = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules).rules()
     for r in rules:
@@ -679,7 +679,7 @@ def rules_show(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_
             _out(safeio.read_text(r.path, safeio.RULE), nl=False)
             return
     raise CtTuneError(f"no rule with id {rule_id!r}"
-                      f"{listings.did_you_mean(rule_id, (r.id for r in rules))} "
+                      f"{did_you_mean(rule_id, (r.id for r in rules))} "
                       "(see 'ct-tune rules list')")
 
 

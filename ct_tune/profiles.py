@@ -185,7 +185,7 @@ def load(extra_dirs: Sequence[str | Path] = (), builtin: bool = True,
 
 def get(profiles: dict[str, Profile], name: str, where: str = "--profile") -> Profile:
     if name not in profiles:
-        from ct_tune.listings import did_you_mean
+        from ct_tune.suggest import did_you_mean
 
         known = ", ".join(sorted(profiles)) or "none"
         raise InputError(where, f"unknown profile {name!r}"

@@ -13,7 +13,7 @@ import tomllib
 import pytest
 from conftest import ROOT, run_cli
 
-from ct_tune import listings
+from ct_tune import suggest
 
 
 def _complete(words: str, env_extra: dict | None = None) -> list[str]:
@@ -79,7 +79,7 @@ def test_no_suggestion_for_a_name_nothing_like_any():
     proc = run_cli("rules", "show", "zzzz")
     assert proc.returncode == 3
     assert proc.stderr.strip() == "ct-tune: no rule with id 'zzzz' (see 'ct-tune rules list')"
-    assert listings.did_you_mean("zzzz", ["conntrack-max"]) == ""
+    assert suggest.did_you_mean("zzzz", ["conntrack-max"]) == ""
 
 
 def test_profiles_show_merges_extends_and_formats_durations():
