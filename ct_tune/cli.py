@@ -171,6 +171,14 @@ def gather(roots: facts.Roots, no_sample: bool, sample_limit: int | None,
             host["flows"] = sampler.sample(roots, host, sample_limit, table_source)
         except ctsource.SourceError as e:
             click.echo(f"ct-tune: warning: table not sampled: {e}", err=True)
+        if host.get("flows") is not None:
+            # the sample's CLOSE_WAIT entries are read against this namespace's sockets
+            from ct_tune import sockets
+
+            found = facts.Problems()
+            host["sockets"] = sockets.collect(roots, found)
+            host["errors"] = [*host.get("errors", []), *found.items]
+            _report_problems({"errors": found.items})
     if not no_sample and duration > 0 and host["conntrack"]["loaded"]:
         host["window"] = sampler.poll(roots, duration, interval, _progress)
         if sys.stderr.isatty():
@@ -302,9 +310,13 @@ def _textfile_on_failure(command: Any) -> Any:
               help="Audit a snapshot written by 'ct-tune collect' instead of this host.")
 @click.option("--profile", default="default", show_default=True, shell_complete=_complete_profile,
               help="Targets to tune for (see 'ct-tune profiles list').")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "sysctl"]),
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "sysctl", "html"]),
               default="table", show_default=True,
-              help="sysctl: print only the sysctl.d fragment 'apply' would write.")
+              help="sysctl: print only the sysctl.d fragment 'apply' would write; html: a "
+              "self-contained page with charts (needs the 'report' extra).")
+@click.option("-o", "--output", metavar="FILE",
+              help="With --format json or html: write to FILE (replaced atomically) instead "
+              "of stdout.")
 @click.option("--explain", is_flag=True, help="Show the arithmetic and evidence per finding.")
 @click.option("--all", "show_all", is_flag=True,
               help="Table: also show the checks that passed (severity ok).")
@@ -319,12 +331,20 @@ def _textfile_on_failure(command: Any) -> Any:
 @_textfile_option
 @_textfile_on_failure
 def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules: bool,
-          root: str | None, facts_file: str | None, profile: str, fmt: str, explain: bool,
-          show_all: bool, color: str, allow_lower: bool, name: str, no_sample: bool,
+          root: str | None, facts_file: str | None, profile: str, fmt: str, output: str | None,
+          explain: bool, show_all: bool, color: str, allow_lower: bool, name: str,
+          no_sample: bool,
           sample_limit: int | None, duration: float, interval: float, table_source: str,
           textfile: str | None) -> None:
     """Report findings about connection tracking; exit 0/1/2/3 = ok/warning/critical/unknown."""
     from ct_tune import engine, findings, profiles, render, snapshot
+
+    if output is not None and fmt not in ("json", "html"):
+        raise click.UsageError("-o/--output: only with --format json or html")
+    if fmt == "html":
+        from ct_tune import html_report
+
+        html_report.require()  # before any sampling: says which extra to install
 
     c = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules, root)
     all_profiles, loaded_rules = collect_errors(c.profiles, c.rules)  # every bad file reported
@@ -338,8 +358,12 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
     state = findings.status(result, host.get("errors") or [])
     if textfile:
         _write_textfile(textfile, render.report(result, host, state, prof.name))
-    if fmt == "json":
-        _out(json.dumps(render.report(result, host, state, prof.name), indent=2))
+    if fmt in ("json", "html"):
+        doc = render.report(result, host, state, prof.name)
+        if fmt == "json":
+            _emit(json.dumps(doc, indent=2) + "\n", output)
+        else:
+            _emit(html_report.render_audit(doc), output)
     elif fmt == "sysctl":
         from ct_tune import fragments
 
@@ -365,6 +389,16 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
                                {r.id: dict(r.units) for r in loaded_rules} if explain
                                else None))
     sys.exit(findings.exit_code(state))
+
+
+def _emit(text: str, output: str | None) -> None:
+    """The document on stdout, or in FILE replaced atomically (never half-written)."""
+    if output is None or output == "-":
+        _out(text, nl=False)
+    else:
+        from ct_tune.atomic import write_atomic
+
+        write_atomic(Path(output), text.encode(), mode=0o644, into_special=True)
 
 
 class _PluginCommand(click.Command):

@@ -10,7 +10,8 @@ PACKAGE = Path(__file__).parent.parent / "ct_tune"
 PURE = {"engine", "plan", "fragments", "render", "drift", "whatif", "formulas", "parsers",
         "kernelmodel", "kubeproxy", "bootinit",
         "sysctld", "sysctlkeys", "findings", "flowparse", "flows", "check", "textfile"}
-IO = {"facts", "sampler", "ctsource", "apply", "atomic", "capture", "cli", "cache", "writers"}
+IO = {"facts", "sampler", "ctsource", "apply", "atomic", "capture", "cli", "cache", "writers",
+      "sockets"}
 
 
 def imports() -> dict[str, set[str]]:
