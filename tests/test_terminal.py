@@ -292,3 +292,25 @@ def test_unknown_findings_say_not_assessed_in_the_narrow_layout(tree):
     block = next(b for b in text.split("\n\n")
                  if b.startswith("unknown   net.netfilter.nf_conntrack_buckets"))
     assert block.splitlines()[1] == f"          {buckets['current']:,} (not assessed)"
+
+
+@pytest.mark.parametrize("columns", [60, 80, 200])
+def test_duration_window_shows_a_sparkline_of_the_count(tree, tmp_path, columns):
+    """A snapshot whose polling window rose and fell: its sparkline follows the counts and
+    fits the width; UTF-8 block characters, ASCII where stdout is not UTF-8."""
+    roots = tree("nearly-full-drops")
+    snap = json.loads(run_cli("collect", "--no-sample", *tree_args(roots)).stdout)
+    counts = [1000, 2000, 4000, 8000, 4000, 2000, 1000, 1000]
+    snap["window"] = {"seconds": 7.0, "polls": len(counts), "peak": max(counts),
+                      "mean": sum(counts) / len(counts), "growth": 0, "rates": {},
+                      "series": [[float(i), c] for i, c in enumerate(counts)]}
+    path = tmp_path / "host.json"
+    path.write_text(json.dumps(snap))
+    out = run_cli("audit", "--facts", str(path),
+                  env={**PLAIN, "COLUMNS": str(columns), "PYTHONIOENCODING": "utf-8"}).stdout
+    line = next(x for x in out.splitlines() if x.startswith("count over "))
+    assert line == "count over 7 s: ▁▂▄█▄▂▁▁ 1,000..8,000"
+    assert max(len(x) for x in out.splitlines()) <= columns
+    ascii_out = run_cli("audit", "--facts", str(path),
+                        env={**PLAIN, "COLUMNS": str(columns), "PYTHONIOENCODING": "ascii"})
+    assert "\ncount over 7 s: _.=@=.__ 1,000..8,000\n" in ascii_out.stdout
