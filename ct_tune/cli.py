@@ -196,6 +196,30 @@ def _report_problems(host: dict[str, Any]) -> None:
         click.echo(f"ct-tune: {error_text(err)}", err=True)
 
 
+def _complete_rule(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of rule ids (the shipped rules and --rules-dir given so far)."""
+    from ct_tune import ruleset
+
+    try:
+        rules = ruleset.load(ctx.params.get("rules_dirs") or (),
+                             builtin=not ctx.params.get("no_builtin_rules"))
+    except CtTuneError:
+        return []
+    return sorted(r.id for r in rules if r.id.startswith(incomplete))
+
+
+def _complete_profile(ctx: click.Context, param: click.Parameter, incomplete: str
+                      ) -> list[str]:
+    """Shell completion of profile names."""
+    from ct_tune import profiles
+
+    try:
+        names = profiles.load(ctx.params.get("rules_dirs") or ())
+    except CtTuneError:
+        return []
+    return sorted(n for n in names if n.startswith(incomplete))
+
+
 def root_options(f: Any) -> Any:
     for opt in reversed(_root_options):
         f = opt(f)
@@ -285,7 +309,7 @@ def _textfile_on_failure(command: Any) -> Any:
 @_root_dir_option
 @click.option("--facts", "facts_file", metavar="FILE",
               help="Audit a snapshot written by 'ct-tune collect' instead of this host.")
-@click.option("--profile", default="default", show_default=True,
+@click.option("--profile", default="default", show_default=True, shell_complete=_complete_profile,
               help="Targets to tune for (see 'ct-tune profiles list').")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "sysctl", "html"]),
               default="table", show_default=True,
@@ -295,6 +319,11 @@ def _textfile_on_failure(command: Any) -> Any:
               help="With --format json or html: write to FILE (replaced atomically) instead "
               "of stdout.")
 @click.option("--explain", is_flag=True, help="Show the arithmetic and evidence per finding.")
+@click.option("--all", "show_all", is_flag=True,
+              help="Table: also show the checks that passed (severity ok).")
+@click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto",
+              show_default=True,
+              help="Colour the severities: auto on a terminal unless NO_COLOR is set.")
 @click.option("--allow-lower", is_flag=True,
               help="With --format sysctl: let the fragment lower nf_conntrack_max.")
 @click.option("--name", default="99-ct-tune.conf", show_default=True,
@@ -304,7 +333,8 @@ def _textfile_on_failure(command: Any) -> Any:
 @_textfile_on_failure
 def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules: bool,
           root: str | None, facts_file: str | None, profile: str, fmt: str, output: str | None,
-          explain: bool, allow_lower: bool, name: str, no_sample: bool,
+          explain: bool, show_all: bool, color: str, allow_lower: bool, name: str,
+          no_sample: bool,
           sample_limit: int | None, duration: float, interval: float, table_source: str,
           textfile: str | None) -> None:
     """Report findings about connection tracking; exit 0/1/2/3 = ok/warning/critical/unknown."""
@@ -352,11 +382,13 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
                        "or container spec ('ct-tune apply' here prints how)", err=True)
         else:
             _warn_overrides(host, name, p)
-    elif explain:
-        _out(render.explain(result))
     else:
-        _out(render.table(result))
-        _out("\n" + render.status_line(result, host, state, prof.name))
+        from ct_tune import termtable
+
+        style = termtable.terminal_style(color, sys.stdout, os.environ)
+        _out(render.audit_text(result, host, state, prof.name, style, show_all,
+                               {r.id: dict(r.units) for r in loaded_rules} if explain
+                               else None))
     sys.exit(findings.exit_code(state))
 
 
@@ -399,7 +431,7 @@ class _PluginCommand(click.Command):
 @root_options
 @click.option("--facts", "facts_file", metavar="FILE",
               help="Check a snapshot written by 'ct-tune collect' instead of this host.")
-@click.option("--profile", default="default", show_default=True,
+@click.option("--profile", default="default", show_default=True, shell_complete=_complete_profile,
               help="Targets to tune for (see 'ct-tune profiles list').")
 @click.option("-w", "--warning", type=click.FloatRange(0, 100), default=75.0,
               show_default=True, metavar="PCT",
@@ -527,7 +559,7 @@ def _json_on_failure(command: str) -> Any:
 @cli.command("apply")
 @root_options
 @_root_dir_option
-@click.option("--profile", default="default", show_default=True,
+@click.option("--profile", default="default", show_default=True, shell_complete=_complete_profile,
               help="Targets to tune for (see 'ct-tune profiles list').")
 @click.option("--dry-run", is_flag=True,
               help="Show the file diffs and live values that would change; change nothing.")
@@ -736,24 +768,29 @@ def rules_group() -> None:
 @root_options
 def rules_list(procfs: str, sysfs: str, rules_dirs: tuple[str, ...],
                no_builtin_rules: bool) -> None:
-    """Each rule's id, worst severity, parameter and the file it came from."""
-    from ct_tune import render
+    """Each rule's id, worst severity, parameter and the file it came from, sorted by id."""
+    from ct_tune import listings
 
-    _out(render.rules_table(_ctx(procfs, sysfs, rules_dirs, no_builtin_rules).rules()))
+    _out(listings.rules_table(_ctx(procfs, sysfs, rules_dirs, no_builtin_rules).rules()))
 
 
 @rules_group.command("show")
 @root_options
-@click.argument("rule_id")
+@click.argument("rule_id", shell_complete=_complete_rule)
 def rules_show(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules: bool,
                rule_id: str) -> None:
     """Print one rule file: its logic, explanation and sources are its documentation."""
-    for r in _ctx(procfs, sysfs, rules_dirs, no_builtin_rules).rules():
+    from ct_tune.suggest import did_you_mean
+
+    rules = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules).rules()
+    for r in rules:
         if r.id == rule_id:
             _out(f"# {r.path}")
             _out(safeio.read_text(r.path, safeio.RULE), nl=False)
             return
-    raise CtTuneError(f"no rule with id {rule_id!r} (see 'ct-tune rules list')")
+    raise CtTuneError(f"no rule with id {rule_id!r}"
+                      f"{did_you_mean(rule_id, (r.id for r in rules))} "
+                      "(see 'ct-tune rules list')")
 
 
 @cli.group("profiles")
@@ -774,6 +811,18 @@ def profiles_list(rules_dirs: tuple[str, ...]) -> None:
             for p in profiles.load(rules_dirs).values()]
     _out(tabulate(rows, headers=["name", "description", "file"],
                         maxcolwidths=[None, 60, None]))
+
+
+@profiles_group.command("show")
+@click.option("--rules-dir", "rules_dirs", multiple=True, metavar="DIR",
+              type=click.Path(file_okay=False))
+@click.argument("name", shell_complete=_complete_profile)
+def profiles_show(rules_dirs: tuple[str, ...], name: str) -> None:
+    """One profile's targets, timeouts and floors (with what it extends merged in)."""
+    from ct_tune import listings, profiles
+
+    _out(listings.profile_text(profiles.get(profiles.load(rules_dirs), name,
+                                            where="profiles show")))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -183,8 +183,11 @@ def load(extra_dirs: Sequence[str | Path] = (), builtin: bool = True,
     return resolved
 
 
-def get(profiles: dict[str, Profile], name: str) -> Profile:
+def get(profiles: dict[str, Profile], name: str, where: str = "--profile") -> Profile:
     if name not in profiles:
+        from ct_tune.suggest import did_you_mean
+
         known = ", ".join(sorted(profiles)) or "none"
-        raise InputError("--profile", f"unknown profile {name!r} (known: {known})")
+        raise InputError(where, f"unknown profile {name!r}"
+                         f"{did_you_mean(name, profiles)} (known: {known})")
     return profiles[name]

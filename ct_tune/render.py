@@ -7,60 +7,37 @@ JSON layout is a documented contract (man/ct-tune-json.5, REPORT_SCHEMA_VERSION)
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
-from ct_tune.findings import ORDER, Finding, error_text
-from ct_tune.formulas import human_duration
-from ct_tune.ruleset import Rule
+from ct_tune import termtable, units
+from ct_tune.findings import Finding, error_text
 
 #: 2: status and severity "unknown", errors[], findings[].unavailable (man/ct-tune-json.5)
 REPORT_SCHEMA_VERSION = 2
-_ORDER = {s: i for i, s in enumerate(ORDER)}
-_TIMEOUT_HINT = "_timeout"
 
 
 def _fmt_value(parameter: str | None, value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, int) and not isinstance(value, bool):
-        text = f"{value:,}"
-        if parameter and _TIMEOUT_HINT in parameter and value >= 60:
-            text += f" ({human_duration(value)})"
-        return text
-    if isinstance(value, list):
-        return " ".join(str(v) for v in value)
-    return str(value)
+    return units.value(parameter, value)
 
 
 def by_severity(findings: list[Finding]) -> list[Finding]:
-    """Worst first, rule order kept within a severity (sorted() is stable)."""
-    return sorted(findings, key=lambda f: -_ORDER[f.severity])
+    """Worst first: problems (critical, warning, unknown), then info, then ok."""
+    return termtable.ordered(findings)
 
 
-def table(findings: list[Finding]) -> str:
-    """parameter | current | recommended | severity | why."""
-    from tabulate import tabulate  # here: ~10 ms to import, and json/explain never need it
+def explain(findings: list[Finding], units_of: Mapping[str, Mapping[str, str]] | None = None,
+            width: int | None = None) -> str:
+    """Per finding: the summary, then the arithmetic and evidence behind it, then sources.
 
-    rows = []
-    for f in by_severity(findings):
-        rows.append([
-            f.parameter or f"({f.rule})",
-            _fmt_value(f.parameter, f.current),
-            _fmt_value(f.parameter, f.recommended) if f.parameter else "-",
-            f.severity,
-            f.summary,
-        ])
-    return tabulate(rows, headers=["parameter", "current", "recommended", "severity", "why"],
-                    tablefmt="simple", maxcolwidths=[None, None, None, None, 70],
-                    disable_numparse=True)
-
-
-def explain(findings: list[Finding]) -> str:
-    """Per finding: the summary, then the arithmetic and evidence behind it, then sources."""
+    Evidence reads like the table: each value in the unit its rule declares (units_of:
+    rule id -> evidence name -> unit), numbers with separators, and values the host did
+    not provide (null: not sampled, no kube-proxy) left out.  Given a width, every line
+    is wrapped to it (a word longer than the width, such as a long URL, is broken)."""
     blocks = []
     for f in by_severity(findings):
         head = f"[{f.severity.upper()}] {f.rule}: {f.title}"
-        lines = [head, "=" * len(head)]
+        lines = [head, "=" * min(len(head), width or len(head))]
         if f.parameter:
             change = (f"{_fmt_value(f.parameter, f.current)} -> "
                       f"{_fmt_value(f.parameter, f.recommended)}") if f.changes else (
@@ -73,13 +50,37 @@ def explain(findings: list[Finding]) -> str:
             elif f.scope == "module":
                 lines.append("scope: read-only on this kernel; set through the module parameter")
         lines += [f.summary, "", f.explanation]
-        if f.evidence:
+        given = {k: v for k, v in f.evidence.items() if v is not None}
+        if given:
+            rule_units = (units_of or {}).get(f.rule, {})
             lines += ["", "evidence:"]
-            lines += [f"  {k} = {json.dumps(v)}" for k, v in f.evidence.items()]
+            lines += [f"  {k} = {units.with_unit(v, rule_units.get(k))}"
+                      for k, v in given.items()]
         lines += ["", "sources:"] + [f"  - {s}" for s in f.sources]
         lines.append(f"rule file: {f.rule_file}")
+        if width:
+            lines = [w for line in "\n".join(lines).split("\n")
+                     for w in termtable.wrap_hanging(line, width)]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+def audit_text(findings: list[Finding], facts: dict[str, Any], status: str, profile: str,
+               style: termtable.Style, show_all: bool = False,
+               units_of: Mapping[str, Mapping[str, str]] | None = None) -> str:
+    """The audit for a person: the table (or, given units_of, the explanation of every
+    finding), the polling window's sparkline, and the summary line last."""
+    if units_of is not None:
+        body = explain(findings, units_of, style.prose)
+        show_all = True
+    else:
+        body = termtable.table(findings, style, show_all)
+    parts = [body] if body else []
+    spark = termtable.window_line(facts.get("window"), style)
+    if spark:
+        parts.append(spark)
+    parts.append(termtable.summary(findings, facts, status, profile, style, show_all))
+    return "\n\n".join(parts)
 
 
 def report(findings: list[Finding], facts: dict[str, Any], status: str,
@@ -99,27 +100,6 @@ def report(findings: list[Finding], facts: dict[str, Any], status: str,
 def error_lines(facts: dict[str, Any]) -> list[str]:
     """The facts' input problems as the one-line messages the CLI prints."""
     return [error_text(err) for err in facts.get("errors") or []]
-
-
-def status_line(findings: list[Finding], facts: dict[str, Any], status: str,
-                profile: str) -> str:
-    """The table's last line: the status, the number of findings (and of unknown ones
-    and input problems, when there are any) and the profile."""
-    parts = [f"{len(findings)} findings"]
-    unknown = sum(f.severity == "unknown" for f in findings)
-    if unknown:
-        parts.append(f"{unknown} unknown")
-    errors = len(facts.get("errors") or [])
-    if errors:
-        parts.append(f"{errors} input problem{'s' if errors != 1 else ''} (on stderr)")
-    return f"status: {status.upper()} ({', '.join(parts)}, profile {profile})"
-
-
-def rules_table(rules: list[Rule]) -> str:
-    from tabulate import tabulate
-
-    rows = [[r.id, r.max_level, r.parameter or "-", r.path] for r in rules]
-    return tabulate(rows, headers=["id", "severity", "parameter", "file"], tablefmt="simple")
 
 
 def _diff(rel: str, old: str | None, new: str | None) -> str:

@@ -20,6 +20,7 @@ from ct_tune import datafiles
 from ct_tune.errors import InputError, InputErrors, flatten, raise_all
 from ct_tune.expr import Expr, ExprError, Text
 from ct_tune.sysctlkeys import WRITABLE_KEY, short_name
+from ct_tune.units import UNITS
 
 SEVERITIES = ("ok", "info", "warning", "critical")
 ID_RE = re.compile(r"[a-z][a-z0-9-]*[a-z0-9]")
@@ -31,7 +32,7 @@ READ_KEY = re.compile(r"^(net\.netfilter\.[a-z0-9_]+|net\.nf_conntrack_max|"
 NAME_RE = re.compile(r"[a-z_][a-z0-9_]*")
 
 _KEYS = {"id", "title", "parameter", "needs", "when", "let", "recommended", "outcome",
-         "severity", "explanation", "evidence", "sources"}
+         "severity", "explanation", "evidence", "units", "sources"}
 _CASE_KEYS = {"level", "if", "summary"}
 #: Names a rule's [let] may not shadow: they are the context every rule reads.
 RESERVED = {"sysctl", "writable", "readonly", "host", "conntrack", "counters", "stat", "profile",
@@ -64,6 +65,8 @@ class Rule:
     evidence: tuple[str, ...]
     sources: tuple[str, ...]
     path: str
+    #: (evidence name, unit) pairs: how --explain shows those values (units.UNITS)
+    units: tuple[tuple[str, str], ...] = ()
 
     @property
     def short_parameter(self) -> str | None:
@@ -135,6 +138,13 @@ def parse_rule(data: dict[str, Any], path: Path) -> Rule:
     for name in evidence:
         _need(name in lets_raw or name in outcomes_raw or name in ("current", "recommended"),
               path, rid, f"evidence '{name}' is not a [let] or [outcome] name")
+    units_raw = data.get("units", {})
+    _need(isinstance(units_raw, dict), path, rid,
+          "'units' must be a table of evidence name = unit")
+    for name, unit in units_raw.items():
+        _need(name in evidence, path, rid, f"units: '{name}' is not an evidence name")
+        _need(unit in UNITS, path, rid,
+              f"units: '{name}' must be one of {', '.join(UNITS)}, not {unit!r}")
 
     try:
         when = Expr(when_src)
@@ -169,7 +179,7 @@ def parse_rule(data: dict[str, Any], path: Path) -> Rule:
         needs=_str_list(data, "needs", path, rid), when=when, lets=lets,
         recommended=recommended, outcomes=outcomes, cases=tuple(cases), explanation=text,
         evidence=evidence,
-        sources=sources, path=str(path),
+        sources=sources, path=str(path), units=tuple(units_raw.items()),
     )
 
 

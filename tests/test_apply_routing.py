@@ -164,7 +164,7 @@ def test_live_apply_leaves_kube_proxy_keys_alone(tree):
     assert (nf / "nf_conntrack_buckets").read_text().strip() == "524288"
     frag = _lines((_root(roots) / FRAGMENT).read_text())
     assert not {f"net.netfilter.{k}" for k in owned} & set(frag)
-    assert ("skipped net.netfilter.nf_conntrack_udp_timeout (30 -> 60 (1 min)): kube-proxy "
+    assert ("skipped net.netfilter.nf_conntrack_udp_timeout (30 s -> 60 s (1 min)): kube-proxy "
             "v1.30.2 sets it to 45 at every start whenever it differs: a sysctl.d value of 60 "
             "is undone; set --conntrack-udp-timeout=60s") in proc.stdout
     assert "set --conntrack-udp-timeout-stream=180s" in proc.stdout

@@ -72,6 +72,12 @@ def test_no_builtin_rules_runs_only_user_rules(tmp_path, tree):
      "'outcome.x': not a usable name (reserved, taken or not an identifier)"),
     (GOOD.format(id="shadow", level="ok", summary="s") + '[outcome]\nplanned = "1"\n',
      "'outcome.planned': not a usable name"),
+    (GOOD.format(id="unit", level="ok", summary="s").replace(
+        'sources', 'evidence = ["b"]\nunits = { b = "furlongs" }\nsources') + '[let]\nb = "1"\n',
+     "units: 'b' must be one of bytes, seconds"),
+    (GOOD.format(id="unit2", level="ok", summary="s").replace(
+        'sources', 'evidence = ["b"]\nunits = { c = "bytes" }\nsources') + '[let]\nb = "1"\n',
+     "units: 'c' is not an evidence name"),
 ])
 def test_malformed_rule_is_one_line_path_id_problem_exit_3(tmp_path, text, problem):
     d = tmp_path / "bad"
@@ -146,3 +152,14 @@ def test_malformed_profile_names_file(tmp_path):
     assert proc.returncode == 3
     assert proc.stderr.strip() == (f"ct-tune: {path}: x: target 'warn_usage' has the wrong "
                                    "type (str)")
+
+
+def test_units_show_evidence_in_explain(tmp_path, tree):
+    d = tmp_path / "units"
+    write_rule(d, "u.toml", GOOD.format(id="unit-rule", level="warning", summary="s").replace(
+        'sources', 'evidence = ["b", "t", "r"]\nunits = { b = "bytes", t = "seconds", '
+        'r = "ratio" }\nsources') + '[let]\nb = "1536 * 1024"\nt = "7875"\nr = "0.25"\n')
+    proc = run_cli("audit", "--explain", "--no-builtin-rules", "--rules-dir", str(d),
+                   *tree_args(tree("defaults-16g")), env={"COLUMNS": ""})
+    assert proc.returncode == 1, proc.stderr
+    assert "evidence:\n  b = 1.5 MiB\n  t = 7,875 s (2 h 11 min)\n  r = 25 %\n" in proc.stdout
