@@ -335,6 +335,45 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
     sys.exit(findings.exit_code(state))
 
 
+@cli.command("fleet")
+@click.option("--rules-dir", "rules_dirs", multiple=True, metavar="DIR",
+              type=click.Path(file_okay=False),
+              help="Extra rules directory (repeatable; later ones win).")
+@click.option("--no-builtin-rules", is_flag=True, help="Do not load the shipped rules.")
+@click.option("--profile", default="default", show_default=True,
+              help="Targets to tune for (see 'ct-tune profiles list').")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="json: the ct-tune-fleet/1 document (ct-tune(8)).")
+@click.argument("snapshots", nargs=-1, required=True, metavar="SNAPSHOT_OR_DIR...")
+def fleet_cmd(rules_dirs: tuple[str, ...], no_builtin_rules: bool, profile: str, fmt: str,
+              snapshots: tuple[str, ...]) -> None:
+    """Audit many 'ct-tune collect' snapshots (a directory: its *.json files): hosts
+    worst first and how many hosts share each finding; exit 0/1/2/3 by the worst host."""
+    from ct_tune import fleet, fleet_input, profiles
+
+    c = _ctx("/proc", "/sys", rules_dirs, no_builtin_rules)
+    all_profiles, loaded_rules = collect_errors(c.profiles, c.rules)  # every bad file reported
+    prof = profiles.get(all_profiles, profile)
+    hosts, skipped = [], []
+    for item, problems in fleet_input.audit_all(snapshots, loaded_rules, prof):
+        for line in problems:  # read as unknown, as audit --facts does
+            click.echo(f"ct-tune: {item.source}: {line}", err=True)
+        if isinstance(item, fleet.Skipped):
+            for line in item.errors:
+                click.echo(f"ct-tune: {line}", err=True)
+            skipped.append(item)
+        else:
+            hosts.append(item)
+    report = fleet.build(hosts, skipped)
+    if fmt == "json":
+        _out(json.dumps(fleet.to_json(report), indent=1))
+    else:
+        from ct_tune import fleet_table
+
+        _out(fleet_table.render(report))
+    sys.exit(fleet.exit_code(report))
+
+
 class _PluginCommand(click.Command):
     """A monitoring plugin's usage error is still a status line on stdout and UNKNOWN (3),
     never click's 2, which a monitoring system reads as CRITICAL."""

@@ -350,6 +350,7 @@ _ENV = BoundedSandbox(undefined=StrictUndefined, autoescape=False,
                       keep_trailing_newline=False)
 _ENV.globals.update(HELPERS)
 _ENV.filters.update({name: _ENV._bounded_filter(name, f) for name, f in FILTERS.items()})
+_GLOBALS = dict(_ENV.make_globals(None))
 
 
 def _expression_tree(source: str) -> nodes.Template:
@@ -406,7 +407,10 @@ def _load(kind: str, source: str) -> Template:
             bucket.code = code
             with contextlib.suppress(OSError):  # full or read-only: compile again next time
                 bcc.set_bucket(bucket)
-    return _ENV.template_class.from_code(_ENV, code, _ENV.make_globals(None), None)
+    # A plain dict of the globals, not make_globals' ChainMap: Jinja2 copies the globals
+    # into every evaluation's context, and copying a ChainMap walks it key by key (the
+    # environment's globals are complete once this module is imported).
+    return _ENV.template_class.from_code(_ENV, code, _GLOBALS, None)
 
 
 # The same source compiles to the same code, and compiled expressions and templates keep
