@@ -344,9 +344,11 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
               help="Targets to tune for (see 'ct-tune profiles list').")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True, help="json: the ct-tune-fleet/1 document (ct-tune(8)).")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), metavar="N",
+              help="Audit in N processes [default: the CPUs this process may use].")
 @click.argument("snapshots", nargs=-1, required=True, metavar="SNAPSHOT_OR_DIR...")
 def fleet_cmd(rules_dirs: tuple[str, ...], no_builtin_rules: bool, profile: str, fmt: str,
-              snapshots: tuple[str, ...]) -> None:
+              jobs: int | None, snapshots: tuple[str, ...]) -> None:
     """Audit many 'ct-tune collect' snapshots (a directory: its *.json files): hosts
     worst first and how many hosts share each finding; exit 0/1/2/3 by the worst host."""
     from ct_tune import fleet, fleet_input, profiles
@@ -355,7 +357,8 @@ def fleet_cmd(rules_dirs: tuple[str, ...], no_builtin_rules: bool, profile: str,
     all_profiles, loaded_rules = collect_errors(c.profiles, c.rules)  # every bad file reported
     prof = profiles.get(all_profiles, profile)
     hosts, skipped = [], []
-    for item, problems in fleet_input.audit_all(snapshots, loaded_rules, prof):
+    jobs = jobs or len(os.sched_getaffinity(0))
+    for item, problems in fleet_input.audit_all(snapshots, loaded_rules, prof, jobs):
         for line in problems:  # read as unknown, as audit --facts does
             click.echo(f"ct-tune: {item.source}: {line}", err=True)
         if isinstance(item, fleet.Skipped):

@@ -18,7 +18,6 @@ trees (the names and ``name.key`` / ``name['key']`` lookups they contain).
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -270,7 +269,8 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _run(rule: Rule, base: dict[str, Any], planned: NoneDict) -> Finding | None:
+def _run(rule: Rule, base: dict[str, Any], planned: NoneDict, explain: bool = True
+         ) -> Finding | None:
     param = rule.short_parameter
     current = base["sysctl"][param] if param else None
     ctx: dict[str, Any] = {**base, "planned": planned, "current": current,
@@ -306,104 +306,33 @@ def _run(rule: Rule, base: dict[str, Any], planned: NoneDict) -> Finding | None:
     return Finding(
         rule=rule.id, title=rule.title, severity=case.level, parameter=rule.parameter,
         current=_jsonable(current), recommended=_jsonable(recommended), summary=summary,
-        explanation=rule.explanation.render(ctx),
+        explanation=rule.explanation.render(ctx) if explain else "",
         evidence={name: _jsonable(ctx[name]) for name in rule.evidence},
         sources=list(rule.sources), rule_file=rule.path, scope=scope,
     )
 
 
-#: Mapping methods: ``host.get('x')`` reads a key refs() cannot name, so a memo key
-#: takes the whole mapping for it.
-_METHODS = frozenset(dir(dict))
-#: The most findings one memo keeps (a fleet of hosts that share nothing stops adding).
-MEMO_LIMIT = 50_000
-_ROOTS = ("sysctl", "writable", "readonly", "host", "conntrack", "stat", "counters",
-          "flows", "window", "persist", "writers")
-
-
-def _frozen(value: Any) -> Any:
-    """A hashable stand-in for a fact's value that tells apart what rules tell apart."""
-    if isinstance(value, (dict, list, tuple)):
-        return ("json", json.dumps(value, sort_keys=True, default=repr))
-    return (type(value).__name__, value)
-
-
-def _memo_plan(rule: Rule, memo: dict[Any, Any]) -> tuple[Ref, ...] | None:
-    """The lookups a rule's result depends on (None: cannot tell, never memoized)."""
-    slot = ("plan", id(rule))
-    hit = memo.get(slot)
-    if hit is not None and hit[0] is rule:
-        return hit[1]
-    inputs: set[Ref] = set()
-    plan: tuple[Ref, ...] | None
-    for root, key in rule_inputs(rule):
-        if root == "*":
-            plan = None
-            break
-        if root in _ROOTS or root == "planned":
-            inputs.add((root, None if key in _METHODS else key))
-    else:
-        plan = tuple(sorted(inputs, key=lambda r: (r[0], r[1] or "")))
-    memo[slot] = (rule, plan)
-    return plan
-
-
-def _memo_key(rule: Rule, plan: tuple[Ref, ...], base: dict[str, Any], planned: NoneDict,
-              profile: Profile, seen: dict[Ref, Any]) -> tuple[Any, ...]:
-    """What _run's result is a function of: the rule, the profile, every value the rule's
-    expressions look up, and the scope facts _run itself reads."""
-    values: list[Any] = [id(rule), profile.name, id(profile)]
-    for root, key in plan:
-        mapping = planned if root == "planned" else base[root]
-        if root == "planned":  # changes as the rules run: never kept in `seen`
-            values.append(_frozen(mapping if key is None else mapping[key]))
-            continue
-        if (root, key) not in seen:
-            seen[root, key] = _frozen(mapping if key is None else
-                                      mapping.get(key) if isinstance(mapping, Mapping) else None)
-        values.append(seen[root, key])
-    param = rule.short_parameter
-    if param:
-        values += [_frozen(base["sysctl"][param]), base["writable"][param],
-                   base["readonly"][param], base["conntrack"]["initial_netns"]]
-    return tuple(values)
-
-
 def evaluate(rules: Iterable[Rule], facts: dict[str, Any], profile: Profile,
-             keep: Mapping[str, Any] | None = None,
-             memo: dict[Any, Any] | None = None) -> list[Finding]:
+             keep: Mapping[str, Any] | None = None, explain: bool = True) -> list[Finding]:
     """Run every rule against the facts; a rule that fails to evaluate is a rule error.
 
     keep: parameters (full sysctl keys) that stay at the given value whatever their rule
     recommends; their findings still show the recommendation.
-    memo: a dict the caller keeps across hosts (the fleet report): a rule whose inputs
-    (every lookup of its expressions, as for unknown inputs) hold the same values as on
-    an earlier host gives that host's finding again, unevaluated.  Such findings are
-    shared between hosts: read them, do not change them.
+    explain: False leaves the explanations empty, for callers that show none (the fleet
+    report): rendering them is a quarter of the work of a host.
     """
     keep = keep or {}
     base = build_context(facts, profile)
     unknown = unavailable(facts, base)
     planned = NoneDict(base["sysctl"])
     findings: list[Finding] = []
-    seen: dict[Ref, Any] = {}  # this host's frozen facts, each made once
-    cache: dict[Any, Any] = memo if memo is not None and not keep else {}
     for rule in rules:
         why = _missing(rule_inputs(rule), unknown) if unknown else []
-        key = None
-        if memo is not None and not keep and not why:
-            plan = _memo_plan(rule, cache)
-            if plan is not None:
-                key = _memo_key(rule, plan, base, planned, profile, seen)
         try:
             if why and _applies(rule, base, planned, unknown) is False:
                 continue  # does not apply here, whatever the missing inputs say
-            if key is not None and key in cache:
-                finding = cache[key]
-            else:
-                finding = _unknown(rule, base, why) if why else _run(rule, base, planned)
-                if key is not None and len(cache) < MEMO_LIMIT:
-                    cache[key] = finding
+            finding = _unknown(rule, base, why) if why else _run(rule, base, planned,
+                                                                  explain)
         except ExprError as e:
             raise InputError(rule.path, str(e), item=rule.id) from None
         if finding is None:

@@ -2,17 +2,15 @@
 
 Every snapshot goes through snapshot.load (the safeio bounds of ``audit --facts``: a
 regular file of at most 64 MiB, validated against the facts schema), and the rules,
-loaded and compiled once by the caller, run on each through the engine with one memo
-for the run: hosts of a fleet share most of their facts, so a rule that reads the same
-values as on an earlier host is not evaluated again.  A snapshot that cannot be read or
-validated is a ``fleet.Skipped`` with every problem, never the end of the run.
+loaded and compiled once by the caller, run on each through the engine, in forked
+worker processes when there are many.  A snapshot that cannot be read or validated is a
+``fleet.Skipped`` with every problem, never the end of the run.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
 
 from ct_tune import engine, fleet, snapshot
 from ct_tune.errors import InputError, flatten
@@ -41,9 +39,8 @@ def expand(args: Iterable[str]) -> Iterator[str | fleet.Skipped]:
         yield from (os.path.join(arg, n) for n in names)
 
 
-def audit_one(path: str, rules: Sequence[Rule], profile: Profile,
-              memo: dict[Any, Any] | None = None) -> tuple[fleet.Host | fleet.Skipped,
-                                                           list[str]]:
+def audit_one(path: str, rules: Sequence[Rule], profile: Profile
+              ) -> tuple[fleet.Host | fleet.Skipped, list[str]]:
     """One snapshot's host line, or why it was skipped; plus the problems its facts
     record (read as unknown, as by audit --facts), one line each."""
     try:
@@ -52,7 +49,7 @@ def audit_one(path: str, rules: Sequence[Rule], profile: Profile,
         return fleet.Skipped(path, tuple(err.message for err in flatten(e))), []
     errors = facts.get("errors") or []
     try:
-        result = engine.evaluate(rules, facts, profile, memo=memo)
+        result = engine.evaluate(rules, facts, profile, explain=False)
     except InputError as e:  # a rule that fails on these facts: this host only
         return fleet.Skipped(path, tuple(f"{path}: audit failed: {err.message}"
                                          for err in flatten(e))), []
@@ -60,13 +57,44 @@ def audit_one(path: str, rules: Sequence[Rule], profile: Profile,
     return fleet.host(path, facts, result, status(result, errors)), problems
 
 
-def audit_all(args: Iterable[str], rules: Sequence[Rule], profile: Profile
-              ) -> Iterator[tuple[fleet.Host | fleet.Skipped, list[str]]]:
-    """audit_one of every snapshot the arguments name, in order, with one memo."""
-    memo: dict[Any, Any] = {}
-    for item in expand(args):
-        if isinstance(item, fleet.Skipped):
-            yield item, []
-        else:
-            yield audit_one(item, rules, profile, memo)
+#: (rules, profile) for the worker processes: set before they fork, so they inherit
+#: the compiled rules instead of loading or pickling them
+_SHARED: tuple[Sequence[Rule], Profile] | None = None
+#: below this many snapshots per process, starting processes costs more than it saves
+_PER_JOB = 64
+_CHUNK = 16
 
+
+def _audit_chunk(paths: list[str]) -> list[tuple[fleet.Host | fleet.Skipped, list[str]]]:
+    assert _SHARED is not None
+    rules, profile = _SHARED
+    return [audit_one(p, rules, profile) for p in paths]
+
+
+def audit_all(args: Iterable[str], rules: Sequence[Rule], profile: Profile, jobs: int = 1
+              ) -> Iterator[tuple[fleet.Host | fleet.Skipped, list[str]]]:
+    """audit_one of every snapshot the arguments name, in order.
+
+    jobs > 1: in that many forked processes, when there are
+    enough snapshots to make it worth it; the results come back in input order.
+    """
+    global _SHARED
+    items = list(expand(args))
+    paths = [i for i in items if isinstance(i, str)]
+    jobs = max(1, min(jobs, len(paths) // _PER_JOB))
+    if jobs == 1:
+        for item in items:
+            yield (item, []) if isinstance(item, fleet.Skipped) else \
+                audit_one(item, rules, profile)
+        return
+    import multiprocessing
+
+    _SHARED = (rules, profile)
+    chunks = [paths[i:i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
+    try:
+        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+            done = iter(r for chunk in pool.imap(_audit_chunk, chunks) for r in chunk)
+            for item in items:
+                yield (item, []) if isinstance(item, fleet.Skipped) else next(done)
+    finally:
+        _SHARED = None
