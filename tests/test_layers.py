@@ -9,8 +9,10 @@ from pathlib import Path
 PACKAGE = Path(__file__).parent.parent / "ct_tune"
 PURE = {"engine", "plan", "fragments", "render", "drift", "whatif", "formulas", "parsers",
         "kernelmodel", "kubeproxy", "bootinit",
-        "sysctld", "sysctlkeys", "findings", "flowparse", "flows", "check", "textfile"}
-IO = {"facts", "sampler", "ctsource", "apply", "atomic", "capture", "cli", "cache", "writers"}
+        "sysctld", "sysctlkeys", "findings", "flowparse", "flows", "check", "textfile",
+        "fleet", "fleet_table"}
+IO = {"facts", "sampler", "ctsource", "apply", "atomic", "capture", "cli", "cache", "writers",
+      "fleet_input"}
 
 
 def imports() -> dict[str, set[str]]:
