@@ -91,8 +91,10 @@ def held_by(attr: list[Mapping[str, Any]], key: str) -> Mapping[str, Any] | None
 def dominant_port(flows: Mapping[str, Any] | None, name: str,
                   threshold: float) -> list[Any] | None:
     """The destination port that holds at least `threshold` of one class's sampled entries,
-    as [port, entries, share of the class]; None when no port does (a port with 4 of
-    200,000 entries is not the cause of anything)."""
+    as [port, entries, share of the class, margin of entries]; None when no port does (a
+    port with 4 of 200,000 entries is not the cause of anything).  The margin is the 95 %
+    sampling margin of the port's count (0 for a whole table): a sample cut short by
+    --sample-limit estimates it like every other count."""
     if not flows:
         return None
     cls = flows.get("classes", {}).get(name)
@@ -105,7 +107,9 @@ def dominant_port(flows: Mapping[str, Any] | None, name: str,
         return None
     port, n = ports.most_common(1)[0]
     share = n / cls["entries"]
-    return [int(port), n, round(share, 4)] if share >= threshold else None
+    if share < threshold:
+        return None
+    return [int(port), n, round(share, 4), whatif.sample_margin(flows, n)]
 
 
 def protocol_mix(flows: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -155,7 +159,9 @@ def notrack_candidate(flows: Mapping[str, Any] | None,
     gre = (flows.get("by_l4") or {}).get("gre") or 0
     if gre / total >= threshold:
         return _with_rules({"proto": "gre", "port": None, "kind": "GRE tunnel",
-                            "entries": gre, "share": round(gre / total, 4)})
+                            "stateless": True, "entries": gre,
+                            "margin": whatif.sample_margin(flows, gre),
+                            "share": round(gre / total, 4)})
     found = []
     for proto in ("udp", "tcp"):
         ports, _ = _ports(flows, proto)
@@ -165,7 +171,8 @@ def notrack_candidate(flows: Mapping[str, Any] | None,
                 found.append({"proto": proto, "port": int(port),
                               "kind": kind or f"{proto.upper()} port {port}",
                               "stateless": kind is not None,
-                              "entries": n, "share": round(n / total, 4)})
+                              "entries": n, "margin": whatif.sample_margin(flows, n),
+                              "share": round(n / total, 4)})
     if not found:
         return None
     found.sort(key=lambda c: (not c["stateless"], -c["entries"]))

@@ -38,7 +38,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ct_tune import safeio, sysctld, writers
+from ct_tune import safeio, sockets, sysctld, writers
 from ct_tune.errors import CtTuneError, InputError
 from ct_tune.facts import (
     BUILTIN_MARKER,
@@ -63,6 +63,8 @@ SYS_FILES = ["devices/system/cpu/online", "module/nf_conntrack/parameters/hashsi
              "kernel/slab/nf_conntrack/slab_size", "kernel/slab/nf_conntrack/object_size",
              # present only for a loadable module: tells built-in from modular
              "module/nf_conntrack/initstate"]
+#: this namespace's TCP sockets (sockets.FILES), reduced to the states the audit counts
+SOCKET_FILES = sockets.FILES
 #: the conntrack table the audit samples (ctsource.table_blocks)
 TABLE = "net/nf_conntrack"
 COPY_BLOCK = 1 << 20
@@ -158,6 +160,17 @@ def _capture_table(roots: Roots, out: Path, modes: list[str], source: str) -> No
     modes.append(f"{rel} 0440")
 
 
+def _copy_sockets(src: Path, dst: Path, keep: list[str], rel: str) -> None:
+    """A socket table reduced to its header and the sockets the audit counts
+    (sockets.kept_lines), streamed: on a busy host the whole file is a hundred MB of
+    ESTABLISHED sockets nothing reads.  Absent (no IPv6) or denied: left out."""
+    data = b"".join(sockets.kept_lines(src))
+    if not data:
+        return
+    _write(dst, data, 0o444)
+    keep.append(f"{rel} 0444")
+
+
 def _write(dst: Path, data: bytes, mode: int) -> None:
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -198,6 +211,8 @@ def capture(roots: Roots, out: Path, table: bool = True, table_source: str = "au
               bound=safeio.PROC_TABLE if rel in PROC_TABLES else safeio.VALUE)
     _copy(roots.proc("slabinfo"), out / "proc/slabinfo", modes, "proc/slabinfo",
           filter_lines="nf_conntrack ", bound=safeio.PROC_TABLE)
+    for rel in SOCKET_FILES:
+        _copy_sockets(roots.proc(rel), out / "proc" / rel, modes, f"proc/{rel}")
     base = roots.proc(NETFILTER_DIR)
     for dirpath, _dirs, files in os.walk(base):
         for name in sorted(files):

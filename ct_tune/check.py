@@ -82,14 +82,7 @@ def evaluate(report: dict[str, Any], warning: float = DEFAULT_WARNING,
                                     if len(problems) > 1 else ""))
         state = worst(state, "unknown")
     loaded = (facts.get("conntrack") or {}).get("loaded")
-    orphans = sorted(k for k in facts.get("sysctl") or {}
-                     if k.startswith("net.netfilter.nf_conntrack_"))
-    if not loaded and orphans:
-        # facts call the module loaded by nf_conntrack_max: other keys without it are a
-        # procfs missing files, never a host without conntrack
-        texts.append(f"{MAX} missing but {orphans[0]} present: incomplete procfs")
-        state = worst(state, "unknown")
-    elif not loaded:
+    if not loaded:
         texts.append("nf_conntrack not loaded: no table")
     elif count is None or limit is None:
         if not problems:

@@ -171,6 +171,14 @@ def gather(roots: facts.Roots, no_sample: bool, sample_limit: int | None,
             host["flows"] = sampler.sample(roots, host, sample_limit, table_source)
         except ctsource.SourceError as e:
             click.echo(f"ct-tune: warning: table not sampled: {e}", err=True)
+        if host.get("flows") is not None:
+            # the sample's CLOSE_WAIT entries are read against this namespace's sockets
+            from ct_tune import sockets
+
+            found = facts.Problems()
+            host["sockets"] = sockets.collect(roots, found)
+            host["errors"] = [*host.get("errors", []), *found.items]
+            _report_problems({"errors": found.items})
     if not no_sample and duration > 0 and host["conntrack"]["loaded"]:
         host["window"] = sampler.poll(roots, duration, interval, _progress)
         if sys.stderr.isatty():
@@ -278,9 +286,13 @@ def _textfile_on_failure(command: Any) -> Any:
               help="Audit a snapshot written by 'ct-tune collect' instead of this host.")
 @click.option("--profile", default="default", show_default=True,
               help="Targets to tune for (see 'ct-tune profiles list').")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "sysctl"]),
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "sysctl", "html"]),
               default="table", show_default=True,
-              help="sysctl: print only the sysctl.d fragment 'apply' would write.")
+              help="sysctl: print only the sysctl.d fragment 'apply' would write; html: a "
+              "self-contained page with charts (needs the 'report' extra).")
+@click.option("-o", "--output", metavar="FILE",
+              help="With --format json or html: write to FILE (replaced atomically) instead "
+              "of stdout.")
 @click.option("--explain", is_flag=True, help="Show the arithmetic and evidence per finding.")
 @click.option("--allow-lower", is_flag=True,
               help="With --format sysctl: let the fragment lower nf_conntrack_max.")
@@ -290,11 +302,19 @@ def _textfile_on_failure(command: Any) -> Any:
 @_textfile_option
 @_textfile_on_failure
 def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules: bool,
-          root: str | None, facts_file: str | None, profile: str, fmt: str, explain: bool,
-          allow_lower: bool, name: str, no_sample: bool, sample_limit: int | None,
-          duration: float, interval: float, table_source: str, textfile: str | None) -> None:
+          root: str | None, facts_file: str | None, profile: str, fmt: str, output: str | None,
+          explain: bool, allow_lower: bool, name: str, no_sample: bool,
+          sample_limit: int | None, duration: float, interval: float, table_source: str,
+          textfile: str | None) -> None:
     """Report findings about connection tracking; exit 0/1/2/3 = ok/warning/critical/unknown."""
     from ct_tune import engine, findings, profiles, render, snapshot
+
+    if output is not None and fmt not in ("json", "html"):
+        raise click.UsageError("-o/--output: only with --format json or html")
+    if fmt == "html":
+        from ct_tune import html_report
+
+        html_report.require()  # before any sampling: says which extra to install
 
     c = _ctx(procfs, sysfs, rules_dirs, no_builtin_rules, root)
     all_profiles, loaded_rules = collect_errors(c.profiles, c.rules)  # every bad file reported
@@ -308,8 +328,12 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
     state = findings.status(result, host.get("errors") or [])
     if textfile:
         _write_textfile(textfile, render.report(result, host, state, prof.name))
-    if fmt == "json":
-        _out(json.dumps(render.report(result, host, state, prof.name), indent=2))
+    if fmt in ("json", "html"):
+        doc = render.report(result, host, state, prof.name)
+        if fmt == "json":
+            _emit(json.dumps(doc, indent=2) + "\n", output)
+        else:
+            _emit(html_report.render_audit(doc), output)
     elif fmt == "sysctl":
         from ct_tune import fragments
 
@@ -335,6 +359,16 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
     sys.exit(findings.exit_code(state))
 
 
+def _emit(text: str, output: str | None) -> None:
+    """The document on stdout, or in FILE replaced atomically (never half-written)."""
+    if output is None or output == "-":
+        _out(text, nl=False)
+    else:
+        from ct_tune.atomic import write_atomic
+
+        write_atomic(Path(output), text.encode(), mode=0o644, into_special=True)
+
+
 @cli.command("fleet")
 @click.option("--rules-dir", "rules_dirs", multiple=True, metavar="DIR",
               type=click.Path(file_okay=False),
@@ -342,17 +376,28 @@ def audit(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_rules
 @click.option("--no-builtin-rules", is_flag=True, help="Do not load the shipped rules.")
 @click.option("--profile", default="default", show_default=True,
               help="Targets to tune for (see 'ct-tune profiles list').")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True, help="json: the ct-tune-fleet/1 document (ct-tune(8)).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "html"]),
+              default="table", show_default=True,
+              help="json: the ct-tune-fleet/1 document (ct-tune(8)); html: a self-contained "
+              "page with charts (needs the 'report' extra).")
+@click.option("-o", "--output", metavar="FILE",
+              help="With --format json or html: write to FILE (replaced atomically) instead "
+              "of stdout.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), metavar="N",
               help="Audit in N processes [default: the CPUs this process may use].")
 @click.argument("snapshots", nargs=-1, required=True, metavar="SNAPSHOT_OR_DIR...")
 def fleet_cmd(rules_dirs: tuple[str, ...], no_builtin_rules: bool, profile: str, fmt: str,
-              jobs: int | None, snapshots: tuple[str, ...]) -> None:
+              output: str | None, jobs: int | None, snapshots: tuple[str, ...]) -> None:
     """Audit many 'ct-tune collect' snapshots (a directory: its *.json files): hosts
     worst first and how many hosts share each finding; exit 0/1/2/3 by the worst host."""
     from ct_tune import fleet, fleet_input, profiles
 
+    if output is not None and fmt not in ("json", "html"):
+        raise click.UsageError("-o/--output: only with --format json or html")
+    if fmt == "html":
+        from ct_tune import html_report
+
+        html_report.require()  # before reading thousands of snapshots
     c = _ctx("/proc", "/sys", rules_dirs, no_builtin_rules)
     all_profiles, loaded_rules = collect_errors(c.profiles, c.rules)  # every bad file reported
     prof = profiles.get(all_profiles, profile)
@@ -369,7 +414,9 @@ def fleet_cmd(rules_dirs: tuple[str, ...], no_builtin_rules: bool, profile: str,
             hosts.append(item)
     report = fleet.build(hosts, skipped)
     if fmt == "json":
-        _out(json.dumps(fleet.to_json(report), indent=1))
+        _emit(json.dumps(fleet.to_json(report), indent=1) + "\n", output)
+    elif fmt == "html":
+        _emit(html_report.render_fleet(fleet.to_json(report)), output)
     else:
         from ct_tune import fleet_table
 

@@ -67,6 +67,9 @@ def build_context(facts: dict[str, Any], profile: Profile) -> dict[str, Any]:
         # (fields added since a snapshot was written read as none)
         "flows": NoneDict(facts["flows"]) if facts.get("flows") is not None else None,
         "window": NoneDict(facts["window"]) if facts.get("window") else None,
+        # this namespace's TCP sockets in CLOSE_WAIT / FIN_WAIT2, read with the sample
+        # (ct_tune/sockets.py); None when not read (no sample, an older snapshot)
+        "sockets": NoneDict(facts["sockets"]) if facts.get("sockets") else None,
         # the boot configuration (sysctl.d, modules-load.d); None for older snapshots
         "persist": facts.get("persist"),
         # other writers of the keys and the boot system (ct_tune.writers); None if unknown

@@ -437,20 +437,29 @@ def _initial_netns(roots: Roots, sysctls: dict[str, dict[str, Any]]) -> bool:
     """
     if roots.proc("sys/net/nf_conntrack_max").exists():
         return True
-    entry = sysctls["net.netfilter.nf_conntrack_max"]
+    entry = sysctls.get("net.netfilter.nf_conntrack_max") or {}
     return entry.get("key", "").startswith("net.ipv4.netfilter.ip_conntrack_")
 
 
 def _conntrack(roots: Roots, sysctls: dict[str, dict[str, Any]],
                problems: Problems) -> dict[str, Any]:
     loaded = "net.netfilter.nf_conntrack_max" in sysctls
+    others = sorted(k for k in sysctls if k.startswith("net.netfilter.nf_conntrack_"))
+    if not loaded and others:
+        # every nf_conntrack_* key is registered with nf_conntrack_max (one ctl_table in
+        # nf_conntrack_standalone.c): others without it are an incomplete tree, never a
+        # host without conntrack, whose "nothing to tune" would read as OK
+        problems.add(roots.proc("sys/net/netfilter/nf_conntrack_max"),
+                     f"missing while {others[0]} is present (incomplete procfs tree)",
+                     ("sysctl", "net.netfilter.nf_conntrack_max"))
+        loaded = True
     hashsize = problems.parse(roots.sys("module/nf_conntrack/parameters/hashsize"),
                               _then(parsers.parse_int, in_range(0, 2**32 - 1, "hash size")),
                               ("conntrack", "hashsize_param"))
     size, size_source = _slab_object_size(roots, problems) if loaded else (None, None)
     initial = _initial_netns(roots, sysctls) if loaded else None
     # built in: modules-load.d and modprobe.d options do nothing
-    builtin = builtin_module(roots, loaded)
+    builtin = builtin_module(roots, loaded, problems)
     return {
         "loaded": loaded,
         "builtin": builtin,
@@ -462,7 +471,7 @@ def _conntrack(roots: Roots, sysctls: dict[str, dict[str, Any]],
     }
 
 
-def builtin_module(roots: Roots, loaded: bool) -> bool | None:
+def builtin_module(roots: Roots, loaded: bool, problems: Problems | None = None) -> bool | None:
     """Whether nf_conntrack is built into the kernel (None: cannot tell).
 
     A loadable module has /sys/module/nf_conntrack/initstate; a built-in one has the
@@ -475,7 +484,8 @@ def builtin_module(roots: Roots, loaded: bool) -> bool | None:
         return None
     if roots.live:
         return True if roots.sys("module/nf_conntrack").exists() else None
-    return True if (_read(roots.sys(BUILTIN_MARKER)) or "").strip() == "1" else None
+    marker = (problems or Problems()).read(roots.sys(BUILTIN_MARKER), ("conntrack", "builtin"))
+    return True if (marker or "").strip() == "1" else None
 
 
 def _stat_table(roots: Roots, problems: Problems) -> dict[str, Any] | None:

@@ -36,7 +36,7 @@ _CASE_KEYS = {"level", "if", "summary"}
 #: Names a rule's [let] may not shadow: they are the context every rule reads.
 RESERVED = {"sysctl", "writable", "readonly", "host", "conntrack", "counters", "stat", "profile",
             "planned", "current", "recommended", "parameter", "rule", "severity",
-            "flows", "window", "persist"}
+            "flows", "window", "persist", "sockets"}
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import contextlib
 import errno
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -47,6 +48,9 @@ RULE = Bound(1 * MIB, "a rule or profile file")
 SNAPSHOT = Bound(64 * MIB, "a facts snapshot")
 #: rollback.json: it holds a copy of every file an apply replaced.
 STATE = Bound(64 * MIB, "a rollback state file")
+#: /proc/net/tcp or tcp6: about 150 bytes per socket, so some 1.7 million sockets;
+#: read in blocks (ct_tune/sockets.py), never whole.
+SOCKET_TABLE = Bound(256 * MIB, "a socket table")
 
 #: The kinds of file refused, by the test that finds them.
 _KINDS = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
@@ -132,6 +136,39 @@ def read_fd(fd: int, path: str | Path, bound: Bound) -> bytes:
     if left <= 0:
         raise too_large(path, bound)
     return b"".join(chunks)
+
+
+def iter_blocks(path: str | Path, bound: Bound, *, block: int = 1 << 20,
+                missing_ok: bool = False, denied_ok: bool = False) -> Iterator[bytes]:
+    """A regular file of at most bound.size bytes in blocks of up to `block` bytes, for
+    files too large to hold at once (/proc/net/tcp on a busy host); nothing at all when it
+    is absent (missing_ok) or denied (denied_ok)."""
+    fd = open_regular(path, missing_ok=missing_ok, denied_ok=denied_ok)
+    if fd is None:
+        return
+    yield from fd_blocks(fd, path, bound, block=block)
+
+
+def fd_blocks(fd: int, path: str | Path, bound: Bound, *, block: int = 1 << 20
+              ) -> Iterator[bytes]:
+    """An open file (open_regular) in blocks, closed at the end.  Past the bound it
+    raises, after the blocks before it: a caller that counts must drop what it counted."""
+    try:
+        left = bound.size + 1
+        while left > 0:
+            try:
+                data = os.read(fd, min(left, block))
+            except OSError as e:
+                raise _cannot(path, e) from None
+            if not data:
+                return
+            left -= len(data)
+            if left <= 0:
+                raise too_large(path, bound)
+            yield data
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def read_stream(stream: BinaryIO, name: str, bound: Bound) -> bytes:

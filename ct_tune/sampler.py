@@ -56,9 +56,24 @@ RATE_COUNTERS = ("drop", "early_drop", "insert_failed", "chaintoolong", "clash_r
                  "invalid")
 
 
+#: polls kept in window["series"]: a longer window keeps the highest count of each stretch
+SERIES_POINTS = 2000
+
+
+def thin(series: list[list[float]], most: int = SERIES_POINTS) -> list[list[float]]:
+    """At most `most` [seconds, count] points: each stretch of consecutive polls is kept as
+    its highest one, so a peak survives into the chart (pure)."""
+    if len(series) <= most:
+        return series
+    step = -(-len(series) // most)
+    return [max(series[i:i + step], key=lambda p: p[1]) for i in range(0, len(series), step)]
+
+
 def window_summary(counts: list[int], first: dict[str, int] | None,
-                   last: dict[str, int] | None, seconds: float) -> dict[str, Any]:
-    """Peak/mean/growth of the count and per-second counter rates over a window (pure)."""
+                   last: dict[str, int] | None, seconds: float,
+                   times: list[float] | None = None) -> dict[str, Any]:
+    """Peak/mean/growth of the count and per-second counter rates over a window (pure);
+    with `times` (seconds from the start, one per count), the polls themselves as series."""
     rates = {}
     if first is not None and last is not None and seconds > 0:
         rates = {f"{k}_per_s": round((last.get(k, 0) - first.get(k, 0)) / seconds, 3)
@@ -70,6 +85,8 @@ def window_summary(counts: list[int], first: dict[str, int] | None,
         "mean": round(sum(counts) / len(counts), 1) if counts else None,
         "growth": (counts[-1] - counts[0]) if counts else None,
         "rates": rates,
+        **({"series": thin([[round(t, 1), c] for t, c in zip(times, counts, strict=True)])}
+           if times is not None else {}),
     }
 
 
@@ -99,12 +116,14 @@ def poll(roots: Roots, duration: float, interval: float, progress: Any = None
     start = time.monotonic()
     count, first = read()
     counts = [count] if count is not None else []
+    times = [0.0] if count is not None else []
     last = first
     while (elapsed := time.monotonic() - start) < duration:
         time.sleep(min(interval, max(0.0, duration - elapsed)))
         count, last = read()
         if count is not None:
             counts.append(count)
+            times.append(time.monotonic() - start)
         if progress:
             progress(time.monotonic() - start, duration, count)
-    return window_summary(counts, first, last, time.monotonic() - start)
+    return window_summary(counts, first, last, time.monotonic() - start, times)

@@ -109,9 +109,15 @@ SPEC: dict[str, Any] = {
         "malformed": U(), "by_l3": MAP(U()), "by_l4": MAP(U()), "by_flag": MAP(U()),
         "top_dports": LIST(LIST(U(), 2)), "classes": MAP(_FLOW_CLASS),
     })),
+    # this namespace's TCP sockets in the states that explain CLOSE_WAIT entries
+    # (ct_tune/sockets.py), read with the table sample; optional for older snapshots
+    "sockets": OPTIONAL(NULLABLE({"close_wait": U(), "fin_wait2": U(),
+                                  "sources": LIST(STR, 2)})),
     "window": OPTIONAL(NULLABLE({
         "seconds": NUM, "polls": U(), "peak": NULLABLE(U()), "mean": NUM + NULL,
-        "growth": INT + NULL, "rates": MAP(NUM)})),
+        "growth": INT + NULL, "rates": MAP(NUM),
+        # the polls, [seconds since the start, count] (added in 0.1; older snapshots lack it)
+        "series": OPTIONAL(LIST(LIST(NUM, 2), 100_000))})),
     # boot configuration (sysctl.d, modules-load.d, modprobe.d); optional so that
     # snapshots from before it was collected still load
     "persist": OPTIONAL(NULLABLE({

@@ -84,8 +84,10 @@ def _held(cls: Mapping[str, Any], seconds: float) -> float:
     return cls["entries"] + _tail_rate(cls) * (seconds - cls["timeout"])
 
 
-def _ports_beyond(classes: list[dict[str, Any]], seconds: float, k: int) -> list[list[Any]]:
-    """Top destination ports among entries idle longer than `seconds`.  Ports are kept
+def _ports_beyond(flows: Mapping[str, Any] | None, classes: list[dict[str, Any]],
+                  seconds: float, k: int) -> list[list[Any]]:
+    """Top destination ports among entries idle longer than `seconds`, as [port, entries,
+    margin] (margin: the 95 % sampling margin, 0 for a whole table).  Ports are kept
     per idle octave (bin j: [2**(j-1), 2**j) s); in the octave that straddles `seconds`
     they count in the share of that octave's entries the fine idle histogram puts
     beyond `seconds`."""
@@ -102,10 +104,11 @@ def _ports_beyond(classes: list[dict[str, Any]], seconds: float, k: int) -> list
                     in_octave > 0) else 0.0
             for port, n in bin_ports.items():
                 ports[port] += n * weight
-    return [[int(p), round(n)] for p, n in ports.most_common(k) if round(n) > 0]
+    return [[int(p), round(n), sample_margin(flows, n)] for p, n in ports.most_common(k)
+            if round(n) > 0]
 
 
-def _margin(flows: Mapping[str, Any] | None, estimate: float) -> int:
+def sample_margin(flows: Mapping[str, Any] | None, estimate: float) -> int:
     """95 % margin of a count estimated from the sample (0 when the whole table was read)."""
     if not flows or not flows.get("sampled"):
         return 0
@@ -131,16 +134,16 @@ def whatif(flows: Mapping[str, Any] | None, key: str, seconds: float | None,
     projected = round(sum(_held(c, seconds) for c in classes))
     return {
         "entries": entries,
-        "entries_margin": _margin(flows, entries),
+        "entries_margin": sample_margin(flows, entries),
         "timeout": current,
         "proposed": seconds,
         "idle_beyond": round(idle),
-        "idle_beyond_margin": _margin(flows, idle),
+        "idle_beyond_margin": sample_margin(flows, idle),
         "idle_beyond_share": round(idle / entries, 4),
-        "top_dports": _ports_beyond(classes, seconds, k) if idle >= 0.5 else [],
+        "top_dports": _ports_beyond(flows, classes, seconds, k) if idle >= 0.5 else [],
         "projected": projected,
         # the sampling margin only: not the error of the Little's-law model
-        "projected_margin": _margin(flows, projected),
+        "projected_margin": sample_margin(flows, projected),
         "bin_seconds": max(c["idle_bin_seconds"] for c in classes),
     }
 
@@ -167,15 +170,16 @@ def occupancy(flows: Mapping[str, Any] | None,
         if result["proposed"] != current:
             changes.append({"key": _PREFIX + key, **result})
     # the sample may be scaled: say the total the estimate refers to
-    return {"entries": now, "entries_margin": _margin(flows, now),
-            "projected": projected, "projected_margin": _margin(flows, projected),
-            "idle_beyond": forgotten, "idle_beyond_margin": _margin(flows, forgotten),
+    return {"entries": now, "entries_margin": sample_margin(flows, now),
+            "projected": projected, "projected_margin": sample_margin(flows, projected),
+            "idle_beyond": forgotten, "idle_beyond_margin": sample_margin(flows, forgotten),
             "change": (projected - now) / now if now else 0.0, "changes": changes}
 
 
 def share(flows: Mapping[str, Any] | None, name: str) -> dict[str, Any] | None:
     """One flow class's weight in the sampled table: entries, share, its timeout key and
-    value, the arrival rate Little's law implies (entries / timeout), its top ports."""
+    value, the arrival rate Little's law implies (entries / timeout), its top ports (each
+    with its sampling margin)."""
     if not flows:
         return None
     cls = flows.get("classes", {}).get(name)
@@ -188,12 +192,13 @@ def share(flows: Mapping[str, Any] | None, name: str) -> dict[str, Any] | None:
     return {
         "class": name,
         "entries": cls["entries"],
-        "margin": _margin(flows, cls["entries"]),
+        "margin": sample_margin(flows, cls["entries"]),
         "share": round(cls["entries"] / total, 4),
         "timeout_key": cls["timeout_key"],
         "timeout": cls["timeout"],
         "rate": round(cls["entries"] / max(1, cls["timeout"]), 2),
-        "top_dports": [[int(p), n] for p, n in ports.most_common(5)],
+        # [port, entries, margin]: a port's count is an estimate like the class's
+        "top_dports": [[int(p), n, sample_margin(flows, n)] for p, n in ports.most_common(5)],
     }
 
 
@@ -210,7 +215,7 @@ def describe(result: Mapping[str, Any] | None) -> str:
                  f"have been idle longer than {human_duration(new)} and would already have "
                  "been forgotten")
         if result["top_dports"]:
-            ports = ", ".join(f"{p} x {n:,}" for p, n in result["top_dports"])
+            ports = ", ".join(f"{p} x {n:,}{pm(m)}" for p, n, m in result["top_dports"])
             text += f" (top destination ports: {ports})"
         text += "."
     if new != old:

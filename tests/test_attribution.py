@@ -34,7 +34,7 @@ def test_a_port_is_named_only_past_the_threshold():
                                           {"2194": 4, "53": 10}, {"0": 200000})})
     assert attribution.dominant_port(flows, "udp/unreplied", 0.5) is None
     flows["classes"]["udp/unreplied"]["idle_ports"] = [{"53": 150000}]
-    assert attribution.dominant_port(flows, "udp/unreplied", 0.5) == [53, 150000, 0.75]
+    assert attribution.dominant_port(flows, "udp/unreplied", 0.5) == [53, 150000, 0.75, 0]
 
 
 def test_notrack_rules_for_a_tunnel_and_for_gre():

@@ -296,3 +296,25 @@ def test_report_orders_by_status_usage_then_name():
     assert [(s.id, s.severity, s.hosts, s.text) for s in report.summary] == [
         ("table-usage", "warning", 1, "1 host: table over 75 %")]
     assert fleet.build([]).status == "unknown"
+
+
+def test_json_and_html_to_a_file(snaps, tmp_path):
+    pytest.importorskip("pygal", reason="--format html needs the 'report' extra (pygal)")
+    (tmp_path / "bad.json").write_text("{")
+    args = [str(snaps["keepalive-trap"]), str(snaps["corrupt-values"]),
+            str(tmp_path / "bad.json")]
+    out = tmp_path / "fleet.json"
+    proc = run_cli("fleet", "--format", "json", "-o", str(out), *args)
+    assert proc.returncode == 1 and proc.stdout == ""
+    doc = json.loads(out.read_text())
+    assert doc == json.loads(run_cli("fleet", "--format", "json", *args).stdout)
+    page = tmp_path / "fleet.html"
+    proc = run_cli("fleet", "--format", "html", "-o", str(page), *args)
+    assert proc.returncode == 1 and proc.stdout == ""
+    html = page.read_text()
+    assert html.startswith("<!DOCTYPE html>") or "<html" in html
+    assert str(tmp_path / "bad.json") in html  # the skipped snapshot is listed
+    for s in doc["summary"]:
+        assert s["id"] in html
+    usage = run_cli("fleet", "-o", str(tmp_path / "x"), *args)
+    assert usage.returncode == 3 and "only with --format json or html" in usage.stderr

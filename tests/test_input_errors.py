@@ -346,3 +346,35 @@ def test_apply_refuses_a_host_it_could_not_read_whole(tree, tmp_path):
     assert proc.returncode == 3
     assert proc.stderr.startswith(f"ct-tune: {path}: -5 is below 0")
     assert "nothing to apply" not in proc.stdout
+
+
+def test_conntrack_keys_without_nf_conntrack_max_are_an_incomplete_tree_not_a_green(tree):
+    """Every nf_conntrack_* key is registered with nf_conntrack_max: a tree that has the
+    others but not it lost files, and must not read as "module not loaded, OK"."""
+    roots = tree("defaults-16g")
+    (roots.procfs / NF / "nf_conntrack_max").unlink()
+    (roots.procfs / "sys/net/nf_conntrack_max").unlink()
+    proc, report = _audit_json(roots, "--no-sample")
+    assert proc.returncode == 3
+    assert report["status"] == "unknown"
+    assert "module-loaded" not in _by_rule(report)
+    assert f"{roots.procfs / NF / 'nf_conntrack_max'}: missing while" in proc.stderr
+    assert _by_rule(report)["conntrack-max"]["severity"] == "unknown"
+
+
+def test_a_fifo_as_the_builtin_marker_is_an_input_problem_not_a_crash(tree):
+    """A replayed tree's built-in marker is input like any other: a FIFO there must not
+    hang or end the audit; it is named, and the module's build is unknown."""
+    import os
+
+    from ct_tune import facts
+
+    roots = tree("defaults-16g")
+    marker = roots.sysfs / facts.BUILTIN_MARKER
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    (marker.parent / "initstate").unlink(missing_ok=True)
+    os.mkfifo(marker)
+    proc, report = _audit_json(roots, "--no-sample")
+    assert proc.returncode == 3, proc.stderr
+    assert f"ct-tune: {marker}: not a regular file (FIFO)" in proc.stderr.splitlines()
+    assert report["facts"]["conntrack"]["builtin"] is None

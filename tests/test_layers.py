@@ -12,7 +12,7 @@ PURE = {"engine", "plan", "fragments", "render", "drift", "whatif", "formulas", 
         "sysctld", "sysctlkeys", "findings", "flowparse", "flows", "check", "textfile",
         "fleet", "fleet_table"}
 IO = {"facts", "sampler", "ctsource", "apply", "atomic", "capture", "cli", "cache", "writers",
-      "fleet_input"}
+      "sockets", "fleet_input"}
 
 
 def imports() -> dict[str, set[str]]:

@@ -146,7 +146,7 @@ def test_check_procfs_missing_files_is_unknown_not_ok(tree, tmp_path):
     (roots.procfs / "sys/net/netfilter/nf_conntrack_max").unlink()
     proc = check(roots)
     assert proc.returncode == 3, proc.stdout
-    assert "nf_conntrack_max missing" in parse_check(proc.stdout)[1]
+    assert "nf_conntrack_max: missing while" in parse_check(proc.stdout)[1]
     proc = run_cli("check", "--procfs", str(tmp_path / "nope"), "--sysfs", str(tmp_path))
     assert proc.returncode == 3, proc.stdout
     assert parse_check(proc.stdout)[1].startswith(f"{tmp_path / 'nope'}: not a procfs")

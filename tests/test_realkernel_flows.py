@@ -113,7 +113,7 @@ def test_whatif_counts_real_flows_idle_beyond_a_proposed_timeout(idle_mix):
     shorter = whatif.whatif(flows, key, 1)
     assert shorter["entries"] == flowmix.N_TCP_EST
     assert shorter["idle_beyond"] == flowmix.N_TCP_EST
-    assert shorter["top_dports"] == [[5432, flowmix.N_TCP_EST]]
+    assert shorter["top_dports"] == [[5432, flowmix.N_TCP_EST, 0]]
     assert shorter["projected"] == 0
     longer = whatif.whatif(flows, key, 30)
     assert longer["idle_beyond"] == 0

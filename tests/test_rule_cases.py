@@ -9,7 +9,7 @@ import pytest
 from conftest import materialize
 from flowgen import summary as flow_summary
 
-from ct_tune import engine, facts, profiles, ruleset, writers
+from ct_tune import engine, facts, profiles, ruleset, sockets, writers
 
 CASES = sorted((Path(__file__).parent / "rule_cases").glob("*.toml"))
 
@@ -40,6 +40,13 @@ def load_case_facts(case: dict, tmp: Path) -> dict:
         data["stat"]["counters"].update(case["counters"])
     if case.get("flows"):
         data["flows"] = flow_summary(case["flows"], data)
+        # read with the sample, as cli.gather does: the tree's proc/net/tcp{,6} if any
+        found = facts.Problems()
+        data["sockets"] = sockets.collect(roots, found)
+        data["errors"] = [*data.get("errors", []), *found.items]
+    if "sockets" in case:
+        data["sockets"] = {"close_wait": 0, "fin_wait2": 0, "sources": ["/proc/net/tcp"],
+                           **case["sockets"]}
     return data
 
 

@@ -52,7 +52,7 @@ def test_idle_beyond_counts_and_names_ports_of_idle_flows_only():
               {"class": "tcp/ESTABLISHED", "count": 40, "dport": 5432, "idle": [7000, 9000]})
     result = whatif.whatif(t, "nf_conntrack_tcp_timeout_established", 6000)
     assert result["idle_beyond"] == 40
-    assert result["top_dports"] == [[5432, 40]]
+    assert result["top_dports"] == [[5432, 40, 0]]  # a whole table: margin 0
     assert result["projected"] == 300
 
 
@@ -69,7 +69,7 @@ def test_share_gives_littles_law_rate():
     s = whatif.share(TW, "tcp/TIME_WAIT")
     assert s["share"] == 1.0
     assert s["rate"] == pytest.approx(100, rel=0.02)  # 12000 entries / 120 s
-    assert s["top_dports"] == [[80, 12000]]
+    assert s["top_dports"] == [[80, 12000, 0]]
 
 
 @given(st.lists(st.integers(1, 500000), min_size=2, max_size=6))
