@@ -316,5 +316,10 @@ def test_json_and_html_to_a_file(snaps, tmp_path):
     assert str(tmp_path / "bad.json") in html  # the skipped snapshot is listed
     for s in doc["summary"]:
         assert s["id"] in html
+    # one overview column per finding, though the summary has a line per severity
+    ids = {s["id"] for s in doc["summary"]} - {"table-usage"}
+    assert len(ids) < len([s for s in doc["summary"] if s["id"] != "table-usage"])
+    assert all(html.count(f"<th>{i}</th>") == 1 for i in ids)
+    assert "<th>table-usage</th>" not in html
     usage = run_cli("fleet", "-o", str(tmp_path / "x"), *args)
     assert usage.returncode == 3 and "only with --format json or html" in usage.stderr
