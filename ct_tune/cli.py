@@ -402,6 +402,61 @@ def _emit(text: str, output: str | None) -> None:
         write_atomic(Path(output), text.encode(), mode=0o644, into_special=True)
 
 
+@cli.command("fleet")
+@click.option("--rules-dir", "rules_dirs", multiple=True, metavar="DIR",
+              type=click.Path(file_okay=False),
+              help="Extra rules directory (repeatable; later ones win).")
+@click.option("--no-builtin-rules", is_flag=True, help="Do not load the shipped rules.")
+@click.option("--profile", default="default", show_default=True,
+              help="Targets to tune for (see 'ct-tune profiles list').")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "html"]),
+              default="table", show_default=True,
+              help="json: the ct-tune-fleet/1 document (ct-tune(8)); html: a self-contained "
+              "page with charts (needs the 'report' extra).")
+@click.option("-o", "--output", metavar="FILE",
+              help="With --format json or html: write to FILE (replaced atomically) instead "
+              "of stdout.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), metavar="N",
+              help="Audit in N processes [default: the CPUs this process may use].")
+@click.argument("snapshots", nargs=-1, required=True, metavar="SNAPSHOT_OR_DIR...")
+def fleet_cmd(rules_dirs: tuple[str, ...], no_builtin_rules: bool, profile: str, fmt: str,
+              output: str | None, jobs: int | None, snapshots: tuple[str, ...]) -> None:
+    """Audit many 'ct-tune collect' snapshots (a directory: its *.json files): hosts
+    worst first and how many hosts share each finding; exit 0/1/2/3 by the worst host."""
+    from ct_tune import fleet, fleet_input, profiles
+
+    if output is not None and fmt not in ("json", "html"):
+        raise click.UsageError("-o/--output: only with --format json or html")
+    if fmt == "html":
+        from ct_tune import html_report
+
+        html_report.require()  # before reading thousands of snapshots
+    c = _ctx("/proc", "/sys", rules_dirs, no_builtin_rules)
+    all_profiles, loaded_rules = collect_errors(c.profiles, c.rules)  # every bad file reported
+    prof = profiles.get(all_profiles, profile)
+    hosts, skipped = [], []
+    jobs = jobs or len(os.sched_getaffinity(0))
+    for item, problems in fleet_input.audit_all(snapshots, loaded_rules, prof, jobs):
+        for line in problems:  # read as unknown, as audit --facts does
+            click.echo(f"ct-tune: {item.source}: {line}", err=True)
+        if isinstance(item, fleet.Skipped):
+            for line in item.errors:
+                click.echo(f"ct-tune: {line}", err=True)
+            skipped.append(item)
+        else:
+            hosts.append(item)
+    report = fleet.build(hosts, skipped)
+    if fmt == "json":
+        _emit(json.dumps(fleet.to_json(report), indent=1) + "\n", output)
+    elif fmt == "html":
+        _emit(html_report.render_fleet(fleet.to_json(report)), output)
+    else:
+        from ct_tune import fleet_table
+
+        _out(fleet_table.render(report))
+    sys.exit(fleet.exit_code(report))
+
+
 class _PluginCommand(click.Command):
     """A monitoring plugin's usage error is still a status line on stdout and UNKNOWN (3),
     never click's 2, which a monitoring system reads as CRITICAL."""

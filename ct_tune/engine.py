@@ -274,7 +274,8 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _run(rule: Rule, base: dict[str, Any], planned: NoneDict) -> Finding | None:
+def _run(rule: Rule, base: dict[str, Any], planned: NoneDict, explain: bool = True
+         ) -> Finding | None:
     param = rule.short_parameter
     current = base["sysctl"][param] if param else None
     ctx: dict[str, Any] = {**base, "planned": planned, "current": current,
@@ -311,18 +312,20 @@ def _run(rule: Rule, base: dict[str, Any], planned: NoneDict) -> Finding | None:
     return Finding(
         rule=rule.id, title=rule.title, severity=case.level, parameter=rule.parameter,
         current=_jsonable(current), recommended=_jsonable(recommended), summary=summary,
-        explanation=rule.explanation.render(ctx),
+        explanation=rule.explanation.render(ctx) if explain else "",
         evidence={name: _jsonable(ctx[name]) for name in rule.evidence},
         sources=list(rule.sources), rule_file=rule.path, scope=scope,
     )
 
 
 def evaluate(rules: Iterable[Rule], facts: dict[str, Any], profile: Profile,
-             keep: Mapping[str, Any] | None = None) -> list[Finding]:
+             keep: Mapping[str, Any] | None = None, explain: bool = True) -> list[Finding]:
     """Run every rule against the facts; a rule that fails to evaluate is a rule error.
 
     keep: parameters (full sysctl keys) that stay at the given value whatever their rule
     recommends; their findings still show the recommendation.
+    explain: False leaves the explanations empty, for callers that show none (the fleet
+    report): rendering them is a quarter of the work of a host.
     """
     keep = keep or {}
     base = build_context(facts, profile)
@@ -334,7 +337,8 @@ def evaluate(rules: Iterable[Rule], facts: dict[str, Any], profile: Profile,
         try:
             if why and _applies(rule, base, planned, unknown) is False:
                 continue  # does not apply here, whatever the missing inputs say
-            finding = _unknown(rule, base, why) if why else _run(rule, base, planned)
+            finding = _unknown(rule, base, why) if why else _run(rule, base, planned,
+                                                                  explain)
         except ExprError as e:
             raise InputError(rule.path, str(e), item=rule.id) from None
         if finding is None:

@@ -219,7 +219,10 @@ def render_fleet(report: Mapping[str, Any]) -> str:
     hosts = list(report.get("hosts") or [])
     summary = list(report.get("summary") or [])
     # overview columns: the summary's findings (warning and above, unknown), most hosts first
-    columns = [s.get("id") for s in summary if s.get("id")]
+    # (one column per id: the summary has a line per id and severity; table-usage is
+    # the fleet's usage count, not a finding)
+    found = {f.get("id") for h in hosts for f in h.get("findings") or []}
+    columns = list(dict.fromkeys(s.get("id") for s in summary if s.get("id") in found))
     rows = []
     for h in hosts:
         by_id: dict[str, Mapping[str, Any]] = {}

@@ -120,13 +120,17 @@ def read_fd(fd: int, path: str | Path, bound: Bound) -> bytes:
     """At most bound.size bytes of an open file, or an InputError saying it is larger."""
     chunks: list[bytes] = []
     left = bound.size + 1
+    # os.read allocates the whole request first: start small (most inputs are a few KiB,
+    # and a fleet report reads thousands), grow to 1 MiB for the large ones
+    step = 1 << 16
     try:
         while left > 0:
-            data = os.read(fd, min(left, 1 << 20))
+            data = os.read(fd, min(left, step))
             if not data:
                 break
             chunks.append(data)
             left -= len(data)
+            step = min(step * 2, 1 << 20)
     except OSError as e:
         raise _cannot(path, e) from None
     if left <= 0:

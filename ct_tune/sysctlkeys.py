@@ -16,6 +16,7 @@ fit), net/ipv4/sysctl_net_ipv4.c (tcp_keepalive_*).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ WRITABLE_KEY = re.compile(r"^(net\.netfilter\.nf_conntrack_[a-z0-9_]+|net\.nf_co
 OLD_PREFIX = "net.ipv4.netfilter.ip_conntrack_"
 
 
+@functools.lru_cache(maxsize=4096)
 def short_name(key: str) -> str:
     """The name rules use for a sysctl (its name under net.netfilter, net.ipv4 or net);
     an old net.ipv4.netfilter.ip_conntrack_X name stands for nf_conntrack_X."""
@@ -111,6 +113,7 @@ _FLAGS = {"nf_conntrack_acct", "nf_conntrack_timestamp", "nf_conntrack_checksum"
           "nf_hooks_lwtunnel"}
 
 
+@functools.lru_cache(maxsize=4096)
 def spec(key: str) -> KeySpec | None:
     """The value range of a known integer key (full or short name); None for others."""
     short = short_name(key)

@@ -10,9 +10,9 @@ PACKAGE = Path(__file__).parent.parent / "ct_tune"
 PURE = {"engine", "plan", "fragments", "render", "drift", "whatif", "formulas", "parsers",
         "kernelmodel", "kubeproxy", "bootinit",
         "sysctld", "sysctlkeys", "findings", "flowparse", "flows", "check", "textfile",
-        "nsload", "applyreport"}
+        "nsload", "applyreport", "fleet", "fleet_table"}
 IO = {"facts", "sampler", "ctsource", "apply", "atomic", "capture", "cli", "cache", "writers",
-      "sockets", "nsview"}
+      "sockets", "nsview", "fleet_input"}
 
 
 def imports() -> dict[str, set[str]]:
