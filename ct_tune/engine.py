@@ -26,7 +26,7 @@ from jinja2 import Environment, TemplateError, nodes
 from jinja2.parser import Parser
 
 from ct_tune.errors import InputError
-from ct_tune.expr import ExprError, NoneDict
+from ct_tune.expr import ExprError, NoneDict, Scope
 from ct_tune.findings import Finding, error_text
 from ct_tune.profiles import Profile
 from ct_tune.ruleset import Rule
@@ -280,17 +280,18 @@ def _run(rule: Rule, base: dict[str, Any], planned: NoneDict, explain: bool = Tr
     current = base["sysctl"][param] if param else None
     ctx: dict[str, Any] = {**base, "planned": planned, "current": current,
                            "parameter": rule.parameter}
-    if not rule.when(ctx):
+    scope = Scope(ctx)  # every expression below sees ctx as it is when it runs
+    if not rule.when(scope):
         return None
     for name, expr in rule.lets:
-        ctx[name] = expr(ctx)
-    recommended = rule.recommended(ctx) if rule.recommended else None
+        ctx[name] = scope[name] = expr(scope)
+    recommended = rule.recommended(scope) if rule.recommended else None
     if isinstance(recommended, float) and recommended.is_integer():
         recommended = int(recommended)
-    ctx["recommended"] = recommended
+    ctx["recommended"] = scope["recommended"] = recommended
     for name, expr in rule.outcomes:
-        ctx[name] = expr(ctx)
-    case = next((c for c in rule.cases if c.condition(ctx)), None)
+        ctx[name] = scope[name] = expr(scope)
+    case = next((c for c in rule.cases if c.condition(scope)), None)
     if case is None:
         return None
     summary = case.summary.render(ctx)

@@ -441,6 +441,35 @@ def _evaluate(template: Template, ctx: Mapping[str, Any]) -> Any:
     return context.vars["result"]
 
 
+class Scope:
+    """The variables several expressions are evaluated with (one rule's, on one host), with
+    the globals merged in and the Jinja2 context built once rather than per expression:
+    that copy and that context were a third of the cost of a typical expression.
+
+    Evaluating in a Scope is evaluating with ``dict(scope.vars)``: the context's own
+    variables (the ``result`` of the previous expression) are cleared before each one, and
+    the compiled expressions write nothing else (they are ``result = <expression>``).
+    """
+
+    __slots__ = ("vars", "_context")
+
+    def __init__(self, ctx: Mapping[str, Any]) -> None:
+        self.vars: dict[str, Any] = {**_GLOBALS, **ctx}
+        self._context = _ENV.context_class(_ENV, self.vars, None, {})
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self.vars[name] = value
+
+
+def _evaluate_in(template: Template, scope: Scope) -> Any:
+    """_evaluate(template, ctx) for the ctx the scope holds."""
+    context = scope._context
+    context.vars.clear()
+    for _ in template.root_render_func(context):
+        pass
+    return context.vars["result"]
+
+
 @functools.lru_cache(maxsize=4096)
 def _compile_template(source: str) -> Template:
     return _load("text", source)
@@ -484,10 +513,11 @@ class Expr:
             # the bare message: a syntax error's str() would add a "line 1" line
             raise ExprError(f"invalid expression {_brief(source)}: {_why(e)}") from None
 
-    def __call__(self, ctx: Mapping[str, Any]) -> Any:
+    def __call__(self, ctx: Mapping[str, Any] | Scope) -> Any:
         _Budget.reset()
         try:
-            result = _evaluate(self._tpl, ctx)
+            result = (_evaluate_in(self._tpl, ctx) if isinstance(ctx, Scope)
+                      else _evaluate(self._tpl, ctx))
         except (TemplateError, *_FAILURES) as e:
             raise ExprError(f"expression {_brief(self.source)}: {_why(e)}") from None
         if isinstance(result, Undefined):
