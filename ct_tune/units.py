@@ -62,6 +62,8 @@ def with_unit(v: Any, unit: str | None) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, int | float):
+        if unit == "port":
+            return str(v)
         if unit == "bytes":
             return human_bytes(v)
         if unit == "seconds":
@@ -76,8 +78,37 @@ def with_unit(v: Any, unit: str | None) -> str:
             return f"{number(v)}/s"
         return number(v)
     if isinstance(v, Mapping):
-        items = [f"{k} {with_unit(x, None)}" for k, x in v.items() if x is not None]
-        return ", ".join(items) if items else "none"
+        items = [f"{k} {with_unit(x, _unit_of_key(str(k)))}" for k, x in v.items()
+                 if x is not None and not (str(k).endswith("_margin") and x == 0)]
+        return "; ".join(items) if items else "none"
     if isinstance(v, list | tuple):
-        return "; ".join(with_unit(x, unit) for x in v) if v else "nothing"
+        if not v:
+            return "nothing"
+        if unit == "ports":
+            return ", ".join(_port_count(x) for x in v)
+        return "; ".join(f"({with_unit(x, unit)})" if isinstance(x, list | tuple) else
+                         with_unit(x, unit) for x in v)
     return str(v)
+
+
+def _unit_of_key(key: str) -> str | None:
+    """The unit of a value inside a nested evidence object (a what-if, a held-by), by the
+    names ct-tune's helpers give them: shares are ratios, timeouts seconds, ports bare."""
+    if key == "share" or key.endswith("_share"):
+        return "ratio"
+    if key in ("timeout", "proposed", "default") or key.endswith(("_timeout", "_seconds")):
+        return "seconds"
+    if key in ("port", "dport"):
+        return "port"
+    if key.endswith("_dports") or key == "dports":
+        return "ports"
+    return None
+
+
+def _port_count(item: Any) -> str:
+    """[port, entries(, margin)] as 'port x entries' (a port never gets separators)."""
+    if isinstance(item, list | tuple) and len(item) >= 2 and all(
+            isinstance(x, int | float) and not isinstance(x, bool) for x in item):
+        margin = f" +- {number(item[2])}" if len(item) > 2 and item[2] else ""
+        return f"{item[0]} x {number(item[1])}{margin}"
+    return with_unit(item, None)

@@ -241,7 +241,10 @@ def test_one_duration_format(seconds, text):
     (1263825510.4, "bytes", "1.2 GiB"), (256, "bytes", "256 B"), (0.957, "ratio", "95.7 %"),
     (0.0004, "ratio", "0.04 %"), (12941.464049, None, "12,941"), (30.517578, None, "30.5"),
     (True, None, "yes"), (None, None, "none"), (2.0, None, "2"),
-    ({"sets": 7200, "mode": "raise", "undoes": None}, None, "sets 7,200, mode raise")])
+    ({"sets": 7200, "mode": "raise", "undoes": None}, None, "sets 7,200; mode raise"),
+    ({"timeout": 600, "share": 0.95, "entries_margin": 0, "top_dports": [[20301, 2, 0],
+      [53, 1200, 40]]}, None, "timeout 600 s (10 min); share 95 %; top_dports 20301 x 2, "
+     "53 x 1,200 +- 40")])
 def test_evidence_values(v, unit, text):
     assert units.with_unit(v, unit) == text
 
