@@ -451,7 +451,7 @@ class Scope:
     the compiled expressions write nothing else (they are ``result = <expression>``).
     """
 
-    __slots__ = ("vars", "_context")
+    __slots__ = ("_context", "vars")
 
     def __init__(self, ctx: Mapping[str, Any]) -> None:
         self.vars: dict[str, Any] = {**_GLOBALS, **ctx}
