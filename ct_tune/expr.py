@@ -184,9 +184,31 @@ def _weigh(value: Any, cap: int = MAX_SIZE) -> int:
         return 8
     total = 0
     stack = [value]
+    pop, extend = stack.pop, stack.extend
     while stack:
-        v = stack.pop()
-        if isinstance(v, (str, bytes)):
+        v = pop()
+        kind = type(v)
+        # the exact built-in types first (helpers return dicts of lists of str and int);
+        # the same count as the general case below, which subclasses and the rest take
+        if kind is str:
+            total += len(v)
+        elif kind is int:
+            total += 1 + v.bit_length() // 3
+        elif kind is dict:
+            total += 1 + len(v)
+            if total <= cap:  # each (key, value) item counts 1 + 2, as a tuple would
+                total += 3 * len(v)
+                extend(v.keys())
+                extend(v.values())
+        elif kind is list or kind is tuple:
+            total += 1 + len(v)
+            if total <= cap:
+                extend(v)
+        elif kind is bool or v is None:
+            total += 1
+        elif kind is float:
+            total += 8
+        elif isinstance(v, (str, bytes)):
             total += len(v)
         elif isinstance(v, bool) or v is None:
             total += 1

@@ -12,10 +12,12 @@ import dataclasses
 import tomllib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_rule_cases import CASES, load_case_facts
 
-from ct_tune import engine, profiles, ruleset
-from ct_tune.expr import Expr, ExprError, Scope
+from ct_tune import engine, expr, profiles, ruleset
+from ct_tune.expr import MAX_SIZE, Expr, ExprError, NoneDict, Scope
 
 
 def _findings(rules, facts, profile, explain=True):
@@ -65,3 +67,45 @@ def test_scope_sees_variables_set_after_it_was_made():
     scope = Scope({"a": 1})
     scope["b"] = 41
     assert Expr("a + b")(scope) == 42
+
+
+def _weigh_before(value, cap=MAX_SIZE):
+    """expr._weigh as it was before its fast paths for the exact built-in types."""
+    total = 0
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, (str, bytes)):
+            total += len(v)
+        elif isinstance(v, bool) or v is None:
+            total += 1
+        elif isinstance(v, int):
+            total += 1 + v.bit_length() // 3
+        elif isinstance(v, (list, tuple, set, frozenset, dict, range)):
+            total += 1 + len(v)
+            if total <= cap:
+                stack.extend(v.items() if isinstance(v, dict) else v)
+        else:
+            total += 8
+        if total > cap:
+            return total
+    return total
+
+
+_LEAVES = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30)
+           | st.binary(max_size=10) | st.builds(NoneDict, st.dictionaries(st.text(max_size=3),
+                                                                       st.integers(),
+                                                                       max_size=3)))
+_VALUES = st.recursive(_LEAVES, lambda kids: st.lists(kids, max_size=6)
+                       | st.tuples(kids, kids) | st.frozensets(st.integers(), max_size=4)
+                       | st.dictionaries(st.text(max_size=4) | st.integers(), kids, max_size=5),
+                       max_leaves=40)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_VALUES, st.sampled_from([0, 1, 5, 20, 100, MAX_SIZE]))
+def test_weigh_counts_as_before(value, cap):
+    """The sandbox's size bound and work budget see the same count: exact up to the cap,
+    above it both ways when past it."""
+    before, now = _weigh_before(value, cap), expr._weigh(value, cap)
+    assert now == before if before <= cap else now > cap
