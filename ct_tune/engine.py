@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from jinja2 import Environment, TemplateError, nodes
@@ -121,7 +121,21 @@ def _as_inputs(found: Iterable[Ref], rule: Rule) -> set[Ref]:
 
 
 def rule_inputs(rule: Rule) -> frozenset[Ref]:
-    """Every context lookup of every expression and text of the rule."""
+    """Every context lookup of every expression and text of the rule (worked out once per
+    rule object: a fleet report asks for each rule's on every host)."""
+    found = _RULE_INPUTS.get(id(rule))
+    if found is None or found[0] is not rule:
+        if len(_RULE_INPUTS) >= 4096:  # a long-lived process loading many rule sets
+            _RULE_INPUTS.clear()
+        found = _RULE_INPUTS[id(rule)] = (rule, _rule_inputs(rule))
+    return found[1]
+
+
+#: rule_inputs by id(rule), with the rule itself, which keeps the id from being reused
+_RULE_INPUTS: dict[int, tuple[Rule, frozenset[Ref]]] = {}
+
+
+def _rule_inputs(rule: Rule) -> frozenset[Ref]:
     out: set[Ref] = set(refs(rule.when.source))
     for expr in [e for _, e in rule.lets] + [e for _, e in rule.outcomes]:
         out |= refs(expr.source)
@@ -237,8 +251,11 @@ def unavailable(facts: dict[str, Any], base: dict[str, Any]) -> dict[Ref, list[s
     return out
 
 
-def _missing(inputs: Iterable[Ref], unknown: Mapping[Ref, list[str]]) -> list[str]:
+def _missing(inputs: Collection[Ref], unknown: Mapping[Ref, list[str]]) -> list[str]:
     """Why the inputs cannot be used, in a stable order (empty: all of them can)."""
+    roots = {r for r, _ in unknown}
+    if not any(root in roots or root == "*" for root, _ in inputs):
+        return []  # what the loop below finds for inputs that no unknown fact is under
     why: list[str] = []
     for root, key in sorted(inputs, key=lambda r: (r[0], r[1] or "")):
         if key is None:

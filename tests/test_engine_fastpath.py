@@ -109,3 +109,32 @@ def test_weigh_counts_as_before(value, cap):
     above it both ways when past it."""
     before, now = _weigh_before(value, cap), expr._weigh(value, cap)
     assert now == before if before <= cap else now > cap
+
+
+def _missing_before(inputs, unknown):
+    """engine._missing before its shortcut for inputs no unknown fact is under."""
+    why = []
+    for root, key in sorted(inputs, key=lambda r: (r[0], r[1] or "")):
+        if key is None:
+            hits = [w for (r, _), ws in unknown.items() if r == root or root == "*" for w in ws]
+        else:
+            hits = unknown.get((root, key), []) + unknown.get((root, None), [])
+        why += [w for w in hits if w not in why]
+    return why
+
+
+@pytest.mark.parametrize("case_file", [c for c in CASES if "unknown" in c.read_text()][:12],
+                         ids=lambda p: p.stem)
+def test_missing_inputs_as_before(case_file, tmp_path):
+    """Each rule's missing inputs, on facts with unknowns, and its inputs as computed
+    afresh (rule_inputs keeps them per rule object)."""
+    facts = load_case_facts(tomllib.loads(case_file.read_text()), tmp_path)
+    base = engine.build_context(facts, profiles.get(profiles.load(site=None), "default"))
+    unknown = engine.unavailable(facts, base)
+    unknown.setdefault(("planned", "nf_conntrack_max"), []).append("planned unknown")
+    unknown.setdefault(("*", None), [])
+    for rule in ruleset.load(site=None):
+        inputs = engine.rule_inputs(rule)
+        assert inputs == engine._rule_inputs(rule) and engine.rule_inputs(rule) is inputs
+        for table in (unknown, {k: v for k, v in unknown.items() if k[0] != "*"}):
+            assert engine._missing(inputs, table) == _missing_before(inputs, table), rule.id
