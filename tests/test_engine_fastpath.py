@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from test_rule_cases import CASES, load_case_facts
 
 from ct_tune import engine, expr, profiles, ruleset
-from ct_tune.expr import MAX_SIZE, Expr, ExprError, NoneDict, Scope
+from ct_tune.expr import MAX_SIZE, Expr, ExprError, NoneDict, Scope, Text
 
 
 def _findings(rules, facts, profile, explain=True):
@@ -38,6 +38,7 @@ def test_scope_gives_the_findings_of_plain_evaluation(case_file, tmp_path, monke
         fast = _findings(rules, facts, every[name])
         with monkeypatch.context() as m:
             m.setattr(engine, "Scope", dict)  # a plain dict: expr evaluates it as before
+            m.setattr(expr, "_DIRECT", {})  # every helper call through Jinja2's checks
             plain = _findings(rules, facts, every[name])
         assert fast == plain, name
 
@@ -138,3 +139,22 @@ def test_missing_inputs_as_before(case_file, tmp_path):
         assert inputs == engine._rule_inputs(rule) and engine.rule_inputs(rule) is inputs
         for table in (unknown, {k: v for k, v in unknown.items() if k[0] != "*"}):
             assert engine._missing(inputs, table) == _missing_before(inputs, table), rule.id
+
+
+@pytest.mark.parametrize("source", [
+    "{% for x in [3, 1, 2] %}{{ maximum(x, 2) }}{{ ceil(x / 2) }} {% endfor %}",
+    "{{ minimum([]) }}", "{{ maximum(1, 2, key=none) }}", "{{ usage(5, 10)|pct }}",
+])
+def test_helpers_called_directly_as_through_jinja(source, monkeypatch):
+    """The registered helpers skip Jinja2's per-call checks: the same text or error,
+    in a loop (whose calls carry Jinja2's _loop_vars) too."""
+    def run():
+        try:
+            return Text(source).render({})
+        except ExprError as e:
+            return f"error: {e}"
+
+    direct = run()
+    monkeypatch.setattr(expr, "_DIRECT", {})
+    assert direct == run()
+    assert len(expr._direct_helpers()) == sum(callable(f) for f in expr.HELPERS.values())
