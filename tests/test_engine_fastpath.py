@@ -8,15 +8,18 @@ both ways and compare every finding field, explanations included.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
+import math
 import tomllib
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_rule_cases import CASES, load_case_facts
 
-from ct_tune import engine, expr, profiles, ruleset
+from ct_tune import engine, expr, profiles, ruleset, snapshot
 from ct_tune.expr import MAX_SIZE, Expr, ExprError, NoneDict, Scope, Text
 
 
@@ -158,3 +161,130 @@ def test_helpers_called_directly_as_through_jinja(source, monkeypatch):
     monkeypatch.setattr(expr, "_DIRECT", {})
     assert direct == run()
     assert len(expr._direct_helpers()) == sum(callable(f) for f in expr.HELPERS.values())
+
+
+# snapshot._check before its reordering, for the comparison below
+def _check_before(value, spec, where, out):
+    """Append (field path, problem) for everything wrong in value, not just the first."""
+    def fail(problem: str) -> None:
+        out.append((where, problem))
+
+    kind = spec[0] if isinstance(spec, tuple) and spec and isinstance(spec[0], str) else None
+    if kind == "optional":
+        _check_before(value, spec[1], where, out)
+    elif kind == "nullable":
+        sub = spec[1]
+        if value is None:
+            return
+        not_int = isinstance(value, bool) or not isinstance(value, int)
+        if isinstance(sub, tuple) and sub[0] == "int" and not_int:
+            fail(f"expected integer or null, found {snapshot._show(value)}")
+        else:
+            _check_before(value, sub, where, out)
+    elif kind == "mapping":
+        if not isinstance(value, dict):
+            fail(f"expected an object, found {snapshot._show(value)}")
+            return
+        for key, item in value.items():
+            if spec[2] is not None and not spec[2].fullmatch(key):
+                out.append((f"{where}.{key}" if where else key, "not a valid key here"))
+                continue
+            _check_before(item, spec[1], f"{where}.{key}", out)
+    elif kind == "list":
+        if not isinstance(value, list):
+            fail(f"expected a list, found {snapshot._show(value)}")
+            return
+        if len(value) > spec[2]:
+            fail(f"more than {spec[2]} items")
+            return
+        for n, item in enumerate(value):
+            _check_before(item, spec[1], f"{where}[{n}]", out)
+    elif kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail(f"expected integer, found {snapshot._show(value)}")
+        elif not spec[1] <= value <= spec[2]:
+            fail(f"{value} is outside {spec[1]}..{spec[2]}")
+    elif kind == "sysctl-value":
+        snapshot._check_sysctl_value(value, where, out)
+    elif isinstance(spec, dict):
+        if not isinstance(value, dict):
+            fail(f"expected an object, found {snapshot._show(value)}")
+            return
+        for key, sub in spec.items():
+            if key not in value and isinstance(sub, tuple) and sub and sub[0] == "optional":
+                continue
+            if key not in value:
+                fail(f"missing field {key!r}")
+                continue
+            _check_before(value[key], sub, f"{where}.{key}" if where else key, out)
+    else:
+        # bool is an int subclass in Python: only accept it where booleans are meant.
+        ok = isinstance(value, spec) and not (isinstance(value, bool) and bool not in spec)
+        if not ok:
+            fail(f"expected {snapshot._describe(spec)}, found {snapshot._show(value)}")
+        elif isinstance(value, float) and not math.isfinite(value):
+            fail(f"expected a finite number, found {value}")
+        elif isinstance(value, int) and not isinstance(value, bool) \
+                and abs(value) > snapshot.INT_LIMIT:
+            fail(f"{value} is beyond 64 bits")
+
+
+@pytest.fixture(scope="module")
+def snapshots(tmp_path_factory):
+    """Snapshots (facts as collected) of a few captured hosts, with their table sample."""
+    out = []
+    for case_file in CASES[:40:8]:
+        data = load_case_facts(tomllib.loads(case_file.read_text()),
+                               tmp_path_factory.mktemp("case"))
+        out.append(json.loads(json.dumps({**data, "schema": snapshot.SCHEMA_NAME,
+                                          "schema_version": snapshot.SCHEMA_VERSION})))
+    return out
+
+
+def _paths(value, path=()):
+    yield path
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _paths(v, (*path, k))
+    elif isinstance(value, list):
+        for n, v in enumerate(value):
+            yield from _paths(v, (*path, n))
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats()
+                     | st.text(max_size=8),
+                     lambda kids: st.lists(kids, max_size=3)
+                     | st.dictionaries(st.text(max_size=6), kids, max_size=3), max_leaves=8)
+
+
+#: one of each kind a spec tells apart
+_ODD = [None, True, False, 0, -1, 2**64, 1.5, math.inf, math.nan, "x", "", [], {}, [1], ["x"],
+        {"a": 1}, {"1": "x"}]
+
+
+@settings(max_examples=1000, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_snapshot_check_reports_as_before(snapshots, data):
+    """The same problems, in the same order, for snapshots with one field replaced (or
+    removed) by anything JSON can hold."""
+    doc = copy.deepcopy(data.draw(st.sampled_from(snapshots)))
+    path = data.draw(st.sampled_from(sorted((p for p in _paths(doc) if p), key=repr)))
+    parent = doc
+    for part in path[:-1]:
+        parent = parent[part]
+    if isinstance(parent, dict) and data.draw(st.booleans()):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = data.draw(st.sampled_from(_ODD) | _JSON)
+    now, before = [], []
+    snapshot._check(doc, snapshot.SPEC, "", now)
+    _check_before(doc, snapshot.SPEC, "", before)
+    assert now == before
+
+
+def test_snapshot_check_accepts_the_snapshots(snapshots):
+    for doc in snapshots:
+        found = []
+        snapshot._check(doc, snapshot.SPEC, "", found)
+        assert found == []
