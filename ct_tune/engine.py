@@ -26,7 +26,7 @@ from jinja2 import Environment, TemplateError, nodes
 from jinja2.parser import Parser
 
 from ct_tune.errors import InputError
-from ct_tune.expr import ExprError, NoneDict, Scope
+from ct_tune.expr import ExprError, HelperMemo, NoneDict, Scope
 from ct_tune.findings import Finding, error_text
 from ct_tune.profiles import Profile
 from ct_tune.ruleset import Rule
@@ -350,24 +350,34 @@ def evaluate(rules: Iterable[Rule], facts: dict[str, Any], profile: Profile,
     unknown = unavailable(facts, base)
     planned = NoneDict(base["sysctl"])
     findings: list[Finding] = []
-    for rule in rules:
-        why = _missing(rule_inputs(rule), unknown) if unknown else []
-        try:
-            if why and _applies(rule, base, planned, unknown) is False:
-                continue  # does not apply here, whatever the missing inputs say
-            finding = _unknown(rule, base, why) if why else _run(rule, base, planned,
-                                                                  explain)
-        except ExprError as e:
-            raise InputError(rule.path, str(e), item=rule.id) from None
-        if finding is None:
-            continue
-        if finding.severity == "unknown" and rule.short_parameter:
-            # the rules after it must not size themselves from a value nobody assessed
-            unknown.setdefault(("planned", rule.short_parameter), []).extend(
-                w for w in why if w not in unknown.get(("planned", rule.short_parameter), []))
-        if finding.parameter in keep:
-            planned[rule.short_parameter] = keep[finding.parameter]
-        elif finding.parameter and finding.recommended is not None:
-            planned[rule.short_parameter] = finding.recommended
-        findings.append(finding)
+    # the context's roots are this host's facts and profile, which no rule changes (planned
+    # is not among them): helpers called with them are computed once for all the rules
+    with HelperMemo(base.values()):
+        for rule in rules:
+            finding = _one(rule, base, planned, unknown, keep, explain)
+            if finding is not None:
+                findings.append(finding)
     return findings
+
+
+def _one(rule: Rule, base: dict[str, Any], planned: NoneDict, unknown: dict[Ref, list[str]],
+         keep: Mapping[str, Any], explain: bool) -> Finding | None:
+    """The rule's finding (None: none), with planned and unknown updated for the next."""
+    why = _missing(rule_inputs(rule), unknown) if unknown else []
+    try:
+        if why and _applies(rule, base, planned, unknown) is False:
+            return None  # does not apply here, whatever the missing inputs say
+        finding = _unknown(rule, base, why) if why else _run(rule, base, planned, explain)
+    except ExprError as e:
+        raise InputError(rule.path, str(e), item=rule.id) from None
+    if finding is None:
+        return None
+    if finding.severity == "unknown" and rule.short_parameter:
+        # the rules after it must not size themselves from a value nobody assessed
+        unknown.setdefault(("planned", rule.short_parameter), []).extend(
+            w for w in why if w not in unknown.get(("planned", rule.short_parameter), []))
+    if finding.parameter in keep:
+        planned[rule.short_parameter] = keep[finding.parameter]
+    elif finding.parameter and finding.recommended is not None:
+        planned[rule.short_parameter] = finding.recommended
+    return finding

@@ -372,11 +372,20 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
             # context to (checked once, in _direct_helpers): called as Context.call does
             kwargs.pop("_block_vars", None)
             kwargs.pop("_loop_vars", None)
+            memo = HelperMemo.active
+            key = None
+            if memo is not None and id(__obj) in _MEMOIZED and not kwargs \
+                    and all(memo.stable.get(id(a), _NOTHING) is a for a in args):
+                key = (id(__obj), *map(id, args))
+                if key in memo.results:
+                    return _bounded(memo.results[key], "call result")
             try:
                 result = __obj(*args, **kwargs)
             except StopIteration:
                 result = __self.undefined("value was undefined because a callable raised "
                                           "a StopIteration exception")
+            if key is not None:
+                memo.results[key] = result
             return _bounded(result, "call result")
         return _bounded(super().call(__context, __obj, *args, **kwargs), "call result")
 
@@ -414,6 +423,33 @@ def _direct_helpers() -> dict[int, Callable[..., Any]]:
 
 
 _DIRECT = _direct_helpers()
+#: Helpers that are pure functions of their arguments, which several rules call with the
+#: same facts: computed once per host while a HelperMemo is active (engine.evaluate)
+_MEMOIZED = frozenset(id(HELPERS[name]) for name in
+                      ("boot_defaults", "early_load_at_boot", "kube_proxy"))
+_NOTHING = object()
+
+
+class HelperMemo:
+    """While active (a with block): the results of the _MEMOIZED helpers called with
+    arguments that are all among ``stable``, objects nothing changes while it is active
+    (one host's facts), by the identity of the helper and of each argument.  A result is
+    handed out again as it is: rule expressions cannot change a value (the sandbox is
+    immutable); it is still weighed and spent from the budget on every call."""
+
+    active: HelperMemo | None = None
+
+    def __init__(self, stable: Iterable[Any]) -> None:
+        self.stable = {id(o): o for o in stable}
+        self.results: dict[tuple[int, ...], Any] = {}
+        self._outer: HelperMemo | None = None
+
+    def __enter__(self) -> HelperMemo:
+        self._outer, HelperMemo.active = HelperMemo.active, self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        HelperMemo.active = self._outer
 
 
 def _expression_tree(source: str) -> nodes.Template:

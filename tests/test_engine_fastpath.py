@@ -42,6 +42,7 @@ def test_scope_gives_the_findings_of_plain_evaluation(case_file, tmp_path, monke
         with monkeypatch.context() as m:
             m.setattr(engine, "Scope", dict)  # a plain dict: expr evaluates it as before
             m.setattr(expr, "_DIRECT", {})  # every helper call through Jinja2's checks
+            m.setattr(expr, "_MEMOIZED", frozenset())  # and computed every time
             plain = _findings(rules, facts, every[name])
         assert fast == plain, name
 
@@ -288,3 +289,18 @@ def test_snapshot_check_accepts_the_snapshots(snapshots):
         found = []
         snapshot._check(doc, snapshot.SPEC, "", found)
         assert found == []
+
+
+def test_helper_memo_computes_once_per_host_and_only_for_unchanged_arguments():
+    writers, profile, host = {"kube_proxy": {"running": True}}, {}, NoneDict({"kernel": "6.1"})
+    other_host = NoneDict({"kernel": "6.1"})
+    twice = "[kube_proxy(w, p, h), kube_proxy(w, p, h)]"
+    with expr.HelperMemo([writers, profile, host]) as memo:
+        first, second = Expr(twice)({"w": writers, "p": profile, "h": host})
+        assert first is second and first is not None and len(memo.results) == 1
+        # an argument that is not among the stable objects (planned, a copy): not kept
+        Expr("kube_proxy(w, p, h)")({"w": writers, "p": profile, "h": other_host})
+        assert len(memo.results) == 1
+    assert expr.HelperMemo.active is None
+    outside = Expr(twice)({"w": writers, "p": profile, "h": host})
+    assert outside[0] == first and outside[0] is not outside[1]
