@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from jinja2 import Environment, TemplateError, nodes
 from jinja2.parser import Parser
 
 from ct_tune.errors import InputError
-from ct_tune.expr import ExprError, NoneDict, Scope
+from ct_tune.expr import ExprError, HelperMemo, NoneDict, Scope
 from ct_tune.findings import Finding, error_text
 from ct_tune.profiles import Profile
 from ct_tune.ruleset import Rule
@@ -121,7 +121,21 @@ def _as_inputs(found: Iterable[Ref], rule: Rule) -> set[Ref]:
 
 
 def rule_inputs(rule: Rule) -> frozenset[Ref]:
-    """Every context lookup of every expression and text of the rule."""
+    """Every context lookup of every expression and text of the rule (worked out once per
+    rule object: a fleet report asks for each rule's on every host)."""
+    found = _RULE_INPUTS.get(id(rule))
+    if found is None or found[0] is not rule:
+        if len(_RULE_INPUTS) >= 4096:  # a long-lived process loading many rule sets
+            _RULE_INPUTS.clear()
+        found = _RULE_INPUTS[id(rule)] = (rule, _rule_inputs(rule))
+    return found[1]
+
+
+#: rule_inputs by id(rule), with the rule itself, which keeps the id from being reused
+_RULE_INPUTS: dict[int, tuple[Rule, frozenset[Ref]]] = {}
+
+
+def _rule_inputs(rule: Rule) -> frozenset[Ref]:
     out: set[Ref] = set(refs(rule.when.source))
     for expr in [e for _, e in rule.lets] + [e for _, e in rule.outcomes]:
         out |= refs(expr.source)
@@ -237,8 +251,11 @@ def unavailable(facts: dict[str, Any], base: dict[str, Any]) -> dict[Ref, list[s
     return out
 
 
-def _missing(inputs: Iterable[Ref], unknown: Mapping[Ref, list[str]]) -> list[str]:
+def _missing(inputs: Collection[Ref], unknown: Mapping[Ref, list[str]]) -> list[str]:
     """Why the inputs cannot be used, in a stable order (empty: all of them can)."""
+    roots = {r for r, _ in unknown}
+    if not any(root in roots or root == "*" for root, _ in inputs):
+        return []  # what the loop below finds for inputs that no unknown fact is under
     why: list[str] = []
     for root, key in sorted(inputs, key=lambda r: (r[0], r[1] or "")):
         if key is None:
@@ -333,24 +350,34 @@ def evaluate(rules: Iterable[Rule], facts: dict[str, Any], profile: Profile,
     unknown = unavailable(facts, base)
     planned = NoneDict(base["sysctl"])
     findings: list[Finding] = []
-    for rule in rules:
-        why = _missing(rule_inputs(rule), unknown) if unknown else []
-        try:
-            if why and _applies(rule, base, planned, unknown) is False:
-                continue  # does not apply here, whatever the missing inputs say
-            finding = _unknown(rule, base, why) if why else _run(rule, base, planned,
-                                                                  explain)
-        except ExprError as e:
-            raise InputError(rule.path, str(e), item=rule.id) from None
-        if finding is None:
-            continue
-        if finding.severity == "unknown" and rule.short_parameter:
-            # the rules after it must not size themselves from a value nobody assessed
-            unknown.setdefault(("planned", rule.short_parameter), []).extend(
-                w for w in why if w not in unknown.get(("planned", rule.short_parameter), []))
-        if finding.parameter in keep:
-            planned[rule.short_parameter] = keep[finding.parameter]
-        elif finding.parameter and finding.recommended is not None:
-            planned[rule.short_parameter] = finding.recommended
-        findings.append(finding)
+    # the context's roots are this host's facts and profile, which no rule changes (planned
+    # is not among them): helpers called with them are computed once for all the rules
+    with HelperMemo(base.values()):
+        for rule in rules:
+            finding = _one(rule, base, planned, unknown, keep, explain)
+            if finding is not None:
+                findings.append(finding)
     return findings
+
+
+def _one(rule: Rule, base: dict[str, Any], planned: NoneDict, unknown: dict[Ref, list[str]],
+         keep: Mapping[str, Any], explain: bool) -> Finding | None:
+    """The rule's finding (None: none), with planned and unknown updated for the next."""
+    why = _missing(rule_inputs(rule), unknown) if unknown else []
+    try:
+        if why and _applies(rule, base, planned, unknown) is False:
+            return None  # does not apply here, whatever the missing inputs say
+        finding = _unknown(rule, base, why) if why else _run(rule, base, planned, explain)
+    except ExprError as e:
+        raise InputError(rule.path, str(e), item=rule.id) from None
+    if finding is None:
+        return None
+    if finding.severity == "unknown" and rule.short_parameter:
+        # the rules after it must not size themselves from a value nobody assessed
+        unknown.setdefault(("planned", rule.short_parameter), []).extend(
+            w for w in why if w not in unknown.get(("planned", rule.short_parameter), []))
+    if finding.parameter in keep:
+        planned[rule.short_parameter] = keep[finding.parameter]
+    elif finding.parameter and finding.recommended is not None:
+        planned[rule.short_parameter] = finding.recommended
+    return finding

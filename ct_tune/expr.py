@@ -184,9 +184,31 @@ def _weigh(value: Any, cap: int = MAX_SIZE) -> int:
         return 8
     total = 0
     stack = [value]
+    pop, extend = stack.pop, stack.extend
     while stack:
-        v = stack.pop()
-        if isinstance(v, (str, bytes)):
+        v = pop()
+        kind = type(v)
+        # the exact built-in types first (helpers return dicts of lists of str and int);
+        # the same count as the general case below, which subclasses and the rest take
+        if kind is str:
+            total += len(v)
+        elif kind is int:
+            total += 1 + v.bit_length() // 3
+        elif kind is dict:
+            total += 1 + len(v)
+            if total <= cap:  # each (key, value) item counts 1 + 2, as a tuple would
+                total += 3 * len(v)
+                extend(v.keys())
+                extend(v.values())
+        elif kind is list or kind is tuple:
+            total += 1 + len(v)
+            if total <= cap:
+                extend(v)
+        elif kind is bool or v is None:
+            total += 1
+        elif kind is float:
+            total += 8
+        elif isinstance(v, (str, bytes)):
             total += len(v)
         elif isinstance(v, bool) or v is None:
             total += 1
@@ -345,6 +367,26 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
     def call(__self, __context: Context, __obj: Any, *args: Any,
              **kwargs: Any) -> Any:
         _Budget.spend(STEP)
+        if _DIRECT.get(id(__obj)) is __obj:
+            # one of the registered helpers, which Jinja2 would find safe and pass no
+            # context to (checked once, in _direct_helpers): called as Context.call does
+            kwargs.pop("_block_vars", None)
+            kwargs.pop("_loop_vars", None)
+            memo = HelperMemo.active
+            key = None
+            if memo is not None and id(__obj) in _MEMOIZED and not kwargs \
+                    and all(memo.stable.get(id(a), _NOTHING) is a for a in args):
+                key = (id(__obj), *map(id, args))
+                if key in memo.results:
+                    return _bounded(memo.results[key], "call result")
+            try:
+                result = __obj(*args, **kwargs)
+            except StopIteration:
+                result = __self.undefined("value was undefined because a callable raised "
+                                          "a StopIteration exception")
+            if key is not None:
+                memo.results[key] = result
+            return _bounded(result, "call result")
         return _bounded(super().call(__context, __obj, *args, **kwargs), "call result")
 
     @staticmethod
@@ -362,6 +404,52 @@ _ENV = BoundedSandbox(undefined=StrictUndefined, autoescape=False,
 _ENV.globals.update(HELPERS)
 _ENV.filters.update({name: _ENV._bounded_filter(name, f) for name, f in FILTERS.items()})
 _GLOBALS = dict(_ENV.make_globals(None))
+
+
+def _direct_helpers() -> dict[int, Callable[..., Any]]:
+    """The helpers the sandbox may call without Jinja2's per-call checks, by id: safely
+    callable, and taking no context, eval context or environment (their own or their
+    __call__'s), so Context.call would call them with the arguments as given."""
+    from jinja2.utils import _PassArg
+
+    out = {}
+    for f in HELPERS.values():
+        if not callable(f) or not _ENV.is_safe_callable(f) or _PassArg.from_obj(f) is not None:
+            continue
+        if hasattr(f, "__call__") and _PassArg.from_obj(f.__call__) is not None:  # noqa: B004
+            continue
+        out[id(f)] = f
+    return out
+
+
+_DIRECT = _direct_helpers()
+#: Helpers that are pure functions of their arguments, which several rules call with the
+#: same facts: computed once per host while a HelperMemo is active (engine.evaluate)
+_MEMOIZED = frozenset(id(HELPERS[name]) for name in
+                      ("boot_defaults", "early_load_at_boot", "kube_proxy"))
+_NOTHING = object()
+
+
+class HelperMemo:
+    """While active (a with block): the results of the _MEMOIZED helpers called with
+    arguments that are all among ``stable``, objects nothing changes while it is active
+    (one host's facts), by the identity of the helper and of each argument.  A result is
+    handed out again as it is: rule expressions cannot change a value (the sandbox is
+    immutable); it is still weighed and spent from the budget on every call."""
+
+    active: HelperMemo | None = None
+
+    def __init__(self, stable: Iterable[Any]) -> None:
+        self.stable = {id(o): o for o in stable}
+        self.results: dict[tuple[int, ...], Any] = {}
+        self._outer: HelperMemo | None = None
+
+    def __enter__(self) -> HelperMemo:
+        self._outer, HelperMemo.active = HelperMemo.active, self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        HelperMemo.active = self._outer
 
 
 def _expression_tree(source: str) -> nodes.Template:
@@ -451,7 +539,7 @@ class Scope:
     the compiled expressions write nothing else (they are ``result = <expression>``).
     """
 
-    __slots__ = ("vars", "_context")
+    __slots__ = ("_context", "vars")
 
     def __init__(self, ctx: Mapping[str, Any]) -> None:
         self.vars: dict[str, Any] = {**_GLOBALS, **ctx}
