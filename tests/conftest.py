@@ -52,3 +52,36 @@ def run_cli(*args: str, input: str | None = None, env: dict | None = None,
 
 def tree_args(roots: facts.Roots) -> list[str]:
     return ["--procfs", str(roots.procfs), "--sysfs", str(roots.sysfs)]
+
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@pytest.fixture
+def unprivileged_python(tmp_path_factory):
+    """An interpreter line an unprivileged user can run ct-tune with.  The checkout and
+    the virtualenv may sit in a directory only root can enter (a fresh mktemp clone), so
+    ct-tune, its rules and its dependencies are copied to a world-readable directory;
+    the system Python of the same version stands in when ours is under a private home."""
+    import importlib.util
+
+    shared = Path(tempfile.mkdtemp(prefix="ct-tune-nobody-"))
+    try:
+        for name in ("ct_tune", "click", "jinja2", "markupsafe", "tabulate"):
+            origin = Path(importlib.util.find_spec(name).origin)
+            src = origin.parent if origin.name == "__init__.py" else origin
+            dst = shared / src.name
+            (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+        shutil.copytree(ROOT / "rules", shared / "rules")
+        for p in [shared, *shared.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+        for exe in (sys.executable, f"/usr/bin/{version}"):
+            cmd = [*NOBODY, "env", f"PYTHONPATH={shared}", "HOME=/tmp", exe]
+            if subprocess.run([*cmd, "-c", "import ct_tune.cli"], capture_output=True,
+                              timeout=60, check=False).returncode == 0:
+                yield cmd
+                return
+        pytest.skip("no Python interpreter here that an unprivileged user can run")
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)

@@ -224,40 +224,6 @@ def test_killed_during_the_file_write_leaves_the_old_file_and_rollback_recovers(
     assert sorted(p.name for p in (tmp_path / "etc/sysctl.d").iterdir()) == ["99-ct-tune.conf"]
 
 
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-
-
-@pytest.fixture
-def unprivileged_python(tmp_path_factory):
-    """An interpreter line an unprivileged user can run ct-tune with.  The checkout and
-    the virtualenv may sit in a directory only root can enter (a fresh mktemp clone), so
-    ct-tune, its rules and its dependencies are copied to a world-readable directory;
-    the system Python of the same version stands in when ours is under a private home."""
-    import importlib.util
-    import shutil
-    import tempfile
-
-    shared = Path(tempfile.mkdtemp(prefix="ct-tune-nobody-"))
-    try:
-        for name in ("ct_tune", "click", "jinja2", "markupsafe", "tabulate"):
-            origin = Path(importlib.util.find_spec(name).origin)
-            src = origin.parent if origin.name == "__init__.py" else origin
-            dst = shared / src.name
-            (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
-        shutil.copytree(ROOT / "rules", shared / "rules")
-        for p in [shared, *shared.rglob("*")]:
-            p.chmod(0o755 if p.is_dir() else 0o644)
-        version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-        for exe in (sys.executable, f"/usr/bin/{version}"):
-            cmd = [*NOBODY, "env", f"PYTHONPATH={shared}", "HOME=/tmp", exe]
-            if sh(*cmd, "-c", "import ct_tune.cli", check=False).returncode == 0:
-                yield cmd
-                return
-        pytest.skip("no Python interpreter here that an unprivileged user can run")
-    finally:
-        shutil.rmtree(shared, ignore_errors=True)
-
-
 def test_not_root_is_refused_before_anything_is_touched(ns, tmp_path, unprivileged_python):
     if not Path("/usr/bin/setpriv").exists():
         pytest.skip("needs setpriv (util-linux) to drop privileges")
