@@ -94,7 +94,7 @@ def collect_args(params, output):
 
 
 def _number(value):
-    return ("%d" % value) if float(value).is_integer() else repr(float(value))
+    return f"{int(value)}" if float(value).is_integer() else repr(float(value))
 
 
 def status_at_least(status, level):
@@ -151,10 +151,10 @@ def diff_of(doc):
     live = [v for v in doc.get("live_values") or [] if v.get("changed")]
     if live:
         out.append({
-            "before_header": "live values (%s/sys)" % doc.get("procfs"),
-            "after_header": "live values (%s/sys)" % doc.get("procfs"),
-            "before": "".join("%s = %s\n" % (v["key"], v["before"]) for v in live),
-            "after": "".join("%s = %s\n" % (v["key"], v["after"]) for v in live),
+            "before_header": f"live values ({doc.get('procfs')}/sys)",
+            "after_header": f"live values ({doc.get('procfs')}/sys)",
+            "before": "".join(f"{v['key']} = {v['before']}\n" for v in live),
+            "after": "".join(f"{v['key']} = {v['after']}\n" for v in live),
         })
     return out
 
@@ -165,19 +165,19 @@ def find_ct_tune(module):
     exe = module.params.get("executable")
     if exe:
         if not (os.path.isfile(exe) and os.access(exe, os.X_OK)):
-            module.fail_json(msg="ct-tune executable %s does not exist or is not executable: %s"
-                             % (exe, PACKAGE_HINT), reason="not-installed")
+            module.fail_json(msg=f"ct-tune executable {exe} does not exist or is not "
+                                 f"executable: {PACKAGE_HINT}", reason="not-installed")
         return exe
     found = module.get_bin_path("ct-tune", required=False)
     if not found:
-        module.fail_json(msg="ct-tune is not installed on this host (not found on PATH): %s"
-                         % PACKAGE_HINT, reason="not-installed")
+        module.fail_json(msg="ct-tune is not installed on this host (not found on PATH): "
+                             f"{PACKAGE_HINT}", reason="not-installed")
     return found
 
 
 def run_json(module, exe, args):
     """Run ct-tune; (rc, parsed JSON or None, stdout, stderr)."""
-    rc, out, err = module.run_command([exe] + list(args),
+    rc, out, err = module.run_command([exe, *args],
                                       environ_update={"LC_ALL": "C.UTF-8"})
     try:
         doc = json.loads(out) if out.strip() else None

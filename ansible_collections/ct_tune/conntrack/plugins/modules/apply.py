@@ -190,6 +190,7 @@ report:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.ct_tune.conntrack.plugins.module_utils.cttune import (
     apply_args,
     diff_of,
@@ -235,9 +236,9 @@ def main():
     exe = find_ct_tune(module)
     rc, doc, out, err = run_json(module, exe, apply_args(module.params, module.check_mode))
     if not isinstance(doc, dict) or "changed" not in doc:
-        module.fail_json(msg="ct-tune %s failed (exit %d): %s"
-                         % ("rollback" if module.params["state"] == "rolled_back" else "apply",
-                            rc, err.strip() or out.strip() or "no output"),
+        command = "rollback" if module.params["state"] == "rolled_back" else "apply"
+        module.fail_json(msg=f"ct-tune {command} failed (exit {rc}): "
+                             f"{err.strip() or out.strip() or 'no output'}",
                          rc=rc, stderr=err, reason="error", changed=False)
     result = dict(
         changed=bool(doc.get("changed")),
@@ -259,7 +260,7 @@ def main():
             module.exit_json(skipped=True, reason=reason, msg=error.get("message"), **result)
         msg = error.get("message") or err.strip()
         if reason in HINTS:
-            msg = "%s (%s)" % (msg, HINTS[reason])
+            msg = f"{msg} ({HINTS[reason]})"
         module.fail_json(msg=msg, reason=reason, rc=rc, stderr=err, **result)
     for warning in doc.get("warnings") or []:
         module.warn(warning)

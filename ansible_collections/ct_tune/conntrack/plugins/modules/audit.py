@@ -161,6 +161,7 @@ reason:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.ct_tune.conntrack.plugins.module_utils.cttune import (
     audit_args,
     facts_summary,
@@ -191,8 +192,8 @@ def main():
     exe = find_ct_tune(module)
     rc, report, out, err = run_json(module, exe, audit_args(module.params))
     if not isinstance(report, dict) or "findings" not in report:
-        module.fail_json(msg="ct-tune audit failed (exit %d): %s"
-                         % (rc, err.strip() or out.strip() or "no output"),
+        module.fail_json(msg=f"ct-tune audit failed (exit {rc}): "
+                             f"{err.strip() or out.strip() or 'no output'}",
                          rc=rc, stderr=err, reason="bad-input")
     findings = report.get("findings") or []
     result = dict(
@@ -211,10 +212,10 @@ def main():
     if status_at_least(result["status"], module.params["fail_on"]):
         worst = [f for f in findings if status_at_least(f.get("severity"),
                                                         module.params["fail_on"])]
-        lines = ["%s %s: %s" % (f.get("severity"), f.get("rule"), f.get("summary"))
+        lines = [f"{f.get('severity')} {f.get('rule')}: {f.get('summary')}"
                  for f in worst] or result["errors"]
-        module.fail_json(msg="conntrack audit status %s (fail_on: %s): %s"
-                         % (result["status"], module.params["fail_on"], "; ".join(lines)),
+        module.fail_json(msg=f"conntrack audit status {result['status']} "
+                             f"(fail_on: {module.params['fail_on']}): {'; '.join(lines)}",
                          reason="fail_on", **result)
     module.exit_json(**result)
 

@@ -107,6 +107,7 @@ import hashlib
 import json
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.ct_tune.conntrack.plugins.module_utils.cttune import (
     collect_args,
     find_ct_tune,
@@ -117,7 +118,7 @@ def _read(path):
     try:
         with open(path, "rb") as f:
             return f.read()
-    except (IOError, OSError):
+    except OSError:
         return None
 
 
@@ -139,22 +140,22 @@ def main():
     if module.check_mode:
         module.exit_json(changed=True, dest=dest)
     before = _read(dest)
-    rc, out, err = module.run_command([exe] + collect_args(module.params, dest),
-                                      environ_update={"LC_ALL": "C.UTF-8"})
+    rc, _out, err = module.run_command([exe, *collect_args(module.params, dest)],
+                                       environ_update={"LC_ALL": "C.UTF-8"})
     if rc != 0:
-        module.fail_json(msg="ct-tune collect failed (exit %d): %s"
-                         % (rc, err.strip() or "no output"), rc=rc, stderr=err,
+        module.fail_json(msg=f"ct-tune collect failed (exit {rc}): "
+                             f"{err.strip() or 'no output'}", rc=rc, stderr=err,
                          reason="error", changed=_read(dest) != before)
     data = _read(dest)
     if data is None:
-        module.fail_json(msg="%s: ct-tune collect wrote no file" % dest, reason="error")
+        module.fail_json(msg=f"{dest}: ct-tune collect wrote no file", reason="error")
     result = dict(changed=data != before, dest=dest, size=len(data),
                   sha256=hashlib.sha256(data).hexdigest())
     if module.params["return_content"]:
         try:
             result["snapshot"] = json.loads(data.decode("utf-8"))
         except ValueError as e:
-            module.fail_json(msg="%s: not JSON: %s" % (dest, e), reason="error", **result)
+            module.fail_json(msg=f"{dest}: not JSON: {e}", reason="error", **result)
     if err.strip():
         for line in err.strip().splitlines():
             module.warn(line)
