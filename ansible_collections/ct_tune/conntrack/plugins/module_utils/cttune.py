@@ -20,6 +20,20 @@ PACKAGE_HINT = ("install it on the target with 'pip install ct-tune' (or point t
 #: unknown > ok)
 STATUS_ORDER = ("ok", "unknown", "warning", "critical")
 
+#: argument specs of the options doc_fragments/cttune.py documents once
+HOST_ARGS = dict(
+    sample=dict(type="bool", default=True),
+    sample_limit=dict(type="int"),
+    procfs=dict(type="path"),
+    sysfs=dict(type="path"),
+    executable=dict(type="path"),
+)
+RULES_ARGS = dict(
+    profile=dict(type="str", default="default"),
+    rules_dirs=dict(type="list", elements="path", default=[]),
+    builtin_rules=dict(type="bool", default=True),
+)
+
 
 def _common(params):
     """--procfs/--sysfs/--rules-dir, shared by audit, apply and collect."""

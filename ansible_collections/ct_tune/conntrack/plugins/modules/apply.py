@@ -32,10 +32,6 @@ options:
     type: str
     choices: [present, rolled_back]
     default: present
-  profile:
-    description: Targets to tune for (C(ct-tune profiles list)).
-    type: str
-    default: default
   root:
     description: Where the files go (and the rollback state, under
       C(ROOT/var/lib/ct-tune)). Default C(/).
@@ -52,38 +48,19 @@ options:
     description: File name of the sysctl.d fragment.
     type: str
     default: 99-ct-tune.conf
-  rules_dirs:
-    description: Extra rules directories, later ones win.
-    type: list
-    elements: path
-    default: []
-  builtin_rules:
-    description: Load the rules shipped with ct-tune.
-    type: bool
-    default: true
   sample:
     description: Read the conntrack table for the timeout recommendations.
     type: bool
     default: true
-  sample_limit:
-    description: Read at most this many table entries.
-    type: int
   lock_wait:
     description: Seconds to wait for another apply or rollback, then fail with
       RV(reason=busy).
     type: float
     default: 5
-  procfs:
-    description: Where procfs is; its C(sys/) receives the live values. Default C(/proc).
-    type: path
-  sysfs:
-    description: Where sysfs is. Default C(/sys).
-    type: path
-  executable:
-    description: Path of the C(ct-tune) command; default C(ct-tune) on the target's PATH.
-    type: path
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - ct_tune.conntrack.cttune
+  - ct_tune.conntrack.cttune.RULES
 attributes:
   check_mode:
     support: full
@@ -95,8 +72,6 @@ attributes:
       C(key = value) lines.
   platform:
     platforms: linux
-requirements:
-  - ct-tune on the target (C(pip install ct-tune))
 seealso:
   - module: ct_tune.conntrack.audit
   - module: ansible.posix.sysctl
@@ -192,6 +167,8 @@ report:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ct_tune.conntrack.plugins.module_utils.cttune import (
+    HOST_ARGS,
+    RULES_ARGS,
     apply_args,
     diff_of,
     find_ct_tune,
@@ -217,19 +194,12 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             state=dict(type="str", default="present", choices=["present", "rolled_back"]),
-            profile=dict(type="str", default="default"),
             root=dict(type="path"),
             live=dict(type="bool", default=True),
             allow_lower=dict(type="bool", default=False),
             name=dict(type="str", default="99-ct-tune.conf"),
-            rules_dirs=dict(type="list", elements="path", default=[]),
-            builtin_rules=dict(type="bool", default=True),
-            sample=dict(type="bool", default=True),
-            sample_limit=dict(type="int"),
             lock_wait=dict(type="float", default=5),
-            procfs=dict(type="path"),
-            sysfs=dict(type="path"),
-            executable=dict(type="path"),
+            **HOST_ARGS, **RULES_ARGS,
         ),
         supports_check_mode=True,
     )

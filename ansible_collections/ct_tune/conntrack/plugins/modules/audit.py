@@ -19,11 +19,6 @@ description:
   - Needs the C(ct-tune) command on the target (C(pip install ct-tune)); the module
     itself uses only the Python standard library.
 options:
-  profile:
-    description: Targets to tune for (C(ct-tune profiles list)), such as V(default),
-      V(k8s-node) or V(nat-gateway).
-    type: str
-    default: default
   fail_on:
     description:
       - Fail the task when the audit status is at least this urgent.
@@ -36,35 +31,16 @@ options:
       V(false) is faster on a busy host.
     type: bool
     default: true
-  sample_limit:
-    description: Read at most this many table entries and scale the counts.
-    type: int
   facts:
     description: Audit this snapshot (written by C(ct-tune collect)) instead of the host.
-    type: path
-  procfs:
-    description: Where procfs is (a captured tree, for testing). Default C(/proc).
-    type: path
-  sysfs:
-    description: Where sysfs is. Default C(/sys).
     type: path
   root:
     description: Where /etc is, for the boot configuration ct-tune reads.
     type: path
-  rules_dirs:
-    description: Extra rules directories, later ones win.
-    type: list
-    elements: path
-    default: []
-  builtin_rules:
-    description: Load the rules shipped with ct-tune.
-    type: bool
-    default: true
-  executable:
-    description: Path of the C(ct-tune) command; default C(ct-tune) on the target's PATH.
-    type: path
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - ct_tune.conntrack.cttune
+  - ct_tune.conntrack.cttune.RULES
 attributes:
   check_mode:
     support: full
@@ -73,8 +49,6 @@ attributes:
     support: none
   platform:
     platforms: linux
-requirements:
-  - ct-tune on the target (C(pip install ct-tune))
 seealso:
   - module: ct_tune.conntrack.apply
   - module: ct_tune.conntrack.collect
@@ -163,6 +137,8 @@ reason:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ct_tune.conntrack.plugins.module_utils.cttune import (
+    HOST_ARGS,
+    RULES_ARGS,
     audit_args,
     facts_summary,
     find_ct_tune,
@@ -174,18 +150,11 @@ from ansible_collections.ct_tune.conntrack.plugins.module_utils.cttune import (
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            profile=dict(type="str", default="default"),
             fail_on=dict(type="str", default="none",
                          choices=["none", "unknown", "warning", "critical"]),
-            sample=dict(type="bool", default=True),
-            sample_limit=dict(type="int"),
             facts=dict(type="path"),
-            procfs=dict(type="path"),
-            sysfs=dict(type="path"),
             root=dict(type="path"),
-            rules_dirs=dict(type="list", elements="path", default=[]),
-            builtin_rules=dict(type="bool", default=True),
-            executable=dict(type="path"),
+            **HOST_ARGS, **RULES_ARGS,
         ),
         supports_check_mode=True,
     )

@@ -26,24 +26,13 @@ options:
     description: Include a sample of the conntrack table (flows by state, port, timeout).
     type: bool
     default: true
-  sample_limit:
-    description: Read at most this many table entries.
-    type: int
   return_content:
     description: Also return the snapshot itself as RV(snapshot).
     type: bool
     default: false
-  procfs:
-    description: Where procfs is. Default C(/proc).
-    type: path
-  sysfs:
-    description: Where sysfs is. Default C(/sys).
-    type: path
-  executable:
-    description: Path of the C(ct-tune) command; default C(ct-tune) on the target's PATH.
-    type: path
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - ct_tune.conntrack.cttune
 attributes:
   check_mode:
     support: full
@@ -53,8 +42,6 @@ attributes:
     support: none
   platform:
     platforms: linux
-requirements:
-  - ct-tune on the target (C(pip install ct-tune))
 seealso:
   - module: ct_tune.conntrack.audit
   - module: ansible.builtin.fetch
@@ -109,6 +96,7 @@ import json
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ct_tune.conntrack.plugins.module_utils.cttune import (
+    HOST_ARGS,
     collect_args,
     find_ct_tune,
 )
@@ -126,12 +114,8 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             dest=dict(type="path", required=True),
-            sample=dict(type="bool", default=True),
-            sample_limit=dict(type="int"),
             return_content=dict(type="bool", default=False),
-            procfs=dict(type="path"),
-            sysfs=dict(type="path"),
-            executable=dict(type="path"),
+            **HOST_ARGS,
         ),
         supports_check_mode=True,
     )
