@@ -45,3 +45,22 @@ def test_audit_on_this_host_uses_initial_namespace():
     assert report["facts"]["conntrack"]["initial_netns"] is True
     assert report["facts"]["sysctl"]["net.netfilter.nf_conntrack_max"]["writable"] is True
     assert report["facts"]["conntrack"]["slab_object_size"] > 0
+
+
+def test_counters_in_a_namespace_are_counted_since_its_creation_not_since_boot():
+    """/proc/net/stat/nf_conntrack shows the reader's namespace's counters (net->ct.stat),
+    which start when the namespace is created: a fresh namespace's totals are not the
+    host's since boot."""
+    with namespace() as ns:
+        proc = run_cli("audit", "--all", "--format", "json", netns=ns)
+        assert proc.returncode in (0, 1, 2), proc.stderr
+        drops = {f["rule"]: f for f in json.loads(proc.stdout)["findings"]}["table-drops"]
+    since = "since this network namespace was created"
+    assert since in drops["summary"] and "since boot" not in drops["summary"]
+    assert f"These are totals {since}" in drops["explanation"]
+    assert "since boot" not in drops["explanation"]
+    # the host's uptime is not the period the namespace's counters cover
+    assert drops["evidence"]["uptime_days"] is None and drops["evidence"]["per_day"] is None
+    host = run_cli("audit", "--all", "--format", "json")
+    drops = {f["rule"]: f for f in json.loads(host.stdout)["findings"]}["table-drops"]
+    assert "since boot" in drops["explanation"] and since not in drops["explanation"]
