@@ -25,7 +25,7 @@ from typing import Any
 from jinja2 import Environment, TemplateError, nodes
 from jinja2.parser import Parser
 
-from ct_tune.errors import InputError
+from ct_tune.errors import InputError, flatten, raise_all
 from ct_tune.expr import ExprError, HelperMemo, NoneDict, Scope
 from ct_tune.findings import Finding, error_text
 from ct_tune.profiles import Profile
@@ -291,6 +291,35 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+class _Attempts:
+    """The expression errors of one rule run, and the names they left without a value.
+
+    A rule is run to its end after an expression fails, so a file with several bad
+    expressions is fixed in one round: each failure is reported, and an expression that
+    reads a name a failed one should have given is skipped (its error would only echo the
+    first)."""
+
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+        self.errors: list[InputError] = []
+        self.failed: set[str] = set()
+
+    def run(self, source: str, call: Any, name: str | None = None, template: bool = False
+            ) -> tuple[bool, Any]:
+        """(True, value), or (False, None) when it failed or read a failed name."""
+        if self.failed and any(r in self.failed for r, _ in refs(source, template)):
+            ok = False
+        else:
+            try:
+                return True, call()
+            except ExprError as e:
+                self.errors.append(InputError(self.rule.path, str(e), item=self.rule.id))
+                ok = False
+        if name is not None:
+            self.failed.add(name)
+        return ok, None
+
+
 def _run(rule: Rule, base: dict[str, Any], planned: NoneDict, explain: bool = True
          ) -> Finding | None:
     param = rule.short_parameter
@@ -298,20 +327,43 @@ def _run(rule: Rule, base: dict[str, Any], planned: NoneDict, explain: bool = Tr
     ctx: dict[str, Any] = {**base, "planned": planned, "current": current,
                            "parameter": rule.parameter}
     scope = Scope(ctx)  # every expression below sees ctx as it is when it runs
-    if not rule.when(scope):
+    if not rule.when(scope):  # what follows may assume it: a failure here ends the rule
         return None
+    tried = _Attempts(rule)
     for name, expr in rule.lets:
-        ctx[name] = scope[name] = expr(scope)
-    recommended = rule.recommended(scope) if rule.recommended else None
+        ok, value = tried.run(expr.source, functools.partial(expr, scope), name)
+        if ok:
+            ctx[name] = scope[name] = value
+    recommended = None
+    if rule.recommended:
+        _, recommended = tried.run(rule.recommended.source,
+                                   functools.partial(rule.recommended, scope), "recommended")
     if isinstance(recommended, float) and recommended.is_integer():
         recommended = int(recommended)
     ctx["recommended"] = scope["recommended"] = recommended
     for name, expr in rule.outcomes:
-        ctx[name] = scope[name] = expr(scope)
-    case = next((c for c in rule.cases if c.condition(scope)), None)
+        ok, value = tried.run(expr.source, functools.partial(expr, scope), name)
+        if ok:
+            ctx[name] = scope[name] = value
+    case = None
+    for c in rule.cases:
+        ok, chosen = tried.run(c.condition.source, functools.partial(c.condition, scope))
+        if not ok:
+            break  # a later case may assume this one false: which applies is unknown
+        if chosen:
+            case = c
+            break
+    summary = explanation = ""
+    if case is not None:
+        _, summary = tried.run(case.summary.source,
+                               functools.partial(case.summary.render, ctx), template=True)
+    if case is not None and explain:
+        _, explanation = tried.run(rule.explanation.source,
+                                   functools.partial(rule.explanation.render, ctx),
+                                   template=True)
+    raise_all(tried.errors)
     if case is None:
         return None
-    summary = case.summary.render(ctx)
     scope = None
     if rule.parameter:
         scope = "here" if base["writable"][param] else "host"
@@ -330,7 +382,7 @@ def _run(rule: Rule, base: dict[str, Any], planned: NoneDict, explain: bool = Tr
     return Finding(
         rule=rule.id, title=rule.title, severity=case.level, parameter=rule.parameter,
         current=_jsonable(current), recommended=_jsonable(recommended), summary=summary,
-        explanation=rule.explanation.render(ctx) if explain else "",
+        explanation=explanation or "",
         evidence={name: _jsonable(ctx[name]) for name in rule.evidence},
         sources=list(rule.sources), rule_file=rule.path, scope=scope,
     )
@@ -339,6 +391,8 @@ def _run(rule: Rule, base: dict[str, Any], planned: NoneDict, explain: bool = Tr
 def evaluate(rules: Iterable[Rule], facts: dict[str, Any], profile: Profile,
              keep: Mapping[str, Any] | None = None, explain: bool = True) -> list[Finding]:
     """Run every rule against the facts; a rule that fails to evaluate is a rule error.
+    Every failing rule is reported (InputErrors, one line each), not only the first, so
+    a rules directory with several broken files is fixed in one round.
 
     keep: parameters (full sysctl keys) that stay at the given value whatever their rule
     recommends; their findings still show the recommendation.
@@ -350,13 +404,19 @@ def evaluate(rules: Iterable[Rule], facts: dict[str, Any], profile: Profile,
     unknown = unavailable(facts, base)
     planned = NoneDict(base["sysctl"])
     findings: list[Finding] = []
+    errors: list[InputError] = []
     # the context's roots are this host's facts and profile, which no rule changes (planned
     # is not among them): helpers called with them are computed once for all the rules
     with HelperMemo(base.values()):
         for rule in rules:
-            finding = _one(rule, base, planned, unknown, keep, explain)
+            try:
+                finding = _one(rule, base, planned, unknown, keep, explain)
+            except InputError as e:
+                errors.extend(flatten(e))
+                continue
             if finding is not None:
                 findings.append(finding)
+    raise_all(errors)
     return findings
 
 

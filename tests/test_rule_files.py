@@ -100,6 +100,38 @@ def test_rule_failing_at_evaluation_names_file_and_rule(tmp_path, tree):
     assert proc.stderr.startswith(f"ct-tune: {path}: oops: expression '1 / 0 > 1'")
 
 
+def test_every_rule_failing_at_evaluation_is_reported_one_line_each(tmp_path, tree):
+    """Two broken files in a site's rules directory: both are named in one run."""
+    d = tmp_path / "bad"
+    one = write_rule(d, "one.toml", GOOD.format(id="one", level="ok", summary="s").replace(
+        'sources', 'when = "1 / 0 > 1"\nsources'))
+    two = write_rule(d, "two.toml", GOOD.format(id="two", level="ok", summary="s")
+                     + '[let]\nx = "current + \'a\'"\n')
+    proc = run_cli("audit", "--format", "json", "--rules-dir", str(d),
+                   *tree_args(tree("defaults-16g")))
+    assert proc.returncode == 3
+    assert proc.stdout == "" and "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2, proc.stderr
+    assert lines[0].startswith(f"ct-tune: {one}: one: expression '1 / 0 > 1'")
+    assert lines[1].startswith(f"ct-tune: {two}: two: expression \"current + 'a'\"")
+
+
+def test_every_failing_expression_of_one_rule_is_reported_not_its_echoes(tmp_path, tree):
+    """Independent bad expressions of one rule are each reported; one that reads a failed
+    name is not run (its error would only repeat the first)."""
+    d = tmp_path / "bad"
+    path = write_rule(d, "many.toml", GOOD.format(id="many", level="ok", summary="s")
+                      + '[let]\na = "current / 0"\nb = "a + 1"\nc = "current + \'x\'"\n')
+    proc = run_cli("audit", "--format", "json", "--rules-dir", str(d),
+                   *tree_args(tree("defaults-16g")))
+    assert proc.returncode == 3 and proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert [ln.split(": ")[3] for ln in lines] == ["expression 'current / 0'",
+                                                   "expression \"current + 'x'\""], lines
+    assert all(ln.startswith(f"ct-tune: {path}: many: ") for ln in lines)
+
+
 @pytest.mark.parametrize("expr", [
     "().__class__.__bases__[0].__subclasses__()",
     "current.__class__.__mro__",
