@@ -182,9 +182,16 @@ def gather(roots: facts.Roots, no_sample: bool, sample_limit: int | None,
     if not no_sample and duration > 0 and host["conntrack"]["loaded"]:
         host["window"] = sampler.poll(roots, duration, interval, _progress,
                                       host.get("namespaces"))
+        _report_discarded(host["window"])
         if sys.stderr.isatty():
             click.echo("", err=True)
     return host
+
+
+def _report_discarded(window: dict[str, Any]) -> None:
+    """One warning line per distinct reading the polling threw away (sampler.poll)."""
+    for line in window["discarded"]["problems"]:
+        click.echo(f"ct-tune: warning: {line} (poll discarded)", err=True)
 
 
 def _report_problems(host: dict[str, Any]) -> None:
@@ -551,6 +558,7 @@ def _check_run(procfs: str, sysfs: str, rules_dirs: tuple[str, ...], no_builtin_
         if not sample and duration > 0 and host["conntrack"]["loaded"]:
             host["window"] = sampler.poll(c.roots, duration, interval, _progress,
                                           host.get("namespaces"))
+            _report_discarded(host["window"])
     result = engine.evaluate(loaded_rules, host, prof)
     report = render.report(result, host, findings.status(result, host.get("errors") or []),
                            prof.name)

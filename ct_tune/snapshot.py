@@ -118,6 +118,8 @@ SPEC: dict[str, Any] = {
         "growth": INT + NULL, "rates": MAP(NUM),
         # the polls, [seconds since the start, count] (added in 0.1; older snapshots lack it)
         "series": OPTIONAL(LIST(LIST(NUM, 2), 100_000)),
+        # readings polling threw away (added in 0.1; older snapshots lack it)
+        "discarded": OPTIONAL({"count": U(), "counters": U(), "problems": LIST(STR, 10)}),
         "namespaces": OPTIONAL(NULLABLE({"seconds": NUM, "list": LIST({
             "netns": STR, "pid": U(), "names": LIST(STR, 64), "peak": U(),
             "drop_per_s": NUM, "early_drop_per_s": NUM, "insert_failed_per_s": NUM},
