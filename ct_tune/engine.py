@@ -87,9 +87,10 @@ Ref = tuple[str, str | None]
 
 @functools.lru_cache(maxsize=4096)
 def refs(source: str, template: bool = False) -> frozenset[Ref]:
-    """The context lookups in an expression (or a template): ``sysctl.x`` and
-    ``sysctl['x']`` are ("sysctl", "x"); any other use of a name (passed whole to a
-    helper, indexed by a computed key) is (name, None), meaning all of it."""
+    """The context lookups in an expression (or a template): ``sysctl.x``,
+    ``sysctl['x']`` and ``sysctl.get('x'[, default])`` are ("sysctl", "x"); any other use
+    of a name (passed whole to a helper, indexed by a computed key, ``.get(name)``,
+    ``.items()``) is (name, None), meaning all of it."""
     try:
         tree: nodes.Node = (_PARSER_ENV.parse(source) if template else
                             Parser(_PARSER_ENV, source, state="variable").parse_expression())
@@ -99,7 +100,11 @@ def refs(source: str, template: bool = False) -> frozenset[Ref]:
     todo = [tree]
     while todo:
         node = todo.pop()
-        if isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name):
+        method = _mapping_call(node)
+        if method is not None:
+            found.add(method)
+            todo.extend(c for c in node.iter_child_nodes() if c is not node.node)
+        elif isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name):
             found.add((node.node.name, node.attr))
         elif (isinstance(node, nodes.Getitem) and isinstance(node.node, nodes.Name)
               and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str)):
@@ -109,6 +114,26 @@ def refs(source: str, template: bool = False) -> frozenset[Ref]:
         else:
             todo.extend(node.iter_child_nodes())
     return frozenset(found)
+
+
+#: mapping methods a rule may call on a context name (NoneDict is a dict)
+_MAPPING_METHODS = frozenset({"get", "items", "keys", "values"})
+
+
+def _mapping_call(node: nodes.Node) -> Ref | None:
+    """("x", "k") for ``x.get('k')`` or ``x.get('k', default)``, (x, None) for any other
+    mapping method called on a name (it reads all of x); None when node is no such call.
+    Without this ``sysctl.get('k')`` would read as a key named "get", which no fact is,
+    and a rule reading a corrupt value through it would run as if it were fine."""
+    if not (isinstance(node, nodes.Call) and isinstance(node.node, nodes.Getattr)
+            and isinstance(node.node.node, nodes.Name) and node.node.attr in _MAPPING_METHODS):
+        return None
+    name, args = node.node.node.name, node.args
+    if (node.node.attr == "get" and 1 <= len(args) <= 2 and not node.kwargs
+            and node.dyn_args is None and node.dyn_kwargs is None
+            and isinstance(args[0], nodes.Const) and isinstance(args[0].value, str)):
+        return (name, args[0].value)
+    return (name, None)
 
 
 def _as_inputs(found: Iterable[Ref], rule: Rule) -> set[Ref]:

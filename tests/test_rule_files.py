@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -130,6 +131,46 @@ def test_every_failing_expression_of_one_rule_is_reported_not_its_echoes(tmp_pat
     assert [ln.split(": ")[3] for ln in lines] == ["expression 'current / 0'",
                                                    "expression \"current + 'x'\""], lines
     assert all(ln.startswith(f"ct-tune: {path}: many: ") for ln in lines)
+
+
+SITE_GET = '''
+id = "{id}"
+title = "Site policy on {key}"
+sources = ["site policy"]
+evidence = ["v"]
+explanation = "{key} is {{{{ v }}}}"
+[let]
+v = "sysctl.get('{key}') or 0"
+[[severity]]
+level = "warning"
+if = "v < 65536"
+summary = "only {{{{ v }}}}"
+[[severity]]
+level = "ok"
+summary = "enough"
+'''
+
+
+def test_a_rule_reading_a_corrupt_value_through_get_is_unknown_not_run_on_none(tmp_path,
+                                                                                tree):
+    """sysctl.get('k') reads k: with k's file corrupt the finding is unknown and names
+    the file, instead of a claim made from none ("only 0"); a rule reading another key
+    the same way is not affected."""
+    roots = tree("defaults-16g")
+    buckets = roots.procfs / "sys/net/netfilter/nf_conntrack_buckets"
+    buckets.write_text("12x4\n")
+    d = tmp_path / "site"
+    write_rule(d, "b.toml", SITE_GET.format(id="site-buckets", key="nf_conntrack_buckets"))
+    write_rule(d, "m.toml", SITE_GET.format(id="site-max", key="nf_conntrack_max"))
+    proc = run_cli("audit", "--format", "json", "--all", "--no-builtin-rules",
+                   "--rules-dir", str(d), *tree_args(roots))
+    assert proc.returncode == 3, proc.stderr
+    found = {f["rule"]: f for f in json.loads(proc.stdout)["findings"]}
+    assert found["site-buckets"]["severity"] == "unknown"
+    assert found["site-buckets"]["summary"].startswith(f"cannot assess: {buckets}: ")
+    assert found["site-buckets"]["evidence"] == {}
+    assert found["site-max"]["severity"] == "ok"
+    assert found["site-max"]["evidence"] == {"v": 262144}
 
 
 @pytest.mark.parametrize("expr", [
