@@ -29,14 +29,18 @@ def sample(roots: Roots, facts: dict[str, Any], limit: int | None = None,
     """Aggregate the table (at most `limit` entries, scaled to the count) into facts['flows']."""
     # Imported here: audit --no-sample and the counter polls never need the parsers.
     from ct_tune import ctsource
-    from ct_tune.flows import FlowStats
+    from ct_tune.flows import FlowStats, detail_every
 
-    stats = FlowStats(timeouts_of(facts))
+    count = facts["sysctl"].get("net.netfilter.nf_conntrack_count", {}).get("value")
+    if not isinstance(count, int):
+        count = None
+    expected = min(count, limit) if count is not None and limit is not None else (
+        count if count is not None else limit)
+    stats = FlowStats(timeouts_of(facts), detail_every(expected))
     start = time.monotonic()
     with ctsource.table_blocks(roots, source) as (source, blocks):
         stats.feed_blocks(blocks, limit=limit)
     elapsed = time.monotonic() - start
-    count = facts["sysctl"].get("net.netfilter.nf_conntrack_count", {}).get("value")
     summary = stats.summary(total=count if limit is not None else None)
     return {"source": source, "limit": limit, "seconds": round(elapsed, 3), **summary}
 
