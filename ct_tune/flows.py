@@ -27,7 +27,7 @@ import math
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import repeat
+from itertools import compress, repeat
 from operator import floordiv, itemgetter, sub
 from typing import Any
 
@@ -46,6 +46,10 @@ from ct_tune.formulas import margin95
 
 IDLE_BINS = 1024
 PORTS_PER_BIN = 64
+#: A port table of an idle bin is pruned back to its PORTS_PER_BIN largest when it grows
+#: past PORT_BIN_SLACK times that: each prune sorts the table, and with all-distinct ports
+#: (a scan, ephemeral ports) a slack of 2 sorted once every 64 entries.
+PORT_BIN_SLACK = 8
 TOP_ADDRS_CAP = 4096
 TOP_K = 10
 #: Ports and addresses are counted exactly in tables up to this many entries; a larger
@@ -115,7 +119,7 @@ class _Class:
         if detail and dport is not None:
             c = self.port_bins[idle.bit_length()]
             c[dport] += 1
-            if len(c) > PORTS_PER_BIN * 2:
+            if len(c) > PORTS_PER_BIN * PORT_BIN_SLACK:
                 _prune(c, PORTS_PER_BIN)
 
     def add_ttls(self, counts: Mapping[str, int]) -> dict[str, int]:
@@ -138,7 +142,7 @@ class _Class:
         bins = set(octave.values())  # the block's octaves: the detail rows' are among them
         if len(bins) == 1:
             run = dports if "" not in dports else tuple(filter(None, dports))
-            _count_in_order(self.port_bins[bins.pop()], run, PORTS_PER_BIN)
+            _count_in_order(self.port_bins[bins.pop()], run, PORTS_PER_BIN, PORT_BIN_SLACK)
             return
         runs: list[list[str]] = [[] for _ in self.port_bins]
         add = [r.append for r in runs]
@@ -147,7 +151,7 @@ class _Class:
                 add[b](dport)
         for counter, run in zip(self.port_bins, runs, strict=True):
             if run:
-                _count_in_order(counter, run, PORTS_PER_BIN)
+                _count_in_order(counter, run, PORTS_PER_BIN, PORT_BIN_SLACK)
 
 
 def _prune(counter: Counter, keep: int) -> None:
@@ -162,15 +166,15 @@ def _prune(counter: Counter, keep: int) -> None:
     dict.update(counter, top)
 
 
-def _count_in_order(counter: Counter, items: Sequence[str], keep: int) -> bool:
+def _count_in_order(counter: Counter, items: Sequence[str], keep: int, slack: int = 2) -> bool:
     """``counter[x] += 1`` for each item in order, pruning to `keep` each time it grows past
-    2 * keep entries, as feed does entry by entry; True if it pruned.
+    slack * keep entries, as feed does entry by entry; True if it pruned.
 
     Runs of items go through Counter.update in C: a run of k items adds at most k
     keys, so a run that fits below the threshold cannot hold a prune, and only
     an item arriving at the threshold is taken alone.
     """
-    limit = 2 * keep
+    limit = slack * keep
     pruned = False
     i, n = 0, len(items)
     while i < n:
@@ -318,7 +322,11 @@ class FlowStats:
         """Aggregate a scanned block; False, having changed nothing, when a line has a
         port feed would reject (it counts that line as malformed)."""
         port_col = cols.dport
-        if max(map(len, port_col)) > 4 and max(map(int, filter(None, port_col))) > 65535:
+        # Only a port of five digits or more can be above 65535: those compared as text
+        # (equal lengths compare as numbers), no int() per row.  A longer one (or leading
+        # zeros) goes line by line, where int() decides.
+        long = list(compress(port_col, map((4).__lt__, map(len, port_col))))
+        if long and (max(map(len, long)) > 5 or max(long) > "65535"):
             return False
         n = len(cols.l4)
         every = self.detail_every
