@@ -109,7 +109,7 @@ def dominant_port(flows: Mapping[str, Any] | None, name: str,
     share = n / cls["entries"]
     if share < threshold:
         return None
-    return [int(port), n, round(share, 4), whatif.sample_margin(flows, n)]
+    return [int(port), n, round(share, 4), whatif.detail_margin(flows, n)]
 
 
 def protocol_mix(flows: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -171,7 +171,7 @@ def notrack_candidate(flows: Mapping[str, Any] | None,
                 found.append({"proto": proto, "port": int(port),
                               "kind": kind or f"{proto.upper()} port {port}",
                               "stateless": kind is not None,
-                              "entries": n, "margin": whatif.sample_margin(flows, n),
+                              "entries": n, "margin": whatif.detail_margin(flows, n),
                               "share": round(n / total, 4)})
     if not found:
         return None

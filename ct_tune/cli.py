@@ -157,28 +157,40 @@ def gather(roots: facts.Roots, no_sample: bool, sample_limit: int | None,
     """Facts of this host, with the table sample unless told not to."""
     from ct_tune import sampler
 
-    host = facts.collect(roots)
-    _report_problems(host)
-    host["writers"] = writers.collect(roots)
-    sampler.fill_missing_stat(roots, host)
     dump = roots.proc("net/nf_conntrack")
-    # A captured tree without a table dump just has no sample; a live host says why.
-    if not no_sample and host["conntrack"]["loaded"] and (
-            roots.live or dump.exists()):
-        from ct_tune import ctsource
+    early = None
+    if not no_sample and table_source != "conntrack" and dump.is_file():
+        # The kernel starts printing the table (into the reader's pipe) while we gather
+        # the facts; a table that cannot be opened is opened again below, which says why.
+        with contextlib.suppress(CtTuneError):
+            early = sampler.OpenTable(roots, table_source)
+    try:
+        host = facts.collect(roots)
+        _report_problems(host)
+        host["writers"] = writers.collect(roots)
+        sampler.fill_missing_stat(roots, host)
+        # A captured tree without a table dump just has no sample; a live host says why.
+        if not no_sample and host["conntrack"]["loaded"] and (
+                roots.live or dump.exists()):
+            from ct_tune import ctsource
 
-        try:
-            host["flows"] = sampler.sample(roots, host, sample_limit, table_source)
-        except ctsource.SourceError as e:
-            click.echo(f"ct-tune: warning: table not sampled: {e}", err=True)
-        if host.get("flows") is not None:
-            # the sample's CLOSE_WAIT entries are read against this namespace's sockets
-            from ct_tune import sockets
+            try:
+                host["flows"] = sampler.sample(roots, host, sample_limit, table_source,
+                                               early)
+            except ctsource.SourceError as e:
+                click.echo(f"ct-tune: warning: table not sampled: {e}", err=True)
+            if host.get("flows") is not None:
+                # the sample's CLOSE_WAIT entries are read against this namespace's sockets
+                from ct_tune import sockets
 
-            found = facts.Problems()
-            host["sockets"] = sockets.collect(roots, found)
-            host["errors"] = [*host.get("errors", []), *found.items]
-            _report_problems({"errors": found.items})
+                found = facts.Problems()
+                host["sockets"] = sockets.collect(roots, found)
+                host["errors"] = [*host.get("errors", []), *found.items]
+                _report_problems({"errors": found.items})
+    finally:
+        if early is not None:  # unread (nothing to sample after all): its errors do not matter
+            with contextlib.suppress(CtTuneError):
+                early.close()
     if not no_sample and duration > 0 and host["conntrack"]["loaded"]:
         host["window"] = sampler.poll(roots, duration, interval, _progress,
                                       host.get("namespaces"))

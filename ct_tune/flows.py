@@ -27,7 +27,7 @@ import math
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import repeat
+from itertools import compress, repeat
 from operator import floordiv, itemgetter, sub
 from typing import Any
 
@@ -46,8 +46,27 @@ from ct_tune.formulas import margin95
 
 IDLE_BINS = 1024
 PORTS_PER_BIN = 64
+#: A port table of an idle bin is pruned back to its PORTS_PER_BIN largest when it grows
+#: past PORT_BIN_SLACK times that: each prune sorts the table, and with all-distinct ports
+#: (a scan, ephemeral ports) a slack of 2 sorted once every 64 entries.
+PORT_BIN_SLACK = 8
 TOP_ADDRS_CAP = 4096
 TOP_K = 10
+#: Ports and addresses are counted exactly in tables up to this many entries; a larger
+#: table has them counted from every k-th entry, k chosen to keep about this many.
+DETAIL_ROWS = 1 << 16
+
+
+def detail_every(entries: int | None) -> int:
+    """k for a table of about `entries` entries: 1 (every entry) up to DETAIL_ROWS.
+
+    Why: counting ports and addresses (heavy-hitter tables, pruned as they grow) costs
+    as much as the rest of the aggregation together, and what they answer (which port
+    holds a class, which ports idle beyond a timeout) is a share that 65,536 evenly
+    spread entries estimate to within a fraction of a percent (the margins say how
+    much).  Entries, classes and idle histograms are always counted from every entry.
+    """
+    return max(1, -(-(entries or 0) // DETAIL_ROWS))
 
 _TCP_STATE_KEY = {"SYN_SENT2": "syn_sent"}
 
@@ -87,24 +106,25 @@ class _Class:
         self.port_bins: list[Counter[str]] = [
             Counter() for _ in range(self.timeout.bit_length() + 1)]
 
-    def add(self, ttl: int, dport: str | None) -> None:
+    def idle_of(self, ttl: int) -> int:
         idle = self.timeout - ttl
         if idle < 0:
-            idle = 0
-        elif idle > self.timeout:
-            idle = self.timeout
+            return 0
+        return idle if idle <= self.timeout else self.timeout
+
+    def add(self, ttl: int, dport: str | None, detail: bool) -> None:
+        idle = self.idle_of(ttl)
         self.count += 1
         self.idle[idle // self.width] += 1
-        if dport is not None:
+        if detail and dport is not None:
             c = self.port_bins[idle.bit_length()]
             c[dport] += 1
-            if len(c) > PORTS_PER_BIN * 2:
+            if len(c) > PORTS_PER_BIN * PORT_BIN_SLACK:
                 _prune(c, PORTS_PER_BIN)
 
-    def add_rows(self, ttls: Sequence[str], dports: Sequence[str]) -> None:
-        """add() for each row in order, TTLs as decimal text and "" for no port: the
-        arithmetic once per distinct TTL, the counting in C."""
-        counts = Counter(ttls)
+    def add_ttls(self, counts: Mapping[str, int]) -> dict[str, int]:
+        """add() without the ports for `counts` entries of each TTL (decimal text): the
+        arithmetic once per distinct TTL.  Returns each TTL's idle octave, for add_ports."""
         texts = list(counts)
         idle = list(map(sub, repeat(self.timeout), map(int, texts)))
         if min(idle) < 0:  # a TTL above the timeout: the timeout was lowered since
@@ -112,21 +132,26 @@ class _Class:
         hist = self.idle
         for b, c in zip(map(floordiv, idle, repeat(self.width)), counts.values(), strict=True):
             hist[b] += c
-        self.count += len(ttls)
-        bins = [i.bit_length() for i in idle]  # the idle octave, as in add()
-        if min(bins) == max(bins):
+        self.count += sum(counts.values())
+        return dict(zip(texts, [i.bit_length() for i in idle], strict=True))
+
+    def add_ports(self, ttls: Sequence[str], dports: Sequence[str], octave: Mapping[str, int]
+                  ) -> None:
+        """The port part of add() for each detail row in order ("" for no port), given
+        each TTL's idle octave (add_ttls): the counting in C."""
+        bins = set(octave.values())  # the block's octaves: the detail rows' are among them
+        if len(bins) == 1:
             run = dports if "" not in dports else tuple(filter(None, dports))
-            _count_in_order(self.port_bins[bins[0]], run, PORTS_PER_BIN)
+            _count_in_order(self.port_bins[bins.pop()], run, PORTS_PER_BIN, PORT_BIN_SLACK)
             return
         runs: list[list[str]] = [[] for _ in self.port_bins]
         add = [r.append for r in runs]
-        for b, dport in zip(map(dict(zip(texts, bins, strict=True)).__getitem__, ttls), dports,
-                            strict=True):
+        for b, dport in zip(map(octave.__getitem__, ttls), dports, strict=True):
             if dport:
                 add[b](dport)
         for counter, run in zip(self.port_bins, runs, strict=True):
             if run:
-                _count_in_order(counter, run, PORTS_PER_BIN)
+                _count_in_order(counter, run, PORTS_PER_BIN, PORT_BIN_SLACK)
 
 
 def _prune(counter: Counter, keep: int) -> None:
@@ -141,15 +166,15 @@ def _prune(counter: Counter, keep: int) -> None:
     dict.update(counter, top)
 
 
-def _count_in_order(counter: Counter, items: Sequence[str], keep: int) -> bool:
+def _count_in_order(counter: Counter, items: Sequence[str], keep: int, slack: int = 2) -> bool:
     """``counter[x] += 1`` for each item in order, pruning to `keep` each time it grows past
-    2 * keep entries, as feed does entry by entry; True if it pruned.
+    slack * keep entries, as feed does entry by entry; True if it pruned.
 
     Runs of items go through Counter.update in C: a run of k items adds at most k
     keys, so a run that fits below the threshold cannot hold a prune, and only
     an item arriving at the threshold is taken alone.
     """
-    limit = 2 * keep
+    limit = slack * keep
     pruned = False
     i, n = 0, len(items)
     while i < n:
@@ -169,9 +194,12 @@ def _count_in_order(counter: Counter, items: Sequence[str], keep: int) -> bool:
 class FlowStats:
     """Aggregates fed line by line from a table dump."""
 
-    def __init__(self, timeouts: Mapping[str, int]) -> None:
+    def __init__(self, timeouts: Mapping[str, int], detail_every: int = 1) -> None:
         self.timeouts = dict(timeouts)
+        #: ports and addresses are counted from entries 0, k, 2k, ... (k = detail_every)
+        self.detail_every = max(1, detail_every)
         self.entries = 0
+        self.detail_entries = 0
         self.offloaded = 0
         self.malformed = 0
         self.malformed_examples: list[str] = []
@@ -241,14 +269,15 @@ class FlowStats:
                     ) -> None:
         by_l3, by_l4, by_zone, addrs, ports = (self.by_l3, self.by_l4, self.by_zone,
                                                self.addrs, self.ports)
+        every = self.detail_every
         n = self.entries
         for line in lines:
             if limit is not None and n >= limit:
                 break
             try:
                 l3, l4, state, ttl, dst, dport, flags, zone = scan_line(line)
-                if dport is not None:
-                    ports[int(dport)] += 1
+                if dport is not None and int(dport) > 65535:
+                    raise IndexError("port above 65535")
             except NotAnEntry:
                 self.summary_lines += 1
                 continue
@@ -256,20 +285,25 @@ class FlowStats:
                 if line.strip():
                     self._count_malformed(line, e)
                 continue
+            detail = n % every == 0
             n += 1
             by_l3[l3] += 1
             by_l4[l4] += 1
             flag_counts[flags] += 1
             if zone:
                 by_zone[zone] += 1
-            addrs[dst] += 1
-            if len(addrs) > TOP_ADDRS_CAP * 2:
-                _prune(addrs, TOP_ADDRS_CAP)
-                self.addrs_pruned = True
+            if detail:
+                self.detail_entries += 1
+                if dport is not None:
+                    ports[int(dport)] += 1
+                addrs[dst] += 1
+                if len(addrs) > TOP_ADDRS_CAP * 2:
+                    _prune(addrs, TOP_ADDRS_CAP)
+                    self.addrs_pruned = True
             if flags & OFFLOADED or ttl is None:
                 self.offloaded += 1  # refreshed by the offload: its TTL is no idle time
             else:
-                self._class(l4, state, flags).add(ttl, dport)
+                self._class(l4, state, flags).add(ttl, dport, detail)
         self.entries = n
 
     def _count_malformed(self, line: str, error: Exception) -> None:
@@ -288,23 +322,21 @@ class FlowStats:
         """Aggregate a scanned block; False, having changed nothing, when a line has a
         port feed would reject (it counts that line as malformed)."""
         port_col = cols.dport
-        port_counts = Counter(port_col)
-        port_counts.pop("", None)
-        nums = list(map(int, port_counts))
-        if nums and max(nums) > 65535:
+        # Only a port of five digits or more can be above 65535: those compared as text
+        # (equal lengths compare as numbers), no int() per row.  A longer one (or leading
+        # zeros) goes line by line, where int() decides.
+        long = list(compress(port_col, map((4).__lt__, map(len, port_col))))
+        if long and (max(map(len, long)) > 5 or max(long) > "65535"):
             return False
-        ports = self.ports
-        for port, c in zip(nums, port_counts.values(), strict=True):
-            ports[port] += c
         n = len(cols.l4)
+        every = self.detail_every
+        first = -self.entries % every  # the block's first detail row
         self.entries += n
         if cols.zone is not None:
             for zone_text, c in Counter(cols.zone).items():
                 zone = int(zone_text)
                 if zone:
                     self.by_zone[zone] += c
-        if _count_in_order(self.addrs, cols.dst, TOP_ADDRS_CAP):
-            self.addrs_pruned = True
         key_cols = (cols.l3, cols.l4, cols.state, cols.flag1, cols.flag2)
         if all(c.count(c[0]) == n for c in key_cols):
             # one key for the whole block (the common case): no tuple per line to count
@@ -313,8 +345,8 @@ class FlowStats:
         else:
             heads = list(zip(*key_cols, strict=True))
             head_counts = Counter(heads)
-        # One pass per distinct class key, in order of first appearance, so the Counters and
-        # the classes get their keys in the order feed would insert them.
+        # Class keys in order of first appearance, so the Counters and the classes get
+        # their keys in the order feed would insert them.
         by_l3, by_l4 = self.by_l3, self.by_l4
         classes: list[_Class] = []
         slot: dict[int, int] = {}                  # id of a class -> its index in classes
@@ -334,23 +366,50 @@ class FlowStats:
             i = index_of[head] = slot.setdefault(id(cls), len(classes))
             if i == len(classes):
                 classes.append(cls)
+        for head in offloaded:  # a slot past the classes': no histogram, no port bins
+            index_of[head] = len(classes)
+        # the detail rows: ports and addresses (every row unless detail_every > 1)
+        if first < n:
+            ttls, dsts, dports = cols.ttl, cols.dst, port_col
+            if every > 1 or first:
+                ttls, dsts, dports = (c[first::every] for c in (ttls, dsts, dports))
+            self.detail_entries += len(dsts)
+            port_counts = Counter(dports)
+            port_counts.pop("", None)
+            ports = self.ports
+            for port, c in zip(map(int, port_counts), port_counts.values(), strict=True):
+                ports[port] += c
+            if _count_in_order(self.addrs, dsts, TOP_ADDRS_CAP):
+                self.addrs_pruned = True
+        else:
+            ttls = dports = ()
         if not classes:  # all offloaded
             return True
         if len(classes) == 1 and not offloaded:
-            classes[0].add_rows(cols.ttl, port_col)
+            octave = classes[0].add_ttls(Counter(cols.ttl))
+            if ttls:
+                classes[0].add_ports(ttls, dports, octave)
             return True
-        for head in offloaded:  # one list past the classes': rows dropped
-            index_of[head] = len(classes)
-        ttls: list[list[str]] = [[] for _ in range(len(classes) + 1)]
-        dports: list[list[str]] = [[] for _ in range(len(classes) + 1)]
-        add_ttl = [t.append for t in ttls]
-        add_dport = [d.append for d in dports]
-        for i, ttl, dport in zip(map(index_of.__getitem__, heads), cols.ttl, cols.dport,
-                                 strict=True):
+        index = list(map(index_of.__getitem__, heads))
+        per_class: list[Counter[str]] = [Counter() for _ in range(len(classes) + 1)]
+        for (i, ttl), c in Counter(zip(index, cols.ttl, strict=True)).items():
+            per_class[i][ttl] = c
+        octaves = [cls.add_ttls(c) if c else {} for cls, c in zip(classes, per_class,
+                                                                   strict=False)]
+        if not ttls:
+            return True
+        detail_index = index if every == 1 and not first else index[first::every]
+        ttl_runs: list[list[str]] = [[] for _ in range(len(classes) + 1)]
+        port_runs: list[list[str]] = [[] for _ in range(len(classes) + 1)]
+        add_ttl = [t.append for t in ttl_runs]
+        add_port = [d.append for d in port_runs]
+        for i, ttl, dport in zip(detail_index, ttls, dports, strict=True):
             add_ttl[i](ttl)
-            add_dport[i](dport)
-        for cls, cls_ttls, cls_dports in zip(classes, ttls, dports, strict=False):
-            cls.add_rows(cls_ttls, cls_dports)
+            add_port[i](dport)
+        for cls, octave, cls_ttls, cls_ports in zip(classes, octaves, ttl_runs, port_runs,
+                                                    strict=False):
+            if cls_ttls:
+                cls.add_ports(cls_ttls, cls_ports, octave)
         return True
 
     def _add_flag_counts(self, flag_counts: list[int]) -> None:
@@ -377,6 +436,17 @@ class FlowStats:
         def margin(c: int) -> int:
             return margin95(c * scale, n, whole) if sampled else 0
 
+        # Ports and addresses come from the detail rows (every detail_every-th entry read):
+        # their counts are scaled from those, with the margin of a sample of that size.
+        d = self.detail_entries
+        dscale = (whole / d) if d and whole > d else 1.0
+
+        def dest(c: int) -> int:
+            return round(c * dscale)
+
+        def dmargin(c: int) -> int:
+            return margin95(c * dscale, d, whole) if dscale > 1.0 else 0
+
         def counts(counter: Counter) -> tuple[dict[str, int], dict[str, int]]:
             items = counter.most_common()
             return ({str(k): est(v) for k, v in items}, {str(k): margin(v) for k, v in items})
@@ -390,7 +460,7 @@ class FlowStats:
                 "timeout": cls.timeout,
                 "idle_bin_seconds": cls.width,
                 "idle_histogram": _sparse(cls.idle, scale),
-                "idle_ports": [{str(p): est(c) for p, c in b.most_common(PORTS_PER_BIN)}
+                "idle_ports": [{str(p): dest(c) for p, c in b.most_common(PORTS_PER_BIN)}
                                for b in cls.port_bins],
             }
         by = {name: counts(c) for name, c in (("by_l3", self.by_l3), ("by_l4", self.by_l4),
@@ -404,6 +474,8 @@ class FlowStats:
             "entries_estimated": whole,
             "sampled": sampled,
             "scale": round(scale, 6),
+            "detail_every": self.detail_every,
+            "detail_entries": d,
             "offloaded": est(self.offloaded),
             "malformed": self.malformed,
             "malformed_share": round(self.malformed / lines, 6) if lines else 0.0,
@@ -413,14 +485,14 @@ class FlowStats:
                                                          key=lambda kv: -kv[1][0])],
             "summary_lines": self.summary_lines,
             **{name: values for name, (values, _) in by.items()},
-            "top_dports": [[p, est(c)] for p, c in top_ports],
-            "top_dsts": [[a, est(c)] for a, c in top_dsts],
+            "top_dports": [[p, dest(c)] for p, c in top_ports],
+            "top_dsts": [[a, dest(c)] for a, c in top_dsts],
             "top_dsts_approximate": self.addrs_pruned,
             "margins": {
                 "offloaded": margin(self.offloaded),
                 **{name: margins for name, (_, margins) in by.items()},
-                "top_dports": [[p, margin(c)] for p, c in top_ports],
-                "top_dsts": [[a, margin(c)] for a, c in top_dsts],
+                "top_dports": [[p, dmargin(c)] for p, c in top_ports],
+                "top_dsts": [[a, dmargin(c)] for a, c in top_dsts],
             },
             "classes": classes,
         }

@@ -108,6 +108,9 @@ SPEC: dict[str, Any] = {
         "source": STR, "entries_read": U(), "entries_estimated": U(), "sampled": BOOL,
         "malformed": U(), "by_l3": MAP(U()), "by_l4": MAP(U()), "by_flag": MAP(U()),
         "top_dports": LIST(LIST(U(), 2)), "classes": MAP(_FLOW_CLASS),
+        # ports and addresses counted from every detail_every-th entry (older snapshots:
+        # every entry read)
+        "detail_every": OPTIONAL(U(1)), "detail_entries": OPTIONAL(U()),
     })),
     # this namespace's TCP sockets in the states that explain CLOSE_WAIT entries
     # (ct_tune/sockets.py), read with the table sample; optional for older snapshots

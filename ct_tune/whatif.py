@@ -104,7 +104,7 @@ def _ports_beyond(flows: Mapping[str, Any] | None, classes: list[dict[str, Any]]
                     in_octave > 0) else 0.0
             for port, n in bin_ports.items():
                 ports[port] += n * weight
-    return [[int(p), round(n), sample_margin(flows, n)] for p, n in ports.most_common(k)
+    return [[int(p), round(n), detail_margin(flows, n)] for p, n in ports.most_common(k)
             if round(n) > 0]
 
 
@@ -114,6 +114,19 @@ def sample_margin(flows: Mapping[str, Any] | None, estimate: float) -> int:
         return 0
     total = flows.get("entries_estimated") or 0
     return margin95(min(estimate, total), flows.get("entries_read") or 0, total)
+
+
+def detail_margin(flows: Mapping[str, Any] | None, estimate: float) -> int:
+    """95 % margin of a port or address count: those are counted from the detail rows
+    (every detail_every-th entry read, flows.detail_every), so they can be estimates
+    when the whole table was read (0 when every entry was counted)."""
+    if not flows:
+        return 0
+    total = flows.get("entries_estimated") or 0
+    read = flows.get("detail_entries", flows.get("entries_read")) or 0
+    if not read or read >= total:
+        return 0
+    return margin95(min(estimate, total), read, total)
 
 
 def pm(margin: Any) -> str:
@@ -198,7 +211,7 @@ def share(flows: Mapping[str, Any] | None, name: str) -> dict[str, Any] | None:
         "timeout": cls["timeout"],
         "rate": round(cls["entries"] / max(1, cls["timeout"]), 2),
         # [port, entries, margin]: a port's count is an estimate like the class's
-        "top_dports": [[int(p), n, sample_margin(flows, n)] for p, n in ports.most_common(5)],
+        "top_dports": [[int(p), n, detail_margin(flows, n)] for p, n in ports.most_common(5)],
     }
 
 

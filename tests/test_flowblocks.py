@@ -22,15 +22,15 @@ TIMEOUTS = {"nf_conntrack_tcp_timeout_established": 432000, "nf_conntrack_udp_ti
             "nf_conntrack_generic_timeout": 600}
 
 
-def by_lines(text: str, limit: int | None = None) -> dict:
+def by_lines(text: str, limit: int | None = None, every: int = 1) -> dict:
     """The reference: the lines a text-mode file gives, fed one by one."""
-    stats = FlowStats(TIMEOUTS)
+    stats = FlowStats(TIMEOUTS, every)
     stats.feed(io.StringIO(text, newline=None), limit=limit)
     return stats.summary(total=10**6 if limit else None)
 
 
-def by_blocks(blocks: list[str], limit: int | None = None) -> dict:
-    stats = FlowStats(TIMEOUTS)
+def by_blocks(blocks: list[str], limit: int | None = None, every: int = 1) -> dict:
+    stats = FlowStats(TIMEOUTS, every)
     stats.feed_blocks(blocks, limit=limit)
     return stats.summary(total=10**6 if limit else None)
 
@@ -94,12 +94,14 @@ line_mix = st.lists(st.tuples(entries(), st.integers(0, 4 * len(PERTURB))), min_
 
 @settings(max_examples=400, deadline=None)
 @given(line_mix, st.lists(st.integers(0, 60), max_size=6), st.integers(0, 2**32),
-       st.booleans(), st.none() | st.integers(1, 45))
-def test_blocks_aggregate_exactly_like_lines(mix, cuts, seed, last_newline, limit):
+       st.booleans(), st.none() | st.integers(1, 45), st.sampled_from([1, 1, 2, 3, 7]))
+def test_blocks_aggregate_exactly_like_lines(mix, cuts, seed, last_newline, limit, every):
+    """Also with ports and addresses counted from every k-th entry only: the same entries
+    whichever way the blocks are cut."""
     text = make_text(mix, seed)
     if not last_newline:
         text = text.rstrip("\n")
-    same(by_blocks(split_blocks(text, cuts), limit), by_lines(text, limit))
+    same(by_blocks(split_blocks(text, cuts), limit, every), by_lines(text, limit, every))
 
 
 @pytest.mark.parametrize("how", range(len(PERTURB)))
@@ -208,6 +210,7 @@ def test_pruning_happens_at_the_same_entries(zones, block_lines_n):
     assert ref["top_dsts_approximate"] is True  # > 2 * TOP_ADDRS_CAP distinct addresses
     same(by_blocks(blocks), ref)
     same(by_blocks(blocks, limit=12345), by_lines(text, limit=12345))
+    same(by_blocks(blocks, every=3), by_lines(text, every=3))
 
 
 def test_kernel_lines_take_the_block_path():
