@@ -293,9 +293,90 @@ _BLOCK = re.compile(_HEAD + r".* use=")
 _BLOCK_ZONE = re.compile(_HEAD + r"(?>.* zone=([0-9]+)(?= )).* use=")
 
 
+# The kernel's own layout, tried first: ct_seq_show (net/netfilter/nf_conntrack_standalone.c)
+# prints "%-8s %u %-8s %u " (layer 3 and 4 names padded, their numbers), the seconds left
+# unless offloaded, the state (print_conntrack), each tuple as print_tuple does ("src=%pI4
+# dst=%pI4 " then the layer 4 keys: sport/dport, icmp's type/code/id, gre's srckey/dstkey,
+# none for the rest), "packets=.. bytes=.. " (seq_print_acct) after each, "[UNREPLIED] "
+# between them, one of "[HW_OFFLOAD] " / "[OFFLOAD] " / "[ASSURED] ", then "mark=%u ",
+# "secctx=%s ", "zone=%u ", "delta-time=%llu " and "use=%u\n".  Every token of the line is
+# matched, with single spaces, and the match must end at the line's newline, so a line it
+# takes has no other token: its flags are the bracketed tokens captured (no address or
+# secctx class admits "[", " " or a newline), its only " zone=" the one captured, and it is
+# ASCII without odd whitespace.  Every repeat is bounded, so a line it takes is far under
+# MAX_LINE characters (tests check the pattern's width) and the per-line checks of the
+# general pattern (one pass over the block each: line lengths, zones, brackets, characters)
+# are not needed.  No match can hold a newline but its leading one, so the number of
+# matches is the number of lines taken, and each token's class decides which optional part
+# it is, so the match is the one _SCAN finds (the property tests check scan_line agrees).
+#
+# Three captures are single characters, which Python gives without making a new string
+# each time: the layer 3 version, the U of [UNREPLIED], and the first letter of the last
+# flag (a lookbehind pins the rest of the name); scan_block maps them back to the names
+# Columns holds.  The zone is "0" on almost every line, a single character too.
+_N = "[0-9]{1,20}"
+_ADDR = "[0-9a-f.:]{1,45}"                     # %pI4, %pI6c (lower-case hex, dotted quad)
+_ACCT = f"(?:packets={_N} bytes={_N} |)"
+_KEYS = f"type={_N} code={_N} id={_N} |srckey=0x[0-9a-f]{{1,8}} dstkey=0x[0-9a-f]{{1,8}} |"
+_KERNEL = (f"ipv([46]) {{1,8}}[0-9]{{1,3}} ([a-z][a-z0-9]{{0,15}}) {{1,8}}[0-9]{{1,3}} "
+           f"(?:({_N}) |)(?:([A-Z][A-Z_0-9]{{0,31}}) |)"
+           f"src={_ADDR} dst=({_ADDR}) (?:sport={_N} dport=({_N}) |{_KEYS}){_ACCT}"
+           f"(?:\\[(U)NREPLIED\\] |)"
+           f"src={_ADDR} dst={_ADDR} (?:sport={_N} dport={_N} |{_KEYS}){_ACCT}"
+           f"(?:\\[([AOH])(?:(?<=A)SSURED|(?<=O)FFLOAD|(?<=H)W_OFFLOAD)\\] |)"
+           f"(?:mark={_N} |)(?:secctx=[!-Z\\\\-~]{{1,255}} |)(?:zone=([0-9]{{1,10}}) |)"
+           f"(?:delta-time={_N} |)use={_N}(?=\\n)")
+#: The first line of a block (no newline before it: matching it apart saves a copy of the
+#: block with one prepended) and every other line, found from the newline that starts it.
+_KERNEL_FIRST = re.compile(_KERNEL)
+_KERNEL_REST = re.compile(f"\\n(?:{_KERNEL}|)")
+_L3_OF = {"4": "ipv4", "6": "ipv6"}
+_FLAG1_OF = {"U": "UNREPLIED", "": ""}
+_FLAG2_OF = {"A": "ASSURED", "O": "OFFLOAD", "H": "HW_OFFLOAD", "": ""}
+
+
+def _names(col: tuple[str, ...], names: dict[str, str]) -> tuple[str, ...]:
+    """A column of single-character captures as the names they stand for."""
+    n = len(col)
+    if col.count(col[0]) == n:  # one value for the whole block: the common case
+        return (names[col[0]],) * n
+    return tuple(map(names.__getitem__, col))
+
+
 def scan_block(block: str) -> Columns | None:
     """scan_line of every line of `block` (whole lines, each ending in a newline) in one
     pass, or None unless every line is in the plain form this can vouch for."""
+    m = _KERNEL_FIRST.match(block)
+    if m is not None and block.endswith("\n"):
+        # a row for each newline after the first: the next line's, or an empty one where that
+        # line is not in the kernel's layout (and after the block's last newline)
+        rows = _KERNEL_REST.findall(block, m.end())
+        rows.pop()
+        rows.insert(0, m.groups(""))
+        cols = _kernel_columns(rows)
+        if cols is not None:
+            return cols
+    return _scan_general(block)
+
+
+def _kernel_columns(rows: list[tuple[str, ...]]) -> Columns | None:
+    """Columns of _KERNEL's rows, or None if a row is empty (a line it did not take)."""
+    l3, l4, ttl, state, dst, dport, flag1, flag2, zone = zip(*rows, strict=True)
+    if "" in l4:
+        return None
+    # no timeout: scan_line takes it only from an offloaded entry
+    if "" in ttl and any(not t and f not in ("O", "H") for t, f in zip(ttl, flag2, strict=True)):
+        return None
+    n = len(zone)
+    zones: tuple[str, ...] | None = None
+    if zone.count("0") + zone.count("") != n:
+        zones = tuple(z or "0" for z in zone)
+    return Columns(_names(l3, _L3_OF), l4, state, ttl, dst, dport, _names(flag1, _FLAG1_OF),
+                   _names(flag2, _FLAG2_OF), zones)
+
+
+def _scan_general(block: str) -> Columns | None:
+    """scan_block for any layout _SCAN takes (the whole comment above _HEAD)."""
     if (not block.endswith("\n") or not block.isascii()
             or any(c in block for c in _ODD_SPACE)):
         return None
