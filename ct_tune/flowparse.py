@@ -346,23 +346,23 @@ def _names(col: tuple[str, ...], names: dict[str, str]) -> tuple[str, ...]:
 def scan_block(block: str) -> Columns | None:
     """scan_line of every line of `block` (whole lines, each ending in a newline) in one
     pass, or None unless every line is in the plain form this can vouch for."""
+    cols = _scan_kernel(block)
+    return cols if cols is not None else _scan_general(block)
+
+
+def _scan_kernel(block: str) -> Columns | None:
+    """scan_block for blocks of lines in the kernel's layout only (the comment above
+    _KERNEL), or None."""
     m = _KERNEL_FIRST.match(block)
-    if m is not None and block.endswith("\n"):
-        # a row for each newline after the first: the next line's, or an empty one where that
-        # line is not in the kernel's layout (and after the block's last newline)
-        rows = _KERNEL_REST.findall(block, m.end())
-        rows.pop()
-        rows.insert(0, m.groups(""))
-        cols = _kernel_columns(rows)
-        if cols is not None:
-            return cols
-    return _scan_general(block)
-
-
-def _kernel_columns(rows: list[tuple[str, ...]]) -> Columns | None:
-    """Columns of _KERNEL's rows, or None if a row is empty (a line it did not take)."""
+    if m is None or not block.endswith("\n"):
+        return None
+    # a row for each newline after the first: the next line's, or an empty one where that
+    # line is not in the kernel's layout (and after the block's last newline)
+    rows = _KERNEL_REST.findall(block, m.end())
+    rows.pop()
+    rows.insert(0, m.groups(""))
     l3, l4, ttl, state, dst, dport, flag1, flag2, zone = zip(*rows, strict=True)
-    if "" in l4:
+    if "" in l4:  # a line _KERNEL did not take
         return None
     # no timeout: scan_line takes it only from an offloaded entry
     if "" in ttl and any(not t and f not in ("O", "H") for t, f in zip(ttl, flag2, strict=True)):
