@@ -11,7 +11,9 @@ Two entry points over one format:
   one regex pass in C with no Python code per line, or None when any line of
   the block is not in the plain form it can vouch for (the caller then falls
   back to scan_line line by line).  Even scan_line's per-line call costs more
-  than the kernel takes to print the line.
+  than the kernel takes to print the line.  It first tries a pattern for the
+  kernel's exact layout, which needs no other pass over the block, then a
+  general one for every plain layout (conntrack -L, old kernels), which does.
 
 The property tests check that scan_line agrees with parse_line on every line
 they generate, and that a block scanned at once aggregates exactly like its
@@ -256,15 +258,15 @@ class Columns(NamedTuple):
 #: The ASCII characters that \s matches besides " " and "\n" (str.isspace() agrees).
 _ODD_SPACE = "\t\x0b\x0c\r\x1c\x1d\x1e\x1f"
 
-# _SCAN for a block of lines.  scan_block runs it on "\n" + block, so every match starts at
+# _SCAN for a block of lines.  _scan_general runs it on "\n" + block, so every match starts at
 # the "\n" before a line: a literal the search finds at C speed, where "^" with re.M is tried
 # at every character (that alone was a third of the time).  The part in (?>...) is _SCAN
-# with \s written as " " and \S as [^ ]: scan_block only runs it on ASCII blocks whose only
+# with \s written as " " and \S as [^ ]: _scan_general only runs it on ASCII blocks whose only
 # whitespace is " " and "\n", where \d is [0-9], \s can only be " " (no \s of a successful
 # _SCAN match can take a line's final "\n": each one is followed by something that is not
 # whitespace) and [^ ] is \S but for "\n".  A match that ran through a "\n" into the next
 # line would take that line's own starting "\n" with it, leaving fewer matches than lines,
-# which scan_block refuses: so every match it keeps lies within its line.  The atomic group
+# which _scan_general refuses: so every match it keeps lies within its line.  The atomic group
 # keeps _SCAN's first match, so what follows can fail a line but never re-split it.  An
 # optional part is written (?:X|) rather than (?:X)?: the same match without the general
 # repeat machinery, and [^ ] rather than \S: a one-character loop instead of a category
@@ -275,12 +277,12 @@ _ODD_SPACE = "\t\x0b\x0c\r\x1c\x1d\x1e\x1f"
 # bracketed token after that (where [ASSURED], [OFFLOAD] or [HW_OFFLOAD] are printed, after
 # the reply tuple; an [UNREPLIED] further on lands here too), and " use=".  Each search is
 # a greedy ".*" walked back from the end of the line to the last "[" (or space): no retry
-# at every character.  scan_block checks that the tokens captured are all the "[" of the
+# at every character.  _scan_general checks that the tokens captured are all the "[" of the
 # block, so the flag substrings scan_line looks for anywhere in a line are exactly these
 # tokens; a block where that fails (a third token, an [UNREPLIED] before an accounting
 # tuple and another token after it) is scanned line by line.
 #
-# Linear whatever the line: scan_block first refuses a block with a line over MAX_LINE
+# Linear whatever the line: _scan_general first refuses a block with a line over MAX_LINE
 # characters (scan_line refuses them too), and each search of a line is atomic or ends in
 # a literal found walking back once, so a line without " use=" fails at once.
 _HEAD = (r"\n(?> *(?:(ipv[46]) +[0-9]+ +|)([^ ]+) +[0-9]+ +(?:([0-9]+) +|)"
@@ -288,14 +290,99 @@ _HEAD = (r"\n(?> *(?:(ipv[46]) +[0-9]+ +|)([^ ]+) +[0-9]+ +(?:([0-9]+) +|)"
          r"src=[^ ]+ +dst=([^ ]+)(?: +sport=[0-9]+ +dport=([0-9]+)|))"
          r"(?: \[(UNREPLIED)\]|)(?>.*\[([A-Z_]+)\]|)")
 _BLOCK = re.compile(_HEAD + r".* use=")
-# The same, also taking the value of the last " zone=" (scan_block checks it is the only one
+# The same, also taking the value of the last " zone=" (_scan_general checks it is the only one
 # of its line, so it is the first, as scan_line takes), for blocks with zones other than 0.
 _BLOCK_ZONE = re.compile(_HEAD + r"(?>.* zone=([0-9]+)(?= )).* use=")
+
+
+# The kernel's own layout, tried first: ct_seq_show (net/netfilter/nf_conntrack_standalone.c)
+# prints "%-8s %u %-8s %u " (layer 3 and 4 names padded, their numbers), the seconds left
+# unless offloaded, the state (print_conntrack), each tuple as print_tuple does ("src=%pI4
+# dst=%pI4 " then the layer 4 keys: sport/dport, icmp's type/code/id, gre's srckey/dstkey,
+# none for the rest), "packets=.. bytes=.. " (seq_print_acct) after each, "[UNREPLIED] "
+# between them, one of "[HW_OFFLOAD] " / "[OFFLOAD] " / "[ASSURED] ", then "mark=%u ",
+# "secctx=%s ", "zone=%u ", "delta-time=%llu " and "use=%u\n".  Every token of the line is
+# matched, with single spaces, and the match must end at the line's newline, so a line it
+# takes has no other token: its flags are the bracketed tokens captured (no address or
+# secctx class admits "[", " " or a newline), its only " zone=" the one captured, and it is
+# ASCII without odd whitespace.  Every repeat is bounded, so a line it takes is far under
+# MAX_LINE characters (tests check the pattern's width) and the per-line checks of the
+# general pattern (one pass over the block each: line lengths, zones, brackets, characters)
+# are not needed.  No match can hold a newline but its leading one, so the number of
+# matches is the number of lines taken, and each token's class decides which optional part
+# it is, so the match is the one _SCAN finds (the property tests check scan_line agrees).
+#
+# Linear whatever the input: a match starts only at a line's start (the block's, or a
+# newline), each part has one way to match a token (its first characters decide), and the
+# longest match is under a thousand characters, so no line costs more than a bounded amount.
+#
+# Three captures are single characters, which Python gives without making a new string
+# each time: the layer 3 version, the U of [UNREPLIED], and the first letter of the last
+# flag (a lookbehind pins the rest of the name); _scan_kernel maps them back to the names
+# Columns holds.  The zone is "0" on almost every line, a single character too.
+_N = "[0-9]{1,20}"
+_ADDR = "[0-9a-f.:]{1,45}"                     # %pI4, %pI6c (lower-case hex, dotted quad)
+_ACCT = f"(?:packets={_N} bytes={_N} |)"
+_KEYS = f"type={_N} code={_N} id={_N} |srckey=0x[0-9a-f]{{1,8}} dstkey=0x[0-9a-f]{{1,8}} |"
+_KERNEL = (f"ipv([46]) {{1,8}}[0-9]{{1,3}} ([a-z][a-z0-9]{{0,15}}) {{1,8}}[0-9]{{1,3}} "
+           f"(?:({_N}) |)(?:([A-Z][A-Z_0-9]{{0,31}}) |)"
+           f"src={_ADDR} dst=({_ADDR}) (?:sport={_N} dport=({_N}) |{_KEYS}){_ACCT}"
+           f"(?:\\[(U)NREPLIED\\] |)"
+           f"src={_ADDR} dst={_ADDR} (?:sport={_N} dport={_N} |{_KEYS}){_ACCT}"
+           f"(?:\\[([AOH])(?:(?<=A)SSURED|(?<=O)FFLOAD|(?<=H)W_OFFLOAD)\\] |)"
+           f"(?:mark={_N} |)(?:secctx=[!-Z\\\\-~]{{1,255}} |)(?:zone=([0-9]{{1,10}}) |)"
+           f"(?:delta-time={_N} |)use={_N}(?=\\n)")
+#: The first line of a block (no newline before it: matching it apart saves a copy of the
+#: block with one prepended) and every other line, found from the newline that starts it.
+_KERNEL_FIRST = re.compile(_KERNEL)
+_KERNEL_REST = re.compile(f"\\n(?:{_KERNEL}|)")
+_L3_OF = {"4": "ipv4", "6": "ipv6"}
+_FLAG1_OF = {"U": "UNREPLIED", "": ""}
+_FLAG2_OF = {"A": "ASSURED", "O": "OFFLOAD", "H": "HW_OFFLOAD", "": ""}
+
+
+def _names(col: tuple[str, ...], names: dict[str, str]) -> tuple[str, ...]:
+    """A column of single-character captures as the names they stand for."""
+    n = len(col)
+    if col.count(col[0]) == n:  # one value for the whole block: the common case
+        return (names[col[0]],) * n
+    return tuple(map(names.__getitem__, col))
 
 
 def scan_block(block: str) -> Columns | None:
     """scan_line of every line of `block` (whole lines, each ending in a newline) in one
     pass, or None unless every line is in the plain form this can vouch for."""
+    cols = _scan_kernel(block)
+    return cols if cols is not None else _scan_general(block)
+
+
+def _scan_kernel(block: str) -> Columns | None:
+    """scan_block for blocks of lines in the kernel's layout only (the comment above
+    _KERNEL), or None."""
+    m = _KERNEL_FIRST.match(block)
+    if m is None or not block.endswith("\n"):
+        return None
+    # a row for each newline after the first: the next line's, or an empty one where that
+    # line is not in the kernel's layout (and after the block's last newline)
+    rows = _KERNEL_REST.findall(block, m.end())
+    rows.pop()
+    rows.insert(0, m.groups(""))
+    l3, l4, ttl, state, dst, dport, flag1, flag2, zone = zip(*rows, strict=True)
+    if "" in l4:  # a line _KERNEL did not take
+        return None
+    # no timeout: scan_line takes it only from an offloaded entry
+    if "" in ttl and any(not t and f not in ("O", "H") for t, f in zip(ttl, flag2, strict=True)):
+        return None
+    n = len(zone)
+    zones: tuple[str, ...] | None = None
+    if zone.count("0") + zone.count("") != n:
+        zones = tuple(z or "0" for z in zone)
+    return Columns(_names(l3, _L3_OF), l4, state, ttl, dst, dport, _names(flag1, _FLAG1_OF),
+                   _names(flag2, _FLAG2_OF), zones)
+
+
+def _scan_general(block: str) -> Columns | None:
+    """scan_block for any layout _SCAN takes (the whole comment above _HEAD)."""
     if (not block.endswith("\n") or not block.isascii()
             or any(c in block for c in _ODD_SPACE)):
         return None

@@ -318,3 +318,140 @@ def test_block_path_takes_the_common_table_without_falling_back(monkeypatch):
         stats = FlowStats(TIMEOUTS)
         stats.feed_blocks(["".join(lines[i:i + 1500]) for i in range(0, len(lines), 1500)])
         assert stats.entries == 20000
+
+
+# --- the kernel-layout pattern tried first (flowparse._KERNEL) against the general one ---
+
+def test_kernel_pattern_stays_under_max_line():
+    """Every repeat of _KERNEL is bounded, so scan_block needs no line-length pass for it:
+    the longest line it can take must be shorter than MAX_LINE (which scan_line refuses)."""
+    from ct_tune.flowparse import _KERNEL, MAX_LINE
+
+    parser = getattr(re, "_parser", None)
+    if parser is None:  # before Python 3.11
+        import sre_parse as parser
+    assert parser.parse(_KERNEL).getwidth()[1] < MAX_LINE
+
+
+def bits_of(cols):
+    """Columns with the two flag columns as one of scan_line's flag bits per line: which of
+    the two holds a flag is no part of their meaning (the general pattern puts an
+    [UNREPLIED] printed after accounting in the second, the kernel pattern in the first)."""
+    if cols is None:
+        return None
+    names = {"UNREPLIED": 1, "ASSURED": 2, "OFFLOAD": 4, "HW_OFFLOAD": 8}
+    bits = tuple(names.get(a, 0) | names.get(b, 0) for a, b in zip(cols.flag1, cols.flag2,
+                                                                        strict=True))
+    return cols._replace(flag1=bits, flag2=())
+
+
+def kernel_and_general(text: str):
+    from ct_tune.flowparse import _scan_general, _scan_kernel
+
+    return bits_of(_scan_kernel(text)), bits_of(_scan_general(text))
+
+
+@settings(max_examples=400, deadline=None)
+@given(line_mix, st.integers(0, 2**32))
+def test_kernel_pattern_takes_only_what_the_general_one_gives_the_same(mix, seed):
+    """Whatever the kernel-layout pattern takes, the general pattern (and so scan_line, which
+    the other tests hold it to) reads the same; a block it declines goes to the general."""
+    text = make_text(mix, seed)
+    kernel, general = kernel_and_general(text)
+    if kernel is not None:
+        assert general is None or kernel == general
+        assert bits_of(scan_block(text)) == kernel
+        lines = block_lines(text)
+        for i, line in enumerate(lines):
+            l3, l4, state, ttl, dst, dport, bits, zone = scan_line(line)
+            assert (kernel.l3[i], kernel.l4[i], kernel.state[i] or None, int(kernel.ttl[i])
+                    if kernel.ttl[i] else None, kernel.dst[i], kernel.dport[i] or None) == (
+                l3, l4, state, ttl, dst, dport)
+            assert kernel.flag1[i] == bits
+            assert (int(kernel.zone[i]) if kernel.zone else 0) == zone
+    else:
+        assert bits_of(scan_block(text)) == general
+
+
+@pytest.mark.parametrize("zones", [False, True])
+def test_kernel_lines_take_the_kernel_pattern(zones):
+    """The kernel's layout (tcp states, udp, icmpv6, accounting, zones) is taken by the
+    specialised pattern whole, and reads as the general pattern reads it."""
+    text = kernel_like_table(3000, seed=11, zones=zones)
+    kernel, general = kernel_and_general(text)
+    assert kernel is not None and len(kernel.l4) == 3000
+    assert kernel == general
+    assert (kernel.zone is not None) == zones
+
+
+#: Kernel lines the specialised pattern must decline (each one a form only the general
+#: pattern, or scan_line alone, can vouch for), with whether the general pattern takes it.
+NOT_KERNEL = [
+    ("ipv4     2 udp      17 30 src=1.1.1.1 dst=2.2.2.2 sport=1 dport=2  [UNREPLIED] "
+     "src=2.2.2.2 dst=1.1.1.1 sport=2 dport=1 mark=0 use=2", True),       # two spaces
+    ("udp      17 30 src=1.1.1.1 dst=2.2.2.2 sport=1 dport=2 [UNREPLIED] "
+     "src=2.2.2.2 dst=1.1.1.1 sport=2 dport=1 mark=0 use=2", True),       # conntrack -L
+    ("ipv4     2 udp      17 30 src=1.1.1.1 dst=2.2.2.2 sport=1 dport=2 [UNREPLIED] "
+     "src=2.2.2.2 dst=1.1.1.1 sport=2 dport=1 mark=0 use=2 zone=5", False),  # after use=
+    ("ipv4     2 udp      17 30 src=1.1.1.1 dst=2.2.2.2 sport=1 dport=2 [UNREPLIED] "
+     "src=2.2.2.2 dst=[ASSURED] sport=2 dport=1 mark=0 use=2", True),     # a flag in a value
+    ("ipv4     2 udp      17 30 src=1.1.1.1 dst=2.2.2.2 sport=1 dport=2 [UNREPLIED] "
+     "src=2.2.2.2 dst=1.1.1.1 sport=2 dport=1 [X] mark=0 use=2", True),   # an unknown flag
+    ("ipv4     2 udp      17 30 src=1.1.1.1 dst=2.2.2.2 sport=1 dport=2 [UNREPLIED] "
+     "src=2.2.2.2 dst=1.1.1.1 sport=2 dport=1 mark=0 zone-orig=3 use=2", True),
+    ("ipv4     2 tcp      6 src=1.1.1.1 dst=2.2.2.2 sport=1 dport=2 "
+     "src=2.2.2.2 dst=1.1.1.1 sport=2 dport=1 [ASSURED] mark=0 use=2", False),  # no timeout
+    ("ipv4     2 udp      17 30 src=1.1.1.1 dst=2.2.2.2 sport=1 dport=2 [UNREPLIED] "
+     "src=2.2.2.2 dst=1.1.1.1 sport=2 dport=1 mark=0 use=2\t", False),    # odd whitespace
+    ("ipv4     2 udp      17 " + "9" * 30 + " src=1.1.1.1 dst=2.2.2.2 sport=1 dport=2 "
+     "src=2.2.2.2 dst=1.1.1.1 sport=2 dport=1 mark=0 use=2", True),       # 30-digit timeout
+    ("ipv4     2 gre      47 30 timeout=600, stream_timeout=18000 src=1.1.1.1 dst=2.2.2.2 "
+     "srckey=0x0 dstkey=0x0 src=2.2.2.2 dst=1.1.1.1 srckey=0x0 dstkey=0x0 mark=0 use=2",
+     True),                                                               # old GRE
+]
+
+
+@pytest.mark.parametrize(("odd", "general_takes"), NOT_KERNEL)
+@pytest.mark.parametrize("where", [0, 1, 299])
+def test_kernel_pattern_declines_and_the_general_takes_over(odd, general_takes, where):
+    """One line the kernel pattern cannot vouch for, first, second or last in a block of
+    plain kernel lines: it declines the whole block, and scan_block gives the general
+    pattern's answer, which aggregates like the lines one by one."""
+    lines = block_lines(kernel_like_table(300, seed=where))
+    lines[where] = odd + "\n"
+    text = "".join(lines)
+    kernel, general = kernel_and_general(text)
+    assert kernel is None
+    assert (general is not None) == general_takes
+    assert bits_of(scan_block(text)) == general
+    same(by_blocks([text]), by_lines(text))
+
+
+def test_kernel_pattern_needs_the_last_newline():
+    text = kernel_like_table(5, seed=2)
+    assert kernel_and_general(text)[0] is not None
+    assert kernel_and_general(text.rstrip("\n"))[0] is None
+    assert kernel_and_general(text + "\n")[0] is None  # a blank line: not an entry
+
+
+def test_kernel_pattern_offloaded_and_mixed_flags():
+    """Offloaded entries (no timeout) and a block mixing flags and layer 3 versions: the
+    single-character captures map back to the names the general pattern gives."""
+    lines = [
+        "ipv4     2 tcp      6 src=1.1.1.1 dst=2.2.2.2 sport=1 dport=2 src=2.2.2.2 "
+        "dst=1.1.1.1 sport=2 dport=1 [OFFLOAD] mark=0 zone=0 use=2\n",
+        "ipv6     10 tcp      6 src=::1 dst=::2 sport=1 dport=2 src=::2 dst=::1 sport=2 "
+        "dport=1 [HW_OFFLOAD] mark=0 zone=0 use=2\n",
+        "ipv4     2 udp      17 30 src=1.1.1.1 dst=2.2.2.2 sport=1 dport=2 [UNREPLIED] "
+        "src=2.2.2.2 dst=1.1.1.1 sport=2 dport=1 mark=0 zone=7 use=2\n",
+        "ipv4     2 tcp      6 5 ESTABLISHED src=1.1.1.1 dst=2.2.2.2 sport=1 dport=2 "
+        "src=2.2.2.2 dst=1.1.1.1 sport=2 dport=1 [ASSURED] mark=0 use=2\n",
+    ]
+    text = "".join(lines)
+    kernel, general = kernel_and_general(text)
+    assert kernel is not None
+    assert kernel.l3 == ("ipv4", "ipv6", "ipv4", "ipv4")
+    assert kernel.flag1 == (4, 8, 1, 2)
+    assert kernel.zone == ("0", "0", "7", "0")
+    assert general is None  # the last line has no zone: the general pattern declines
+    same(by_blocks([text]), by_lines(text))
