@@ -10,6 +10,7 @@ man/ct-tune-json.5 and validated by :mod:`ct_tune.snapshot`.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import os
 import stat as _stat
@@ -537,24 +538,45 @@ def _conf_names(directory: Path) -> list[str]:
 def in_root(root: Path, rel: str) -> Path:
     """root/rel with symlinks resolved inside root, as a chroot would: an absolute link
     target (99-sysctl.conf -> /etc/sysctl.conf, a mask -> /dev/null) means root/target,
-    not this machine's file, and '..' stops at root."""
-    parts = [p for p in Path(rel).parts if p not in ("/", ".")]
-    here, hops = root, 0
+    not this machine's file, and '..' stops at root.  On strings, not Path objects: collect
+    resolves every boot file (a hundred udev rules) this way, at every start-up."""
+    top = os.fspath(root)
+    parts = _components(rel)
+    here, hops = top, 0
     while parts:
         part = parts.pop(0)
         if part == "..":
-            here = here.parent if here != root else root
+            here = os.path.dirname(here) if here != top else top
             continue
-        nxt = here / part
-        if nxt.is_symlink() and hops < 40:
+        nxt = os.path.join(here, part)
+        if _is_link(nxt) and hops < 40:
             hops += 1
             target = os.readlink(nxt)
             if os.path.isabs(target):
-                here = root
-            parts = [p for p in Path(target).parts if p not in ("/", ".")] + parts
+                here = top
+            parts = _components(target) + parts
             continue
         here = nxt
-    return here
+    return Path(here)
+
+
+def _components(rel: str) -> list[str]:
+    """The names along a path, without its slashes and '.' (a leading '//' too, which
+    Path keeps as a root of its own: the link target //etc/x is root/etc/x)."""
+    return [p for p in rel.split("/") if p not in ("", ".")]
+
+
+def _is_link(path: str) -> bool:
+    """Path.is_symlink of a string: False when missing, an OSError such as EACCES raised
+    (writers' _at takes an unsearchable /proc/PID/root as missing)."""
+    try:
+        return _stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+            return False
+        raise
+    except ValueError:  # a NUL in the name
+        return False
 
 
 def _read_conf(root: Path, real: Path, problems: Problems) -> str | None:
