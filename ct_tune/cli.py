@@ -190,9 +190,12 @@ def gather(roots: facts.Roots, no_sample: bool, sample_limit: int | None,
 def _report_problems(host: dict[str, Any]) -> None:
     """Every input problem, one ``ct-tune: PATH: what is wrong`` line each on stderr: the
     facts they concern are unknown, and so are the findings that needed them."""
-    from ct_tune.findings import error_text
+    errors = host.get("errors")
+    if not errors:
+        return
+    from ct_tune.findings import error_text  # not imported by a collect without problems
 
-    for err in host.get("errors") or []:
+    for err in errors:
         click.echo(f"ct-tune: {error_text(err)}", err=True)
 
 
