@@ -344,10 +344,11 @@ def test_scaled_counts_are_shown_as_estimates_everywhere(tree):
 
 def test_missing_proc_stat_is_read_from_conntrack_S_only_when_missing(tmp_path, monkeypatch):
     text = (FORMATS / "ctS-procfs-per-cpu.txt").read_text()
-    monkeypatch.setenv("PATH", str(Path(fake_conntrack(tmp_path, text)).parent))
+    exe = fake_conntrack(tmp_path, text)
+    monkeypatch.setenv("PATH", f"{Path(exe).parent}:{os.environ.get('PATH', '')}")
     missing = {"stat": None, "conntrack": {"loaded": True}}
     sampler.fill_missing_stat(Roots(), missing)
-    assert missing["stat"] == ctsource.conntrack_stats(str(tmp_path / "bin" / "conntrack"))
+    assert missing["stat"] == ctsource.conntrack_stats(exe)
     present = {"stat": {"source": "/proc/net/stat/nf_conntrack"}, "conntrack": {"loaded": True}}
     sampler.fill_missing_stat(Roots(), present)
     assert present["stat"] == {"source": "/proc/net/stat/nf_conntrack"}
