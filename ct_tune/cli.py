@@ -258,10 +258,11 @@ def _meta(host: dict[str, Any], profile: str, name: str) -> Any:
 
 def _textfile_name(ctx: click.Context, param: click.Parameter, value: str | None
                    ) -> str | None:
+    if value is None:
+        return None
     from ct_tune import textfile
 
-    if value is not None and (os.path.isdir(value) or not textfile.valid_name(
-            os.path.basename(value))):
+    if os.path.isdir(value) or not textfile.valid_name(os.path.basename(value)):
         raise click.BadParameter(f"{value}: must be a file name ending in "
                                  f"{textfile.SUFFIX} (node_exporter's textfile collector "
                                  "reads only those)", ctx=ctx, param=param)
