@@ -88,6 +88,9 @@ def main() -> None:
         base_dir = os.path.join(tmp, "baseline")
         os.mkdir(base_dir)
         export(args.baseline, base_dir)
+        # `python -m` puts the working directory first on sys.path: from inside the
+        # checkout, the baseline's PYTHONPATH would lose to the checkout's own ct_tune
+        os.chdir(tmp)
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         envs = {}
         for name, path in (("baseline", base_dir), ("checkout", CHECKOUT)):
@@ -95,6 +98,12 @@ def main() -> None:
             os.mkdir(cache, 0o700)
             envs[name] = {**env, "PYTHONPATH": path, "CT_TUNE_CACHE_DIR": cache}
         py = args.python
+        for name, path in (("baseline", base_dir), ("checkout", CHECKOUT)):
+            where = subprocess.run([args.python, "-c", "import ct_tune; print(ct_tune.__file__)"],
+                                   env=envs[name], capture_output=True, text=True,
+                                   check=True).stdout.strip()
+            if not where.startswith(path + os.sep):
+                raise SystemExit(f"{name}: ct_tune comes from {where}, not from {path}")
         ct = [py, "-m", "ct_tune"]
         commands: dict[str, tuple[list[str], dict[str, str]]] = {
             "pass": ([py, "-c", "pass"], env),
