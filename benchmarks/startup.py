@@ -6,9 +6,10 @@ round-robin in the same run so drift on a shared machine hits every command alik
 
 - `python -c pass`: the interpreter alone, the floor;
 - `python -c "import click"`: the floor of any click command line;
-- `ct-tune collect --duration 0` and `ct-tune audit --no-sample`, each with the
-  baseline revision's code (default: main, exported with `git archive` into a
-  temporary directory) and with this checkout's.
+- `ct-tune collect --duration 0` (to stdout, and with `-o FILE` as a fleet writes its
+  snapshots) and `ct-tune audit --no-sample`, each with the baseline revision's code
+  (default: main, exported with `git archive` into a temporary directory) and with
+  this checkout's.
 
 Each ct-tune command's figure is what it adds to `python -c pass` (median over the
 rounds of wall-clock time, and of user + system CPU time of the child); the last
@@ -110,6 +111,8 @@ def main() -> None:
             "import click": ([py, "-c", "import click"], env),
         }
         for what, argv in (("collect", ["collect", "--duration", "0"]),
+                           ("collect -o", ["collect", "--duration", "0", "-o",
+                                           os.path.join(tmp, "host.json")]),
                            ("audit", ["audit", "--no-sample"])):
             for name in ("baseline", "checkout"):
                 commands[f"{what} {name}"] = ([*ct, *argv], envs[name])
@@ -126,12 +129,12 @@ def main() -> None:
                 cpu[key].append(c)
         med_wall = {k: statistics.median(v) for k, v in wall.items()}
         med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
-        print(f"{'command':<17} {'wall':>8} {'cpu':>8} {'wall-pass':>10} {'cpu-pass':>9}"
+        print(f"{'command':<20} {'wall':>8} {'cpu':>8} {'wall-pass':>10} {'cpu-pass':>9}"
               f" {'added vs baseline':>18}")
         for key in commands:
             added_wall = med_wall[key] - med_wall["pass"]
             added_cpu = med_cpu[key] - med_cpu["pass"]
-            line = (f"{key:<17} {med_wall[key] * 1000:>6.1f}ms {med_cpu[key] * 1000:>6.1f}ms"
+            line = (f"{key:<20} {med_wall[key] * 1000:>6.1f}ms {med_cpu[key] * 1000:>6.1f}ms"
                     f" {added_wall * 1000:>8.1f}ms {added_cpu * 1000:>7.1f}ms")
             if key.endswith(" checkout"):
                 base = key.replace(" checkout", " baseline")
