@@ -73,7 +73,7 @@ class Roots(NamedTuple):
         return self.procfs == Path("/proc") and self.sysfs == Path("/sys")
 
 
-def _read(path: Path, bound: safeio.Bound = safeio.VALUE) -> str | None:
+def _read(path: Path | str, bound: safeio.Bound = safeio.VALUE) -> str | None:
     """File text, or None when it does not exist or may not be read (not an error:
     many facts are optional, e.g. slabinfo needs root, stat may be compiled out).
     A FIFO, device or directory in its place, or more than `bound`, is an InputError."""
@@ -141,7 +141,7 @@ def _then(parse: Callable[[str], int], check: Callable[[int], int]) -> Callable[
     return lambda text: check(parse(text))
 
 
-def _writable(path: Path) -> bool:
+def _writable(path: Path | str) -> bool:
     """Whether this namespace may write the sysctl: the owner-write bit of its mode.
 
     procfs shows sysctls that are read-only in a non-initial network namespace
@@ -158,7 +158,7 @@ def _writable(path: Path) -> bool:
         return False
 
 
-def _readonly_mount(path: Path) -> bool:
+def _readonly_mount(path: Path | str) -> bool:
     try:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except OSError:
@@ -231,7 +231,7 @@ def is_integer_key(key: str) -> bool:
             or short.startswith(INTEGER_KEYS_PREFIX))
 
 
-def _sysctl_entry(path: Path, key: str, problems: Problems) -> dict[str, Any] | None:
+def _sysctl_entry(path: Path | str, key: str, problems: Problems) -> dict[str, Any] | None:
     """{value, writable}; a file that exists but cannot be read or holds a corrupt value
     is kept with value None (its problem recorded), so the key still counts as present."""
     fact = ("sysctl", key)
@@ -277,7 +277,7 @@ def _netfilter_sysctls(roots: Roots, problems: Problems) -> dict[str, dict[str, 
             dirnames.remove(name)
         for name in sorted(filenames):
             key = ".".join(["net", "netfilter", *rel.parts, name])
-            entry = _sysctl_entry(Path(dirpath) / name, key, problems)
+            entry = _sysctl_entry(os.path.join(dirpath, name), key, problems)  # str: cheaper
             if entry is not None:
                 out[key] = entry
     return out
