@@ -529,10 +529,7 @@ def _stat_table(roots: Roots, problems: Problems) -> dict[str, Any] | None:
 
 
 def _conf_names(directory: Path) -> list[str]:
-    try:
-        return sorted(p.name for p in directory.iterdir() if p.name.endswith(".conf"))
-    except (FileNotFoundError, NotADirectoryError, PermissionError):
-        return []
+    return sorted(name for name in _listdir(directory) if name.endswith(".conf"))
 
 
 def in_root(root: Path, rel: str) -> Path:
@@ -628,9 +625,9 @@ def _persistence(root: Path, problems: Problems | None = None) -> dict[str, Any]
             modprobe[key] = {"value": value, "file": "/" + rel}
     udev, rules = [], {}
     for d in sysctld.UDEV_DIRS:  # a same-named rules file higher up masks one further down
-        for p in _listdir(in_root(root, d)):
-            if p.name.endswith(".rules"):
-                rules.setdefault(p.name, f"{d}/{p.name}")
+        for name in _listdir(in_root(root, d)):
+            if name.endswith(".rules"):
+                rules.setdefault(name, f"{d}/{name}")
     for name in sorted(rules):
         text = _read_conf(root, in_root(root, rules[name]), problems)
         if text and sysctld.udev_reloads_sysctl(text):
@@ -639,9 +636,11 @@ def _persistence(root: Path, problems: Problems | None = None) -> dict[str, Any]
             **sysctld.persistence(assignments, ["/" + f for f in read], early, modprobe, udev)}
 
 
-def _listdir(directory: Path) -> list[Path]:
+def _listdir(directory: Path) -> list[str]:
+    """The names in a directory (Path.iterdir without a Path per entry: a hundred udev
+    rules); none when it is missing, not a directory or not readable."""
     try:
-        return list(directory.iterdir())
+        return os.listdir(directory)
     except (FileNotFoundError, NotADirectoryError, PermissionError):
         return []
 
