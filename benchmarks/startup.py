@@ -13,7 +13,9 @@ round-robin in the same run so drift on a shared machine hits every command alik
 
 Each ct-tune command's figure is what it adds to `python -c pass` (median over the
 rounds of wall-clock time, and of user + system CPU time of the child); the last
-column is this checkout's added time over the baseline's.  On an empty table
+column is this checkout's added time over the baseline's, and the median of the
+per-round differences (checkout minus baseline, run back to back: steadier than the
+difference of the medians when neighbours load the machine in bursts).  On an empty table
 collect's added time is its fixed start-up cost (imports, facts, the empty sample,
 the JSON), which issue 11's speed target pays on top of parsing the table.  Audits
 use a warm expression cache of their own (one untimed audit per revision first).
@@ -142,6 +144,11 @@ def main() -> None:
                 base_cpu = med_cpu[base] - med_cpu["pass"]
                 line += (f"  wall x{added_wall / base_wall:.2f}, cpu x{added_cpu / base_cpu:.2f}"
                          if base_wall > 0 and base_cpu > 0 else "")
+                # paired: the two ran back to back in each round, so a neighbour's burst
+                # that slows a round shows in both and cancels out of the difference
+                diff_wall = statistics.median(map(float.__sub__, wall[key], wall[base]))
+                diff_cpu = statistics.median(map(float.__sub__, cpu[key], cpu[base]))
+                line += f"; paired {diff_wall * 1000:+.1f}ms wall, {diff_cpu * 1000:+.1f}ms cpu"
             print(line)
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
