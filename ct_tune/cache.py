@@ -26,7 +26,6 @@ import errno
 import functools
 import io
 import os
-import secrets
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -194,7 +193,7 @@ def _bytecode_cache_class() -> type[BytecodeCache]:
 
         def dump_bytecode(self, bucket: Bucket) -> None:
             name = PATTERN % bucket.key
-            tmp = f"{name}.{secrets.token_hex(8)}.tmp"
+            tmp = f"{name}.{os.urandom(8).hex()}.tmp"
             buf = io.BytesIO()
             bucket.write_bytecode(buf)
             f = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW

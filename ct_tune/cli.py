@@ -209,9 +209,12 @@ def _report_discarded(window: dict[str, Any]) -> None:
 def _report_problems(host: dict[str, Any]) -> None:
     """Every input problem, one ``ct-tune: PATH: what is wrong`` line each on stderr: the
     facts they concern are unknown, and so are the findings that needed them."""
-    from ct_tune.findings import error_text
+    errors = host.get("errors")
+    if not errors:
+        return
+    from ct_tune.findings import error_text  # not imported by a collect without problems
 
-    for err in host.get("errors") or []:
+    for err in errors:
         click.echo(f"ct-tune: {error_text(err)}", err=True)
 
 
@@ -274,10 +277,11 @@ def _meta(host: dict[str, Any], profile: str, name: str) -> Any:
 
 def _textfile_name(ctx: click.Context, param: click.Parameter, value: str | None
                    ) -> str | None:
+    if value is None:
+        return None
     from ct_tune import textfile
 
-    if value is not None and (os.path.isdir(value) or not textfile.valid_name(
-            os.path.basename(value))):
+    if os.path.isdir(value) or not textfile.valid_name(os.path.basename(value)):
         raise click.BadParameter(f"{value}: must be a file name ending in "
                                  f"{textfile.SUFFIX} (node_exporter's textfile collector "
                                  "reads only those)", ctx=ctx, param=param)

@@ -14,7 +14,6 @@ do no I/O, and answer None or an empty list for snapshots without ``persist``.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from typing import Any
 
@@ -367,6 +366,8 @@ def _suggest(key: str, sysctl: Mapping[str, Any]) -> str | None:
     Names are compared without their family prefix, among live keys of the same family,
     so a removed key (nf_conntrack_helper) gets no suggestion instead of a random sibling.
     """
+    import difflib  # only when a configured key is unknown: not on every audit's start-up
+
     short = short_name(key)
     family = _family(short)
     names = {s[len(family):]: s for s in sysctl if _family(s) == family}

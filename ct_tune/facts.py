@@ -10,13 +10,13 @@ man/ct-tune-json.5 and validated by :mod:`ct_tune.snapshot`.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import os
 import stat as _stat
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from ct_tune import __version__, kernelmodel, nsview, parsers, safeio, sysctld
 from ct_tune.errors import InputError
@@ -44,9 +44,10 @@ INTEGER_KEYS = {"nf_conntrack_max", "nf_conntrack_count", "nf_conntrack_buckets"
                 *(f"net.ipv4.{k}" for k in KEEPALIVE_KEYS)}
 
 
-@dataclass(frozen=True)
-class Roots:
-    """Where the host's procfs and sysfs are mounted (or were captured to)."""
+class Roots(NamedTuple):
+    """Where the host's procfs and sysfs are mounted (or were captured to).  A NamedTuple
+    rather than a frozen dataclass, as the other value types on collect's path: building
+    a dataclass costs about a millisecond of every start-up."""
 
     procfs: Path = Path("/proc")
     sysfs: Path = Path("/sys")
@@ -72,7 +73,7 @@ class Roots:
         return self.procfs == Path("/proc") and self.sysfs == Path("/sys")
 
 
-def _read(path: Path, bound: safeio.Bound = safeio.VALUE) -> str | None:
+def _read(path: Path | str, bound: safeio.Bound = safeio.VALUE) -> str | None:
     """File text, or None when it does not exist or may not be read (not an error:
     many facts are optional, e.g. slabinfo needs root, stat may be compiled out).
     A FIFO, device or directory in its place, or more than `bound`, is an InputError."""
@@ -140,7 +141,7 @@ def _then(parse: Callable[[str], int], check: Callable[[int], int]) -> Callable[
     return lambda text: check(parse(text))
 
 
-def _writable(path: Path) -> bool:
+def _writable(path: Path | str) -> bool:
     """Whether this namespace may write the sysctl: the owner-write bit of its mode.
 
     procfs shows sysctls that are read-only in a non-initial network namespace
@@ -157,7 +158,7 @@ def _writable(path: Path) -> bool:
         return False
 
 
-def _readonly_mount(path: Path) -> bool:
+def _readonly_mount(path: Path | str) -> bool:
     try:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except OSError:
@@ -230,7 +231,7 @@ def is_integer_key(key: str) -> bool:
             or short.startswith(INTEGER_KEYS_PREFIX))
 
 
-def _sysctl_entry(path: Path, key: str, problems: Problems) -> dict[str, Any] | None:
+def _sysctl_entry(path: Path | str, key: str, problems: Problems) -> dict[str, Any] | None:
     """{value, writable}; a file that exists but cannot be read or holds a corrupt value
     is kept with value None (its problem recorded), so the key still counts as present."""
     fact = ("sysctl", key)
@@ -276,7 +277,7 @@ def _netfilter_sysctls(roots: Roots, problems: Problems) -> dict[str, dict[str, 
             dirnames.remove(name)
         for name in sorted(filenames):
             key = ".".join(["net", "netfilter", *rel.parts, name])
-            entry = _sysctl_entry(Path(dirpath) / name, key, problems)
+            entry = _sysctl_entry(os.path.join(dirpath, name), key, problems)  # str: cheaper
             if entry is not None:
                 out[key] = entry
     return out
@@ -528,33 +529,51 @@ def _stat_table(roots: Roots, problems: Problems) -> dict[str, Any] | None:
 
 
 def _conf_names(directory: Path) -> list[str]:
-    try:
-        return sorted(p.name for p in directory.iterdir() if p.name.endswith(".conf"))
-    except (FileNotFoundError, NotADirectoryError, PermissionError):
-        return []
+    return sorted(name for name in _listdir(directory) if name.endswith(".conf"))
 
 
 def in_root(root: Path, rel: str) -> Path:
     """root/rel with symlinks resolved inside root, as a chroot would: an absolute link
     target (99-sysctl.conf -> /etc/sysctl.conf, a mask -> /dev/null) means root/target,
-    not this machine's file, and '..' stops at root."""
-    parts = [p for p in Path(rel).parts if p not in ("/", ".")]
-    here, hops = root, 0
+    not this machine's file, and '..' stops at root.  On strings, not Path objects: collect
+    resolves every boot file (a hundred udev rules) this way, at every start-up."""
+    top = os.fspath(root)
+    parts = _components(rel)
+    here, hops = top, 0
     while parts:
         part = parts.pop(0)
         if part == "..":
-            here = here.parent if here != root else root
+            here = os.path.dirname(here) if here != top else top
             continue
-        nxt = here / part
-        if nxt.is_symlink() and hops < 40:
+        nxt = os.path.join(here, part)
+        if _is_link(nxt) and hops < 40:
             hops += 1
             target = os.readlink(nxt)
             if os.path.isabs(target):
-                here = root
-            parts = [p for p in Path(target).parts if p not in ("/", ".")] + parts
+                here = top
+            parts = _components(target) + parts
             continue
         here = nxt
-    return here
+    return Path(here)
+
+
+def _components(rel: str) -> list[str]:
+    """The names along a path, without its slashes and '.' (a leading '//' too, which
+    Path keeps as a root of its own: the link target //etc/x is root/etc/x)."""
+    return [p for p in rel.split("/") if p not in ("", ".")]
+
+
+def _is_link(path: str) -> bool:
+    """Path.is_symlink of a string: False when missing, an OSError such as EACCES raised
+    (writers' _at takes an unsearchable /proc/PID/root as missing)."""
+    try:
+        return _stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+            return False
+        raise
+    except ValueError:  # a NUL in the name
+        return False
 
 
 def _read_conf(root: Path, real: Path, problems: Problems) -> str | None:
@@ -606,9 +625,9 @@ def _persistence(root: Path, problems: Problems | None = None) -> dict[str, Any]
             modprobe[key] = {"value": value, "file": "/" + rel}
     udev, rules = [], {}
     for d in sysctld.UDEV_DIRS:  # a same-named rules file higher up masks one further down
-        for p in _listdir(in_root(root, d)):
-            if p.name.endswith(".rules"):
-                rules.setdefault(p.name, f"{d}/{p.name}")
+        for name in _listdir(in_root(root, d)):
+            if name.endswith(".rules"):
+                rules.setdefault(name, f"{d}/{name}")
     for name in sorted(rules):
         text = _read_conf(root, in_root(root, rules[name]), problems)
         if text and sysctld.udev_reloads_sysctl(text):
@@ -617,9 +636,11 @@ def _persistence(root: Path, problems: Problems | None = None) -> dict[str, Any]
             **sysctld.persistence(assignments, ["/" + f for f in read], early, modprobe, udev)}
 
 
-def _listdir(directory: Path) -> list[Path]:
+def _listdir(directory: Path) -> list[str]:
+    """The names in a directory (Path.iterdir without a Path per entry: a hundred udev
+    rules); none when it is missing, not a directory or not readable."""
     try:
-        return list(directory.iterdir())
+        return os.listdir(directory)
     except (FileNotFoundError, NotADirectoryError, PermissionError):
         return []
 

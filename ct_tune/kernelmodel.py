@@ -41,8 +41,7 @@ no RHEL backport that changes the defaults, and says so in the sources.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 GIB = 1024**3
 PAGE_SIZE = 4096
@@ -89,8 +88,7 @@ SRC_RHEL = ("RHEL kernels (.elN): no Red Hat backport changing these defaults is
             "ct-tune; the upstream era of the base version is used")
 
 
-@dataclass(frozen=True)
-class Era:
+class Era(NamedTuple):
     """How one range of kernels sizes the table at module load."""
 
     since: Version

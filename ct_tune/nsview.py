@@ -32,7 +32,7 @@ NETNS_DIR = Path("/run/netns")
 COUNTERS = ("drop", "early_drop", "insert_failed")
 
 
-def _link(path: Path) -> str | None:
+def _link(path: Path | str) -> str | None:
     try:
         return os.readlink(path)
     except OSError:
@@ -80,7 +80,8 @@ def scan(procfs: Path, netns_dir: Path | None = NETNS_DIR) -> dict[str, Any] | N
             if pids > MAX_PIDS:
                 truncated = True
                 break
-            link = _link(procfs / entry.name / "ns/net")
+            # a string path: one readlink per process on the host
+            link = _link(f"{entry.path}/ns/net")
             if link is None or link == own or link in found:
                 continue
             if len(found) >= MAX_NAMESPACES:

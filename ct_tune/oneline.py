@@ -10,24 +10,17 @@ character, is shown as an escape instead.
 
 from __future__ import annotations
 
-import re
-
 #: C0 and C1 controls, DEL, and the Unicode line and paragraph separators: everything
-#: str.splitlines() splits on (\n \r \x0b \x0c \x1c-\x1e \x85 \u2028 \u2029) and more
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+#: str.splitlines() splits on (\n \r \x0b \x0c \x1c-\x1e \x85 \u2028 \u2029) and more,
+#: each with its escape (a str.translate table: no regular expression to compile at start-up)
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": " "}
-
-
-def _escape(m: re.Match[str]) -> str:
-    ch = m.group()
-    if ch in _NAMED:
-        return _NAMED[ch]
-    return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+_ESCAPES = {c: _NAMED.get(chr(c), f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}")
+            for c in (*range(0x20), *range(0x7f, 0xa0), 0x2028, 0x2029)}
 
 
 def one_line(text: object) -> str:
     """str(text) with every line break and control character escaped (\\n, \\x0b, \\u2028)."""
-    return _CONTROL.sub(_escape, str(text))
+    return str(text).translate(_ESCAPES)
 
 
 def comment(text: object) -> str:

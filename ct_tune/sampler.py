@@ -74,10 +74,12 @@ def sample(roots: Roots, facts: dict[str, Any], limit: int | None = None,
 
 def fill_missing_stat(roots: Roots, facts: dict[str, Any]) -> None:
     """Counters from ctnetlink (conntrack -S) when /proc/net/stat/nf_conntrack is absent."""
+    if facts.get("stat") is not None or not roots.live or not facts["conntrack"]["loaded"]:
+        return  # the usual case: no PATH search, no shutil
     import shutil
 
     exe = shutil.which("conntrack")
-    if facts.get("stat") is None and roots.live and facts["conntrack"]["loaded"] and exe:
+    if exe:
         from ct_tune import ctsource
 
         facts["stat"] = ctsource.conntrack_stats(exe)

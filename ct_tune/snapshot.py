@@ -17,7 +17,6 @@ from typing import Any
 
 from ct_tune import safeio
 from ct_tune.errors import InputError, InputErrors
-from ct_tune.findings import one_line
 from ct_tune.sysctlkeys import spec as key_spec
 
 SCHEMA_NAME = "ct-tune/facts"
@@ -329,6 +328,8 @@ def validate(data: Any, path: str) -> dict[str, Any]:
     if not problems:
         _flow_bins(data, problems)
     if problems:
+        from ct_tune.findings import one_line  # not on collect's path, which only dumps
+
         raise InputErrors([InputError(path, one_line(problem), item=one_line(where) or None)
                            for where, problem in problems])
     _degrade_ranges(data, path)

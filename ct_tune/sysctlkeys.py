@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 INT_MAX = 2**31 - 1
 LONG_MAX = 2**63 - 1
@@ -56,8 +56,7 @@ def full_name(short: str) -> str:
     return f"net.netfilter.{short}"
 
 
-@dataclass(frozen=True)
-class KeySpec:
+class KeySpec(NamedTuple):
     """What a key may hold when read (anything else is corrupt input) and what ct-tune
     may write to it (a narrower range: what every supported kernel accepts as meant)."""
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -45,16 +46,30 @@ def _at(root: Path, rel: str) -> Path:
         return root / "ct-tune: not searchable"
 
 
-def _read(path: Path, limit: int = MAX_BYTES) -> str | None:
-    """Text of a file, or None when it is missing, unreadable, not a regular file or not
-    text.  Special files are never opened (a FIFO would block)."""
+def _read(path: Path | str, limit: int = MAX_BYTES) -> str | None:
+    """Text of a file (its first `limit` bytes), or None when it is missing, unreadable,
+    not a regular file or not text.  Special files are never opened (a FIFO would block).
+    Read through a bare descriptor, not a file object: collect reads the cmdline of every
+    process on the host, a quarter of the time."""
     try:
-        if not path.is_file():
+        if not stat.S_ISREG(os.stat(path).st_mode):
             return None
-        with open(path, "rb") as f:
-            return f.read(limit).decode("utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return None
+    try:
+        chunks, left = [], limit
+        while left > 0:
+            data = os.read(fd, min(left, 1 << 16))
+            if not data:
+                break
+            chunks.append(data)
+            left -= len(data)
+        return b"".join(chunks).decode("utf-8")
     except (OSError, UnicodeDecodeError):
         return None
+    finally:
+        os.close(fd)
 
 
 def _exists(path: Path) -> bool:
@@ -66,7 +81,7 @@ def _exists(path: Path) -> bool:
 
 def _pids(roots: Roots) -> tuple[list[int], bool]:
     try:
-        names = [int(p.name) for p in roots.procfs.iterdir() if p.name.isdigit()]
+        names = [int(name) for name in os.listdir(roots.procfs) if name.isdigit()]
     except OSError:
         return [], False
     names.sort()
@@ -74,7 +89,7 @@ def _pids(roots: Roots) -> tuple[list[int], bool]:
 
 
 def _argv(roots: Roots, pid: int) -> list[str] | None:
-    text = _read(roots.proc(f"{pid}/cmdline"))
+    text = _read(f"{roots.procfs}/{pid}/cmdline")  # a string: one per process
     if not text:
         return None
     return [a for a in text.split("\0") if a != ""] or None

@@ -19,6 +19,8 @@ from unittest import mock
 
 import pytest
 from conftest import run_cli, tree_args
+from hypothesis import given
+from hypothesis import strategies as st
 from tomltext import toml_str
 
 from ct_tune import cli, fragments, plan
@@ -193,6 +195,25 @@ def test_comment_filter_keeps_every_line_break_on_one_line():
     assert len(one_line(text).splitlines()) == 1
     assert comment(text).startswith("# a\\nb\\rb")
     assert "\\u2028" in one_line(text) and "\\x85" in one_line(text)
+
+
+def _escaped(ch: str) -> str:
+    """The escape oneline promises for one character, written out independently."""
+    code = ord(ch)
+    if ch in "\n\r\t":
+        return {"\n": "\\n", "\r": "\\r", "\t": " "}[ch]
+    if code < 0x20 or 0x7f <= code < 0xa0:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if ch in "\u2028\u2029" else ch
+
+
+_CONTROLS = st.sampled_from([*(b for b in BREAKS if len(b) == 1), "\x00", "\t", "\x9f"])
+
+
+@given(st.text(alphabet=st.one_of(st.characters(), _CONTROLS)))
+def test_one_line_escapes_each_control_character_and_keeps_the_rest(text):
+    assert one_line(text) == "".join(map(_escaped, text))
+    assert len(one_line(text).splitlines()) <= 1
 
 
 def _plan(key: str, value: object, summary: str = "s") -> plan.Plan:

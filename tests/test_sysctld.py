@@ -195,3 +195,12 @@ def test_in_root_resolves_absolute_links_inside_the_root(tmp_path: Path):
     assert facts.in_root(tmp_path, "lib/sysctl.d/x.conf") == tmp_path / "usr/lib/sysctl.d/x.conf"
     link(tmp_path, "etc/up", "../../../..")  # '..' stops at the root
     assert facts.in_root(tmp_path, "etc/up/etc/sysctl.conf") == tmp_path / "etc/sysctl.conf"
+
+
+def test_a_link_to_a_double_slash_path_stays_inside_the_root(tmp_path: Path):
+    # POSIX leaves a leading '//' implementation-defined and pathlib keeps it as a root of
+    # its own: resolved with Path, this link read the machine's own /etc/sysctl.conf
+    write(tmp_path, "etc/sysctl.conf", f"{MAX} = 524288\n")
+    link(tmp_path, "etc/sysctl.d/99-sysctl.conf", "//etc/sysctl.conf")
+    assert facts.in_root(tmp_path, "etc/sysctl.d/99-sysctl.conf") == tmp_path / "etc/sysctl.conf"
+    assert winners(tmp_path) == {MAX: ("524288", "/etc/sysctl.d/99-sysctl.conf")}

@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_flowparse import entries
 
-from ct_tune import ctsource, parsers
+from ct_tune import ctsource, parsers, sampler
 from ct_tune.facts import Roots
 from ct_tune.flowparse import NotAnEntry, parse_line
 from ct_tune.flows import FlowStats
@@ -340,3 +340,18 @@ def test_scaled_counts_are_shown_as_estimates_everywhere(tree):
     assert report["facts"]["flows"]["margins"]["by_l4"]["udp"] == 0  # all of them: exact
     finding = next(f for f in report["findings"] if f["rule"] == "udp-unreplied-dominance")
     assert shown in finding["summary"]
+
+
+def test_missing_proc_stat_is_read_from_conntrack_S_only_when_missing(tmp_path, monkeypatch):
+    text = (FORMATS / "ctS-procfs-per-cpu.txt").read_text()
+    exe = fake_conntrack(tmp_path, text)
+    monkeypatch.setenv("PATH", f"{Path(exe).parent}:{os.environ.get('PATH', '')}")
+    missing = {"stat": None, "conntrack": {"loaded": True}}
+    sampler.fill_missing_stat(Roots(), missing)
+    assert missing["stat"] == ctsource.conntrack_stats(exe)
+    present = {"stat": {"source": "/proc/net/stat/nf_conntrack"}, "conntrack": {"loaded": True}}
+    sampler.fill_missing_stat(Roots(), present)
+    assert present["stat"] == {"source": "/proc/net/stat/nf_conntrack"}
+    replay = {"stat": None, "conntrack": {"loaded": True}}  # a captured tree: never this host's
+    sampler.fill_missing_stat(Roots(tmp_path / "proc", tmp_path / "sys"), replay)
+    assert replay["stat"] is None
