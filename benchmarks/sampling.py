@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
-import time
 import uuid
+
+import childtime
 
 FILL = """
 import socket, sys
@@ -60,22 +60,7 @@ def sh(*cmd: str, ns: str | None = None, **kw) -> subprocess.CompletedProcess:
 
 def timed(cmd: list[str], ns: str) -> tuple[float, int, float, float]:
     """Wall time, peak RSS (KiB), user and system CPU seconds of one run of cmd inside ns."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    pid = os.fork()
-    if pid == 0:
-        fd = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.execvp("ip", ["ip", "netns", "exec", ns, *cmd])
-    _, status, usage = os.wait4(pid, 0)
-    elapsed = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
-    # audit exits 1/2 for warning/critical findings: only 3+ (or a signal) is a failure
-    if not 0 <= os.waitstatus_to_exitcode(status) <= 2:
-        raise SystemExit(f"benchmark command failed: {cmd}")
-    return elapsed, usage.ru_maxrss, user, system
+    return tuple(childtime.run(["ip", "netns", "exec", ns, *cmd]))
 
 
 def bench(size: int, rounds: int, python: str) -> dict:

@@ -31,12 +31,12 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
+
+import childtime
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLONE_NEWNET = 0x40000000  # <linux/sched.h>
@@ -52,22 +52,8 @@ def enter_empty_namespace() -> None:
 
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
     """Wall time and user + system CPU seconds of one run of cmd, output to /dev/null."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    pid = os.fork()
-    if pid == 0:
-        fd = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.execve(cmd[0], cmd, env)
-    _, status = os.waitpid(pid, 0)
-    elapsed = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    # audit exits 1/2 for warning/critical findings: only 3+ (or a signal) is a failure
-    if not 0 <= os.waitstatus_to_exitcode(status) <= 2:
-        raise SystemExit(f"benchmark command failed: {cmd}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return elapsed, cpu
+    r = childtime.run(cmd, env)
+    return r.seconds, r.user + r.system
 
 
 def export(ref: str, into: str) -> None:
