@@ -52,6 +52,16 @@ PORTS_PER_BIN = 64
 PORT_BIN_SLACK = 8
 TOP_ADDRS_CAP = 4096
 TOP_K = 10
+#: Distinct protocol names, flow classes and zones kept apart.  The kernel prints about
+#: ten protocols and fifty classes (protocol x state x flag) and a host uses a few zones;
+#: a dump with more is corrupt or hostile, and without a bound each new name would cost a
+#: histogram (a 50,000-line dump of made-up protocols took 530 MiB).  Names past the
+#: bound are counted together under OTHER.
+MAX_L4 = 32
+MAX_CLASSES = 64
+MAX_ZONES = 1024
+OTHER = "other"
+
 #: Ports and addresses are counted exactly in tables up to this many entries; a larger
 #: table has them counted from every k-th entry, k chosen to keep about this many.
 DETAIL_ROWS = 1 << 16
@@ -209,7 +219,7 @@ class FlowStats:
         self.by_l3: Counter[str] = Counter()
         self.by_l4: Counter[str] = Counter()
         self.by_flag: Counter[str] = Counter()
-        self.by_zone: Counter[int] = Counter()
+        self.by_zone: Counter[int | str] = Counter()
         self.ports = array("L", bytes(array("L").itemsize * 65536))
         self.addrs: Counter[str] = Counter()
         self.addrs_pruned = False
@@ -222,13 +232,24 @@ class FlowStats:
         name = self._class_key.get(key)
         if name is None:
             name, tkey = class_of(l4, state, flags)
-            self._class_key[key] = name
+            if name not in self.classes and len(self.classes) >= MAX_CLASSES:
+                name, tkey = OTHER, "nf_conntrack_generic_timeout"
+            if len(self._class_key) < 4 * MAX_CLASSES:  # a cache, bounded like the rest
+                self._class_key[key] = name
             if name not in self.classes:
                 timeout = self.timeouts.get(tkey) or self.timeouts.get(
                     "nf_conntrack_generic_timeout", 600)
                 self.classes[name] = _Class(int(timeout))
                 self.class_timeout_key[name] = tkey
         return self.classes[name]
+
+    def _l4(self, l4: str) -> str:
+        """The by_l4 key of a protocol name: itself, or OTHER past MAX_L4 names."""
+        return l4 if l4 in self.by_l4 or len(self.by_l4) < MAX_L4 else OTHER
+
+    def _zone(self, zone: int) -> int | str:
+        """The by_zone key of a zone: itself, or OTHER past MAX_ZONES zones."""
+        return zone if zone in self.by_zone or len(self.by_zone) < MAX_ZONES else OTHER
 
     def feed(self, lines: Iterable[str], limit: int | None = None) -> None:
         """Aggregate lines (stopping after `limit` entries); malformed lines are counted."""
@@ -288,10 +309,10 @@ class FlowStats:
             detail = n % every == 0
             n += 1
             by_l3[l3] += 1
-            by_l4[l4] += 1
+            by_l4[self._l4(l4)] += 1
             flag_counts[flags] += 1
             if zone:
-                by_zone[zone] += 1
+                by_zone[self._zone(zone)] += 1
             if detail:
                 self.detail_entries += 1
                 if dport is not None:
@@ -336,7 +357,7 @@ class FlowStats:
             for zone_text, c in Counter(cols.zone).items():
                 zone = int(zone_text)
                 if zone:
-                    self.by_zone[zone] += c
+                    self.by_zone[self._zone(zone)] += c
         key_cols = (cols.l3, cols.l4, cols.state, cols.flag1, cols.flag2)
         if all(c.count(c[0]) == n for c in key_cols):
             # one key for the whole block (the common case): no tuple per line to count
@@ -356,7 +377,7 @@ class FlowStats:
             l3, l4, state, flag1, flag2 = head
             flags = FLAG_BITS.get(flag1, 0) | FLAG_BITS.get(flag2, 0)
             by_l3[l3] += c
-            by_l4[l4] += c
+            by_l4[self._l4(l4)] += c
             flag_counts[flags] += c
             if flags & OFFLOADED:  # counted, kept out of the idle histograms
                 self.offloaded += c

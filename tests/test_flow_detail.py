@@ -92,3 +92,35 @@ def test_a_block_path_and_the_line_path_pick_the_same_entries():
         got = FlowStats(TIMEOUTS, 7)
         got.feed_blocks(blocks_of(text, size))
         assert got.summary() == ref.summary(), size
+
+
+def test_a_dump_of_made_up_protocols_states_and_zones_stays_bounded():
+    """Each new protocol name, TCP state or zone used to get its own histogram: a 50,000
+    line dump of made-up ones took 530 MiB.  Past the bounds they count under "other",
+    every entry still counted, the same line by line as in blocks."""
+    from ct_tune.flows import MAX_CLASSES, MAX_L4, MAX_ZONES, OTHER
+
+    n = 6000
+    lines = []
+    for i in range(n):
+        if i % 2:
+            lines.append(f"ipv4     2 p{i} 253 30 src=10.0.0.1 dst=10.0.0.2 mark=0 "
+                         f"zone={i + 1} use=2\n")
+        else:
+            lines.append(f"ipv4     2 tcp      6 30 S{i} src=10.0.0.1 dst=10.0.0.2 sport=1 "
+                         f"dport=2 src=10.0.0.2 dst=10.0.0.1 sport=2 dport=1 mark=0 "
+                         f"zone={i + 1} use=2\n")
+    text = "".join(lines)
+    by_blocks = FlowStats(TIMEOUTS)
+    by_blocks.feed_blocks(blocks_of(text, 700))
+    by_lines = FlowStats(TIMEOUTS)
+    by_lines.feed(block_lines(text))
+    a, b = by_blocks.summary(), by_lines.summary()
+    assert a == b
+    assert a["entries_read"] == n and a["malformed"] == 0
+    assert len(a["classes"]) == MAX_CLASSES + 1 and a["classes"][OTHER]["entries"] > 0
+    assert sum(c["entries"] for c in a["classes"].values()) == n
+    assert len(a["by_l4"]) == MAX_L4 + 1 and sum(a["by_l4"].values()) == n
+    assert a["by_l4"]["tcp"] == n // 2
+    assert len(a["by_zone"]) == MAX_ZONES + 1 and sum(a["by_zone"].values()) == n
+    assert len(by_blocks._class_key) <= 4 * MAX_CLASSES
