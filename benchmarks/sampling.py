@@ -27,7 +27,11 @@ namespaces included (and reaps expired ones it meets), so a leftover table
 elsewhere slows both sides and skews the ratio.
 
     sudo .venv/bin/python benchmarks/sampling.py [--sizes 25000 250000] [--rounds 5]
-        [--python /path/to/venv/bin/python]
+        [--python /path/to/venv/bin/python] [--against REV]
+
+--against REV also times that git revision's `collect` (its ct_tune and rules exported
+with git archive) in the same rounds, ours, theirs and cat taking turns: the machine's
+speed drifts by a third between runs here, so only sides timed together compare.
 """
 
 from __future__ import annotations
@@ -37,9 +41,10 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import uuid
 
-import childtime
+import benchlib
 
 FILL = """
 import socket, sys
@@ -58,12 +63,15 @@ def sh(*cmd: str, ns: str | None = None, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(full, check=True, **kw)
 
 
-def timed(cmd: list[str], ns: str) -> tuple[float, int, float, float]:
+def timed(cmd: list[str], ns: str, cwd: str | None = None) -> tuple[float, int, float, float]:
     """Wall time, peak RSS (KiB), user and system CPU seconds of one run of cmd inside ns."""
-    return tuple(childtime.run(["ip", "netns", "exec", ns, *cmd]))
+    return tuple(benchlib.run(["ip", "netns", "exec", ns, *cmd], cwd=cwd))
 
 
-def bench(size: int, rounds: int, python: str) -> dict:
+def bench(size: int, rounds: int, python: str, against: str | None = None,
+          stat: str = "median") -> dict:
+    """The figures at one table size; with `against` (a directory holding another
+    revision's ct_tune), its collect too, in the same rounds as ours and cat."""
     ns = f"ctbench-{uuid.uuid4().hex[:6]}"
     sh("ip", "netns", "add", ns)
     try:
@@ -82,31 +90,41 @@ def bench(size: int, rounds: int, python: str) -> dict:
             "imports": ([python, "-c", "import click, jinja2.sandbox, tabulate"], sysctl),
         }
         timed([*ct, "audit", "--no-sample"], ns)  # fill the expression cache
+        # name -> (command, working directory): `python -m` imports ct_tune from there first
+        runs: dict[str, dict[str, tuple[list[str], str | None]]] = {
+            name: {"ours": (ours, None), "base": (base, None)}
+            for name, (ours, base) in pairs.items()}
+        if against:
+            runs["sample"]["theirs"] = (pairs["sample"][0], against)
+            timed(pairs["sample"][0], ns, against)  # its bytecode compiled before timing
         out: dict = {"entries": count}
-        for name, (ours, base) in pairs.items():
-            t_ours, t_base, rss, cpu_ours, cpu_base = [], [], [], [], []
-            for _ in range(rounds):  # alternate so drift hits both equally
-                t, r, user, system = timed(ours, ns)
-                t_ours.append(t)
-                rss.append(r)
-                cpu_ours.append((user, system))
-                t, _, user, system = timed(base, ns)
-                t_base.append(t)
-                cpu_base.append((user, system))
-            m_ours, m_base = statistics.median(t_ours), statistics.median(t_base)
+        for name, cmds in runs.items():
+            got: dict[str, list[tuple[float, int, float, float]]] = {k: [] for k in cmds}
+            for _ in range(rounds):  # alternate so drift hits every side equally
+                for side, (cmd, cwd) in cmds.items():
+                    got[side].append(timed(cmd, ns, cwd))
 
-            def med(pairs: list, i: int) -> float:
-                return round(statistics.median(p[i] for p in pairs), 3)
-
-            out[name] = {"ct_tune_s": round(m_ours, 3), "baseline_s": round(m_base, 3),
-                         "ratio": round(m_ours / m_base, 2),
-                         "peak_rss_mib": round(max(rss) / 1024, 1),
-                         "ct_tune_user_s": med(cpu_ours, 0), "ct_tune_sys_s": med(cpu_ours, 1),
-                         "baseline_user_s": med(cpu_base, 0),
-                         "baseline_sys_s": med(cpu_base, 1)}
+            out[name] = _medians(got, stat)
         return out
     finally:
         subprocess.run(["ip", "netns", "delete", ns], check=False)
+
+
+def _medians(got: dict[str, list[tuple[float, int, float, float]]], stat: str = "median"
+             ) -> dict[str, dict]:
+    """Per side: median (or least) wall time, its ratio to the baseline's, peak RSS, median
+    (or least) CPU.  The least is the steadier figure for CPU-bound work on a machine whose
+    neighbours only ever add time; the median is the one users meet."""
+    pick = min if stat == "min" else statistics.median
+
+    def med(side: str, i: int) -> float:
+        return pick(r[i] for r in got[side])
+
+    return {side: {"seconds": round(med(side, 0), 3),
+                   "ratio": round(med(side, 0) / med("base", 0), 2),
+                   "peak_rss_mib": round(max(r[1] for r in got[side]) / 1024, 1),
+                   "user_s": round(med(side, 2), 3), "sys_s": round(med(side, 3), 3)}
+            for side in got}
 
 
 def main() -> None:
@@ -115,6 +133,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--python", default=sys.executable,
                     help="interpreter whose ct_tune is timed (default: this one)")
+    ap.add_argument("--stat", choices=("median", "min"), default="median",
+                    help="figure of the rounds to print (min: the least, steadier on a "
+                         "noisy machine)")
+    ap.add_argument("--against", metavar="REV",
+                    help="also time this git revision's collect in the same rounds")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: the benchmark builds a network namespace")
@@ -124,21 +147,29 @@ def main() -> None:
     # of user time that no user pays.
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     if args.python == sys.executable:  # this checkout, even if not installed here
-        os.environ["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    print(f"python: {args.python}")
+        os.environ["PYTHONPATH"] = benchlib.CHECKOUT
+    print(f"python: {args.python}; {args.stat} of {args.rounds} rounds")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"{'entries':>8} {'what':<7} {'ct-tune':>8} {'baseline':>9} {'ratio':>6} "
+    print(f"{'entries':>8} {'what':<16} {'ct-tune':>8} {'baseline':>9} {'ratio':>6} "
           f"{'peak RSS':>9} {'ct usr':>7} {'ct sys':>7} {'base usr':>8} {'base sys':>8}")
-    for size in args.sizes:
-        r = bench(size, args.rounds, args.python)
-        for name, base in (("sample", "cat /proc/net/nf_conntrack"), ("audit", "sysctl -a"),
-                           ("imports", "sysctl -a")):
-            x = r[name]
-            print(f"{r['entries']:>8} {name:<7} {x['ct_tune_s']:>7.3f}s {x['baseline_s']:>8.3f}s "
-                  f"{x['ratio']:>6.2f} {x['peak_rss_mib']:>7.1f}MiB "
-                  f"{x['ct_tune_user_s']:>6.3f}s {x['ct_tune_sys_s']:>6.3f}s "
-                  f"{x['baseline_user_s']:>7.3f}s {x['baseline_sys_s']:>7.3f}s"
-                  f"   (baseline: {base})")
+    with tempfile.TemporaryDirectory(prefix="ct-sampling-") as tmp:
+        if args.against:
+            benchlib.export(args.against, tmp)
+        for size in args.sizes:
+            r = bench(size, args.rounds, args.python, tmp if args.against else None,
+                      args.stat)
+            for name, base in (("sample", "cat /proc/net/nf_conntrack"),
+                               ("audit", "sysctl -a"), ("imports", "sysctl -a")):
+                b = r[name]["base"]
+                sides = [("ours", name)]
+                if "theirs" in r[name]:
+                    sides.append(("theirs", f"{name}@{args.against}"))
+                for side, label in sides:
+                    x = r[name][side]
+                    print(f"{r['entries']:>8} {label:<16} {x['seconds']:>7.3f}s "
+                          f"{b['seconds']:>8.3f}s {x['ratio']:>6.2f} {x['peak_rss_mib']:>7.1f}MiB "
+                          f"{x['user_s']:>6.3f}s {x['sys_s']:>6.3f}s {b['user_s']:>7.3f}s "
+                          f"{b['sys_s']:>7.3f}s   (baseline: {base})")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

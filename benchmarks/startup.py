@@ -36,9 +36,9 @@ import subprocess
 import sys
 import tempfile
 
-import childtime
+import benchlib
 
-CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHECKOUT = benchlib.CHECKOUT
 CLONE_NEWNET = 0x40000000  # <linux/sched.h>
 
 
@@ -52,15 +52,8 @@ def enter_empty_namespace() -> None:
 
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
     """Wall time and user + system CPU seconds of one run of cmd, output to /dev/null."""
-    r = childtime.run(cmd, env)
+    r = benchlib.run(cmd, env)
     return r.seconds, r.user + r.system
-
-
-def export(ref: str, into: str) -> None:
-    """The ct_tune package and rules of revision ref, as files under into."""
-    archive = subprocess.run(["git", "-C", CHECKOUT, "archive", ref, "ct_tune", "rules"],
-                             check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", into], input=archive, check=True)
 
 
 def main() -> None:
@@ -76,7 +69,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ct-startup-") as tmp:
         base_dir = os.path.join(tmp, "baseline")
         os.mkdir(base_dir)
-        export(args.baseline, base_dir)
+        benchlib.export(args.baseline, base_dir)
         # `python -m` puts the working directory first on sys.path: from inside the
         # checkout, the baseline's PYTHONPATH would lose to the checkout's own ct_tune
         os.chdir(tmp)
