@@ -31,12 +31,15 @@ and it counts, per category, the examples where:
                 generator broke in a way that must be reported (a non-numeric, negative
                 or out-of-range kernel value, a snapshot field of the wrong type, a file
                 that does not parse, a state naming paths outside the root)
+    memory      a command whose peak RSS passed MEMORY_FLAG_MIB (the "table" category
+                feeds conntrack dumps of tens of thousands of made-up protocols, states,
+                zones and addresses: every aggregate of a sample must stay bounded)
 
 A harness, not a test: it prints the table and exits 0 whatever it finds
 (tests/test_props_cli.py runs it with few examples and asserts the zeros).
 
     sudo .venv/bin/python benchmarks/fuzz.py --examples 200 [--seed 1] [--timeout 20]
-        [--category procfs,facts,rules,profiles,state,roots] [--json] [--show 3]
+        [--category procfs,facts,rules,profiles,state,roots,table] [--json] [--show 3]
     .venv/bin/python benchmarks/fuzz.py --category facts --replay 17   # one example
 """
 
@@ -68,8 +71,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 HOST = REPO / "tests" / "hosts" / "defaults-16g"
 RULES = REPO / "rules"
-CATEGORIES = ("procfs", "facts", "rules", "profiles", "state", "roots")
-CHECKS = ("internal", "hang", "outside", "injected", "false_green")
+CATEGORIES = ("procfs", "facts", "rules", "profiles", "state", "roots", "table")
+CHECKS = ("internal", "hang", "outside", "injected", "false_green", "memory")
+#: peak RSS of one command above which it is counted under "memory": every aggregate of a
+#: table sample is bounded, so no input may make a command grow with it
+MEMORY_FLAG_MIB = 256
 MEMORY_LIMIT = 2 << 30  # per command: a 10 GB string is a MemoryError, not the OOM killer
 DOCUMENTED_EXITS = {0, 1, 2, 3, 4, 5, 130}
 
@@ -110,6 +116,7 @@ class Run:
     escaped: str | None = None  # an exception that got out of main()
     hang: bool = False
     crashed: str | None = None  # killed by a signal, or died without a report
+    peak_rss_mib: int = 0
 
 
 def _child(args: list[str], w: int) -> None:
@@ -128,7 +135,8 @@ def _child(args: list[str], w: int) -> None:
     except BaseException as e:  # what the user would see as a traceback
         escaped = f"{type(e).__name__}: {str(e)[:300]}"
     report = {"code": code, "stdout": out.getvalue()[:4 << 20],
-              "stderr": err.getvalue()[:1 << 16], "escaped": escaped}
+              "stderr": err.getvalue()[:1 << 16], "escaped": escaped,
+              "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
     with os.fdopen(w, "wb") as f:
         f.write(json.dumps(report).encode())
 
@@ -172,6 +180,7 @@ def run_cli(args: list[str], timeout: float) -> Run:
         return run
     run.code, run.stdout, run.stderr = report["code"], report["stdout"], report["stderr"]
     run.escaped = report["escaped"]
+    run.peak_rss_mib = report["peak_rss_mib"]
     return run
 
 
@@ -401,6 +410,35 @@ class Fuzzer:
         ex.commands.append(("apply-dry-run", ["apply", "--dry-run", *apply_args]))
         if real:
             ex.commands.append(("apply", ["apply", *apply_args, "--lock-wait", "0"]))
+
+    # (g) conntrack table dumps: odd but readable lines in the tens of thousands
+    def _table(self, rng: random.Random, ex: Example, d: Path) -> None:
+        tree = self._tree(d)
+        n = rng.choice([20_000, 40_000])
+        odd = rng.sample(["protocols", "states", "zones", "addresses", "ports"],
+                         rng.randrange(1, 4))
+        lines = []
+        for i in range(n):
+            proto, num, state = ("tcp", 6, "ESTABLISHED") if i % 2 else ("udp", 17, "")
+            if "protocols" in odd:
+                proto, num, state = f"p{i}x", 253, ""
+            if "states" in odd and proto == "tcp":
+                state = f"S{i}"
+            zone = i if "zones" in odd else 0
+            dst = (f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" if "addresses" in odd
+                   else "10.0.0.2")
+            port = i % 65536 if "ports" in odd else 443
+            head = f"ipv4     2 {proto:<8} {num} {rng.randrange(1, 432000)} "
+            head += f"{state} " if state else ""
+            tuple_ = f"src=10.0.0.1 dst={dst} sport={1024 + i % 60000} dport={port}"
+            lines.append(f"{head}{tuple_} src={dst} dst=10.0.0.1 sport={port} "
+                         f"dport={1024 + i % 60000} [ASSURED] mark=0 zone={zone} use=2\n")
+        (tree / "proc/net/nf_conntrack").write_text("".join(lines))
+        ex.what.append(f"proc/net/nf_conntrack: {n} lines, made-up {', '.join(odd)}")
+        ex.watch.append(tree)
+        args = [*self.tree_args(tree), "--root", str(tree)]
+        ex.commands += [("audit", ["audit", *args]),
+                        ("collect", ["collect", *self.tree_args(tree)])]
 
     # (b) facts snapshots
     def _facts(self, rng: random.Random, ex: Example, d: Path) -> None:
@@ -739,6 +777,8 @@ def judge(fz: Fuzzer, ex: Example) -> Verdict:
         problem = internal(run)
         if problem:
             v.found["internal"].append(f"{name}: {problem}")
+        if run.peak_rss_mib > MEMORY_FLAG_MIB:
+            v.found["memory"].append(f"{name}: peak RSS {run.peak_rss_mib} MiB")
         if name == "audit-sysctl" and run.code in (0, 1, 2):
             v.found["injected"] += [f"{name}: {x[:120]}" for x in injected_lines(run.stdout)]
         if name == "apply-dry-run":

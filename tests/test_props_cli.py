@@ -1,5 +1,6 @@
 """Hostile input through the real CLI: never an internal error, a hang, a write outside the
-root, a foreign line in a fragment, or OK for an input that is broken.
+root, a foreign line in a fragment, OK for an input that is broken, or memory that grows
+with a table dump.
 
 benchmarks/fuzz.py generates the inputs (procfs trees, facts snapshots, rule, profile and
 rollback-state files, scratch roots with symlinks planted in them) from seeds and runs
@@ -24,9 +25,12 @@ TIMEOUT = 5  # seconds per command; an audit of a captured tree takes about 0.2 
 # (category, example indices for seed 1): each set covers its category's kinds of damage
 PICKS = [
     {"procfs": [0, 2, 25, 29], "facts": [14, 23, 26, 41], "state": [0, 2, 6, 16]},
-    {"rules": [8, 10, 36, 43], "profiles": [0, 7, 9], "roots": [0, 20]},
+    {"rules": [8, 10, 36, 43], "profiles": [0, 7, 9], "roots": [0, 20],
+     # made-up protocols+zones (3, 4: 266 and 513 MiB before flows bounded its classes),
+     # states+addresses (0, 5: audit took over 30 s then)
+     "table": [0, 3, 4, 5]},
 ]
-CHECKS = ("internal", "hang", "outside", "injected", "false_green")
+CHECKS = ("internal", "hang", "outside", "injected", "false_green", "memory")
 
 
 @pytest.fixture(scope="module")
