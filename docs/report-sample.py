@@ -22,20 +22,12 @@ import flowgen  # noqa: E402
 from conftest import materialize  # noqa: E402
 from test_html_report import MIX  # noqa: E402
 
-from ct_tune import facts  # noqa: E402
-from ct_tune.sampler import timeouts_of  # noqa: E402
-
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         roots = materialize("nearly-full-drops", Path(tmp))
         (roots.procfs / "sys/kernel/hostname").write_text("gw-edge-01\n")
-        t = timeouts_of(facts.collect(roots))
-        lines, start = [], 0
-        for spec in MIX:
-            lines += flowgen.lines(spec, t, start)
-            start += spec["count"]
-        (roots.procfs / "net/nf_conntrack").write_text("\n".join(lines) + "\n")
+        flowgen.write_dump(roots, MIX)
         html = ROOT / "docs/report-audit.html"
         subprocess.run([sys.executable, "-m", "ct_tune", "audit", "--procfs", str(roots.procfs),
                         "--sysfs", str(roots.sysfs), "--duration", "2", "--interval", "0.5",

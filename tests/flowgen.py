@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from ct_tune import facts
 from ct_tune.flows import FlowStats, class_of
 from ct_tune.sampler import timeouts_of
 
@@ -40,6 +41,17 @@ def lines(spec: Mapping[str, Any], timeouts: Mapping[str, int], start: int = 0) 
             yield f"{head}{orig}[UNREPLIED] {reply}mark=0 zone=0 use=2"
         else:
             yield f"{head}{orig}{reply}[ASSURED] mark=0 zone=0 use=2"
+
+
+def write_dump(roots: facts.Roots, specs: list[Mapping[str, Any]]) -> None:
+    """A captured tree's net/nf_conntrack holding the given classes, with the TTLs its own
+    timeouts give (the tree sampled as a live table would be)."""
+    timeouts = timeouts_of(facts.collect(roots))
+    out, start = [], 0
+    for spec in specs:
+        out += lines(spec, timeouts, start)
+        start += spec["count"]
+    (roots.procfs / "net/nf_conntrack").write_text("\n".join(out) + "\n")
 
 
 def summary(specs: list[Mapping[str, Any]], facts: dict[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,6 @@ from conftest import ROOT, run_cli, tree_args
 
 from ct_tune import facts as facts_mod
 from ct_tune import html_report, sampler
-from ct_tune.sampler import timeouts_of
 
 pygal = pytest.importorskip("pygal", reason="pygal (the 'report' extra) is not installed")
 
@@ -39,12 +38,7 @@ def sampled_tree(tree, hostname: str | None = None) -> facts_mod.Roots:
     roots = tree("nearly-full-drops")
     if hostname is not None:
         (roots.procfs / "sys/kernel/hostname").write_text(hostname + "\n")
-    t = timeouts_of(facts_mod.collect(roots))
-    lines, start = [], 0
-    for spec in MIX:
-        lines += flowgen.lines(spec, t, start)
-        start += spec["count"]
-    (roots.procfs / "net/nf_conntrack").write_text("\n".join(lines) + "\n")
+    flowgen.write_dump(roots, MIX)
     return roots
 
 
