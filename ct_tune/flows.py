@@ -392,7 +392,7 @@ class FlowStats:
         # the detail rows: ports and addresses (every row unless detail_every > 1)
         if first < n:
             ttls, dsts, dports = cols.ttl, cols.dst, port_col
-            if every > 1 or first:
+            if every > 1:  # (first is 0 when every is 1)
                 ttls, dsts, dports = (c[first::every] for c in (ttls, dsts, dports))
             self.detail_entries += len(dsts)
             port_counts = Counter(dports)
@@ -419,7 +419,7 @@ class FlowStats:
                                                                    strict=False)]
         if not ttls:
             return True
-        detail_index = index if every == 1 and not first else index[first::every]
+        detail_index = index if every == 1 else index[first::every]
         ttl_runs: list[list[str]] = [[] for _ in range(len(classes) + 1)]
         port_runs: list[list[str]] = [[] for _ in range(len(classes) + 1)]
         add_ttl = [t.append for t in ttl_runs]

@@ -54,8 +54,7 @@ def sample(roots: Roots, facts: dict[str, Any], limit: int | None = None,
     count = facts["sysctl"].get("net.netfilter.nf_conntrack_count", {}).get("value")
     if not isinstance(count, int):
         count = None
-    expected = min(count, limit) if count is not None and limit is not None else (
-        count if count is not None else limit)
+    expected = min((n for n in (count, limit) if n is not None), default=None)
     stats = FlowStats(timeouts_of(facts), detail_every(expected))
     start = time.monotonic()
     if opened is not None:
