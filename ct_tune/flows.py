@@ -10,6 +10,10 @@ Idle time is the class timeout minus the seconds left: an entry's TTL is
 reset to the class timeout on every packet, so this is the time since its
 last packet (capped at the timeout).
 
+A table of more than SAMPLE_ROWS lines is read whole but parsed from every k-th
+line only (sample_every): its size is exact, every other count an estimate with
+its margin.
+
 Two ways in, one result: :meth:`FlowStats.feed` takes lines one at a time, and
 :meth:`FlowStats.feed_blocks` takes blocks of lines, counting each block's
 lines per distinct (protocol, state, TTL, flags) key and its addresses and
@@ -26,7 +30,7 @@ import heapq
 import math
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import compress, repeat
 from operator import floordiv, itemgetter, sub
 from typing import Any
@@ -62,21 +66,25 @@ MAX_CLASSES = 64
 MAX_ZONES = 1024
 OTHER = "other"
 
-#: Ports and addresses are counted exactly in tables up to this many entries; a larger
-#: table has them counted from every k-th entry, k chosen to keep about this many.
-DETAIL_ROWS = 1 << 16
+#: A table of up to this many lines is parsed whole; a larger one has every k-th line
+#: parsed, k chosen to parse about this many.
+SAMPLE_ROWS = 1 << 16
 
 
-def detail_every(entries: int | None) -> int:
-    """k for a table of about `entries` entries: 1 (every entry) up to DETAIL_ROWS.
+def sample_every(entries: int | None) -> int:
+    """k for a table of about `entries` entries: 1 (every line) up to SAMPLE_ROWS.
 
-    Why: counting ports and addresses (heavy-hitter tables, pruned as they grow) costs
-    as much as the rest of the aggregation together, and what they answer (which port
-    holds a class, which ports idle beyond a timeout) is a share that 65,536 evenly
-    spread entries estimate to within a fraction of a percent (the margins say how
-    much).  Entries, classes and idle histograms are always counted from every entry.
+    Why: the kernel takes about 2.5 us to print an entry and Python about as long to
+    parse it, so parsing every line of a big table doubles the cost of a sample.  What
+    the aggregates answer (which classes, timeouts and ports hold the table, how much a
+    change frees) is a share, and 65,536 evenly spread entries estimate a share to within
+    half a percent of the table; the margins say how much.  Every line is still read, so
+    the table's size is known exactly and the sample is spread over all of it, never the
+    first part only.  The table's order is its hash order, which has nothing to do with
+    the classes, so every k-th line is as good as a random sample.
     """
-    return max(1, -(-(entries or 0) // DETAIL_ROWS))
+    return max(1, -(-(entries or 0) // SAMPLE_ROWS))
+
 
 _TCP_STATE_KEY = {"SYN_SENT2": "syn_sent"}
 
@@ -122,11 +130,11 @@ class _Class:
             return 0
         return idle if idle <= self.timeout else self.timeout
 
-    def add(self, ttl: int, dport: str | None, detail: bool) -> None:
+    def add(self, ttl: int, dport: str | None) -> None:
         idle = self.idle_of(ttl)
         self.count += 1
         self.idle[idle // self.width] += 1
-        if detail and dport is not None:
+        if dport is not None:
             c = self.port_bins[idle.bit_length()]
             c[dport] += 1
             if len(c) > PORTS_PER_BIN * PORT_BIN_SLACK:
@@ -147,9 +155,9 @@ class _Class:
 
     def add_ports(self, ttls: Sequence[str], dports: Sequence[str], octave: Mapping[str, int]
                   ) -> None:
-        """The port part of add() for each detail row in order ("" for no port), given
-        each TTL's idle octave (add_ttls): the counting in C."""
-        bins = set(octave.values())  # the block's octaves: the detail rows' are among them
+        """The port part of add() for each row in order ("" for no port), given each TTL's
+        idle octave (add_ttls): the counting in C."""
+        bins = set(octave.values())  # the block's octaves
         if len(bins) == 1:
             run = dports if "" not in dports else tuple(filter(None, dports))
             _count_in_order(self.port_bins[bins.pop()], run, PORTS_PER_BIN, PORT_BIN_SLACK)
@@ -204,12 +212,15 @@ def _count_in_order(counter: Counter, items: Sequence[str], keep: int, slack: in
 class FlowStats:
     """Aggregates fed line by line from a table dump."""
 
-    def __init__(self, timeouts: Mapping[str, int], detail_every: int = 1) -> None:
+    def __init__(self, timeouts: Mapping[str, int], every: int = 1) -> None:
         self.timeouts = dict(timeouts)
-        #: ports and addresses are counted from entries 0, k, 2k, ... (k = detail_every)
-        self.detail_every = max(1, detail_every)
+        #: lines 0, k, 2k, ... of the dump are parsed (k = every, sample_every)
+        self.every = max(1, every)
+        #: lines of the dump read, parsed or not, and of those the lines parsed
+        self.lines = 0
+        self.parsed = 0
+        #: entries among the lines parsed
         self.entries = 0
-        self.detail_entries = 0
         self.offloaded = 0
         self.malformed = 0
         self.malformed_examples: list[str] = []
@@ -252,10 +263,22 @@ class FlowStats:
         return zone if zone in self.by_zone or len(self.by_zone) < MAX_ZONES else OTHER
 
     def feed(self, lines: Iterable[str], limit: int | None = None) -> None:
-        """Aggregate lines (stopping after `limit` entries); malformed lines are counted."""
+        """Aggregate lines (stopping after `limit` lines); malformed lines are counted."""
         flag_counts = [0] * 16
-        self._feed_lines(lines, limit, flag_counts)
+        self._feed_lines(self._pick_lines(lines, limit), flag_counts)
         self._add_flag_counts(flag_counts)
+
+    def _pick_lines(self, lines: Iterable[str], limit: int | None) -> Iterator[str]:
+        """Lines 0, k, 2k, ... of the dump (k = every), counting every line read."""
+        every = self.every
+        for line in lines:
+            if limit is not None and self.lines >= limit:
+                return
+            i = self.lines
+            self.lines = i + 1
+            if i % every == 0:
+                self.parsed += 1
+                yield line
 
     def feed_blocks(self, blocks: Iterable[str], limit: int | None = None) -> None:
         """Aggregate blocks of whole lines (the last may lack its newline) exactly as feed
@@ -272,29 +295,49 @@ class FlowStats:
         gc.disable()
         try:
             for block in blocks:
-                if limit is not None and self.entries >= limit:
+                if limit is not None and self.lines >= limit:
                     break
+                block = self._pick_block(block, limit)
+                if not block:
+                    continue
                 cols = scan_block(block)
-                if cols is not None and limit is not None and (
-                        self.entries + len(cols.l4) > limit):
-                    keep = limit - self.entries
-                    cols = Columns(*(c if c is None else c[:keep] for c in cols))
                 if cols is None or not self._add_columns(cols, flag_counts):
-                    self._feed_lines(block_lines(block), limit, flag_counts)
+                    self._feed_lines(block_lines(block), flag_counts)
         finally:
             if collecting:
                 gc.enable()
         self._add_flag_counts(flag_counts)
 
-    def _feed_lines(self, lines: Iterable[str], limit: int | None, flag_counts: list[int]
-                    ) -> None:
+    def _pick_block(self, block: str, limit: int | None) -> str:
+        """The lines of `block` that _pick_lines would give (as one block of text),
+        counting every line read: the block itself when every line is taken."""
+        partial = not block.endswith("\n")  # the dump's last line, cut short
+        total = block.count("\n") + partial
+        start = self.lines
+        take = total if limit is None else min(total, limit - start)
+        self.lines = start + take
+        every = self.every
+        if every == 1 and take == total:
+            self.parsed += total
+            return block
+        lines = block.split("\n")
+        if not partial:
+            lines.pop()
+        first = -start % every
+        picked = lines[first:take:every]
+        self.parsed += len(picked)
+        if not picked:
+            return ""
+        text = "\n".join(picked)
+        if partial and first + (len(picked) - 1) * every == total - 1:
+            return text  # ends with that last line, as it came
+        return text + "\n"
+
+    def _feed_lines(self, lines: Iterable[str], flag_counts: list[int]) -> None:
         by_l3, by_l4, by_zone, addrs, ports = (self.by_l3, self.by_l4, self.by_zone,
                                                self.addrs, self.ports)
-        every = self.detail_every
         n = self.entries
         for line in lines:
-            if limit is not None and n >= limit:
-                break
             try:
                 l3, l4, state, ttl, dst, dport, flags, zone = scan_line(line)
                 if dport is not None and int(dport) > 65535:
@@ -306,25 +349,22 @@ class FlowStats:
                 if line.strip():
                     self._count_malformed(line, e)
                 continue
-            detail = n % every == 0
             n += 1
             by_l3[l3] += 1
             by_l4[self._l4(l4)] += 1
             flag_counts[flags] += 1
             if zone:
                 by_zone[self._zone(zone)] += 1
-            if detail:
-                self.detail_entries += 1
-                if dport is not None:
-                    ports[int(dport)] += 1
-                addrs[dst] += 1
-                if len(addrs) > TOP_ADDRS_CAP * 2:
-                    _prune(addrs, TOP_ADDRS_CAP)
-                    self.addrs_pruned = True
+            if dport is not None:
+                ports[int(dport)] += 1
+            addrs[dst] += 1
+            if len(addrs) > TOP_ADDRS_CAP * 2:
+                _prune(addrs, TOP_ADDRS_CAP)
+                self.addrs_pruned = True
             if flags & OFFLOADED or ttl is None:
                 self.offloaded += 1  # refreshed by the offload: its TTL is no idle time
             else:
-                self._class(l4, state, flags).add(ttl, dport, detail)
+                self._class(l4, state, flags).add(ttl, dport)
         self.entries = n
 
     def _count_malformed(self, line: str, error: Exception) -> None:
@@ -350,8 +390,6 @@ class FlowStats:
         if long and (max(map(len, long)) > 5 or max(long) > "65535"):
             return False
         n = len(cols.l4)
-        every = self.detail_every
-        first = -self.entries % every  # the block's first detail row
         self.entries += n
         if cols.zone is not None:
             for zone_text, c in Counter(cols.zone).items():
@@ -389,42 +427,30 @@ class FlowStats:
                 classes.append(cls)
         for head in offloaded:  # a slot past the classes': no histogram, no port bins
             index_of[head] = len(classes)
-        # the detail rows: ports and addresses (every row unless detail_every > 1)
-        if first < n:
-            ttls, dsts, dports = cols.ttl, cols.dst, port_col
-            if every > 1:  # (first is 0 when every is 1)
-                ttls, dsts, dports = (c[first::every] for c in (ttls, dsts, dports))
-            self.detail_entries += len(dsts)
-            port_counts = Counter(dports)
-            port_counts.pop("", None)
-            ports = self.ports
-            for port, c in zip(map(int, port_counts), port_counts.values(), strict=True):
-                ports[port] += c
-            if _count_in_order(self.addrs, dsts, TOP_ADDRS_CAP):
-                self.addrs_pruned = True
-        else:
-            ttls = dports = ()
+        ttls, dports = cols.ttl, port_col
+        port_counts = Counter(dports)
+        port_counts.pop("", None)
+        ports = self.ports
+        for port, c in zip(map(int, port_counts), port_counts.values(), strict=True):
+            ports[port] += c
+        if _count_in_order(self.addrs, cols.dst, TOP_ADDRS_CAP):
+            self.addrs_pruned = True
         if not classes:  # all offloaded
             return True
         if len(classes) == 1 and not offloaded:
-            octave = classes[0].add_ttls(Counter(cols.ttl))
-            if ttls:
-                classes[0].add_ports(ttls, dports, octave)
+            classes[0].add_ports(ttls, dports, classes[0].add_ttls(Counter(ttls)))
             return True
         index = list(map(index_of.__getitem__, heads))
         per_class: list[Counter[str]] = [Counter() for _ in range(len(classes) + 1)]
-        for (i, ttl), c in Counter(zip(index, cols.ttl, strict=True)).items():
+        for (i, ttl), c in Counter(zip(index, ttls, strict=True)).items():
             per_class[i][ttl] = c
         octaves = [cls.add_ttls(c) if c else {} for cls, c in zip(classes, per_class,
                                                                    strict=False)]
-        if not ttls:
-            return True
-        detail_index = index if every == 1 else index[first::every]
         ttl_runs: list[list[str]] = [[] for _ in range(len(classes) + 1)]
         port_runs: list[list[str]] = [[] for _ in range(len(classes) + 1)]
         add_ttl = [t.append for t in ttl_runs]
         add_port = [d.append for d in port_runs]
-        for i, ttl, dport in zip(detail_index, ttls, dports, strict=True):
+        for i, ttl, dport in zip(index, ttls, dports, strict=True):
             add_ttl[i](ttl)
             add_port[i](dport)
         for cls, octave, cls_ttls, cls_ports in zip(classes, octaves, ttl_runs, port_runs,
@@ -444,10 +470,15 @@ class FlowStats:
                 if c]
 
     def summary(self, total: int | None = None) -> dict[str, Any]:
-        """JSON-able aggregates, scaled to `total` entries when this was a partial sample;
-        every scaled count has its 95 % margin (margin95) beside it."""
+        """JSON-able aggregates, scaled up when only part of the table was parsed: to
+        `total` entries (the table's count) when the read stopped early (--sample-limit),
+        else by the lines read per line parsed (every k-th line).  Every scaled count has
+        its 95 % margin (margin95) beside it."""
         n = self.entries
-        scale = (total / n) if total and n and total > n else 1.0
+        if total:
+            scale = (total / n) if n and total > n else 1.0
+        else:
+            scale = (self.lines / self.parsed) if self.parsed and self.lines > self.parsed else 1.0
         sampled = scale > 1.0
         whole = round(n * scale)
 
@@ -456,17 +487,6 @@ class FlowStats:
 
         def margin(c: int) -> int:
             return margin95(c * scale, n, whole) if sampled else 0
-
-        # Ports and addresses come from the detail rows (every detail_every-th entry read):
-        # their counts are scaled from those, with the margin of a sample of that size.
-        d = self.detail_entries
-        dscale = (whole / d) if d and whole > d else 1.0
-
-        def dest(c: int) -> int:
-            return round(c * dscale)
-
-        def dmargin(c: int) -> int:
-            return margin95(c * dscale, d, whole) if dscale > 1.0 else 0
 
         def counts(counter: Counter) -> tuple[dict[str, int], dict[str, int]]:
             items = counter.most_common()
@@ -481,7 +501,7 @@ class FlowStats:
                 "timeout": cls.timeout,
                 "idle_bin_seconds": cls.width,
                 "idle_histogram": _sparse(cls.idle, scale),
-                "idle_ports": [{str(p): dest(c) for p, c in b.most_common(PORTS_PER_BIN)}
+                "idle_ports": [{str(p): est(c) for p, c in b.most_common(PORTS_PER_BIN)}
                                for b in cls.port_bins],
             }
         by = {name: counts(c) for name, c in (("by_l3", self.by_l3), ("by_l4", self.by_l4),
@@ -495,8 +515,8 @@ class FlowStats:
             "entries_estimated": whole,
             "sampled": sampled,
             "scale": round(scale, 6),
-            "detail_every": self.detail_every,
-            "detail_entries": d,
+            "lines_read": self.lines,
+            "every": self.every,
             "offloaded": est(self.offloaded),
             "malformed": self.malformed,
             "malformed_share": round(self.malformed / lines, 6) if lines else 0.0,
@@ -506,14 +526,14 @@ class FlowStats:
                                                          key=lambda kv: -kv[1][0])],
             "summary_lines": self.summary_lines,
             **{name: values for name, (values, _) in by.items()},
-            "top_dports": [[p, dest(c)] for p, c in top_ports],
-            "top_dsts": [[a, dest(c)] for a, c in top_dsts],
+            "top_dports": [[p, est(c)] for p, c in top_ports],
+            "top_dsts": [[a, est(c)] for a, c in top_dsts],
             "top_dsts_approximate": self.addrs_pruned,
             "margins": {
                 "offloaded": margin(self.offloaded),
                 **{name: margins for name, (_, margins) in by.items()},
-                "top_dports": [[p, dmargin(c)] for p, c in top_ports],
-                "top_dsts": [[a, dmargin(c)] for a, c in top_dsts],
+                "top_dports": [[p, margin(c)] for p, c in top_ports],
+                "top_dsts": [[a, margin(c)] for a, c in top_dsts],
             },
             "classes": classes,
         }

@@ -49,13 +49,13 @@ def sample(roots: Roots, facts: dict[str, Any], limit: int | None = None,
     `opened`: the table already opened with OpenTable (it is read and closed here)."""
     # Imported here: audit --no-sample and the counter polls never need the parsers.
     from ct_tune import ctsource
-    from ct_tune.flows import FlowStats, detail_every
+    from ct_tune.flows import FlowStats, sample_every
 
     count = facts["sysctl"].get("net.netfilter.nf_conntrack_count", {}).get("value")
     if not isinstance(count, int):
         count = None
     expected = min((n for n in (count, limit) if n is not None), default=None)
-    stats = FlowStats(timeouts_of(facts), detail_every(expected))
+    stats = FlowStats(timeouts_of(facts), sample_every(expected))
     start = time.monotonic()
     if opened is not None:
         try:

@@ -107,8 +107,9 @@ SPEC: dict[str, Any] = {
         "source": STR, "entries_read": U(), "entries_estimated": U(), "sampled": BOOL,
         "malformed": U(), "by_l3": MAP(U()), "by_l4": MAP(U()), "by_flag": MAP(U()),
         "top_dports": LIST(LIST(U(), 2)), "classes": MAP(_FLOW_CLASS),
-        # ports and addresses counted from every detail_every-th entry (older snapshots:
-        # every entry read)
+        # lines read, of which every k-th was parsed (older snapshots: every line)
+        "lines_read": OPTIONAL(U()), "every": OPTIONAL(U(1)),
+        # 0.1 before the line sample: ports and addresses from every detail_every-th entry
         "detail_every": OPTIONAL(U(1)), "detail_entries": OPTIONAL(U()),
     })),
     # this namespace's TCP sockets in the states that explain CLOSE_WAIT entries

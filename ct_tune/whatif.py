@@ -20,10 +20,11 @@ Idle histograms are binned (at most 1024 bins per class), so counts are exact
 to within one bin (every result says the bin width); the ports of idle flows
 are kept per idle octave, so they are exact to within a factor of two in time.
 
-A sample cut short by --sample-limit is scaled up to the table's count: every
-count below is then an estimate, and each comes with its 95 % sampling margin
-(``*_margin``, formulas.margin95; 0 for a whole table) so texts say "4,263 ± 1,210"
-rather than a number that looks exact.
+A sample cut short by --sample-limit, or parsed from every k-th line of a large
+table, is scaled up to the whole table: every count below is then an estimate,
+and each comes with its 95 % sampling margin (``*_margin``, formulas.margin95; 0
+for a whole table) so texts say "4,263 ± 1,210" rather than a number that looks
+exact.
 """
 
 from __future__ import annotations
@@ -116,10 +117,31 @@ def sample_margin(flows: Mapping[str, Any] | None, estimate: float) -> int:
     return margin95(min(estimate, total), flows.get("entries_read") or 0, total)
 
 
+def sample_basis(flows: Mapping[str, Any] | None) -> str:
+    """Why the sample's counts are estimates, in words ("" when they are not): a reader
+    of "± 850" on a table that was read whole deserves to know what was left out."""
+    if not flows or not flows.get("sampled"):
+        return ""
+    read, whole = flows.get("entries_read") or 0, flows.get("entries_estimated") or 0
+    every = flows.get("every") or 1
+    if every > 1 and not flows.get("limit"):
+        return (f"the table was read whole ({flows.get('lines_read') or 0:,} lines) and "
+                f"{read:,} entries parsed, every {_ordinal(every)} line, then scaled up to "
+                f"{whole:,}")
+    return (f"the sample was cut short by --sample-limit at {read:,} entries and scaled up "
+            f"to the table's count ({whole:,})")
+
+
+def _ordinal(n: int) -> str:
+    if n % 100 in (11, 12, 13):
+        return f"{n}th"
+    return f"{n}{({1: 'st', 2: 'nd', 3: 'rd'}).get(n % 10, 'th')}"
+
+
 def detail_margin(flows: Mapping[str, Any] | None, estimate: float) -> int:
-    """95 % margin of a port or address count: those are counted from the detail rows
-    (every detail_every-th entry read, flows.detail_every), so they can be estimates
-    when the whole table was read (0 when every entry was counted)."""
+    """95 % margin of a port or address count: sample_margin, and for a snapshot of 0.1
+    before the line sample, whose ports and addresses alone were counted from every
+    detail_every-th entry (flows.detail_entries), the margin of that smaller sample."""
     if not flows:
         return 0
     total = flows.get("entries_estimated") or 0
@@ -158,6 +180,7 @@ def whatif(flows: Mapping[str, Any] | None, key: str, seconds: float | None,
         # the sampling margin only: not the error of the Little's-law model
         "projected_margin": sample_margin(flows, projected),
         "bin_seconds": max(c["idle_bin_seconds"] for c in classes),
+        "basis": sample_basis(flows),
     }
 
 
@@ -186,7 +209,8 @@ def occupancy(flows: Mapping[str, Any] | None,
     return {"entries": now, "entries_margin": sample_margin(flows, now),
             "projected": projected, "projected_margin": sample_margin(flows, projected),
             "idle_beyond": forgotten, "idle_beyond_margin": sample_margin(flows, forgotten),
-            "change": (projected - now) / now if now else 0.0, "changes": changes}
+            "change": (projected - now) / now if now else 0.0, "changes": changes,
+            "basis": sample_basis(flows)}
 
 
 def share(flows: Mapping[str, Any] | None, name: str) -> dict[str, Any] | None:
@@ -237,6 +261,6 @@ def describe(result: Mapping[str, Any] | None) -> str:
                  "(Little's law: entries = arrival rate x hold time, from the idle-time "
                  f"histogram at {result['bin_seconds']} s resolution).")
     if result.get("entries_margin"):
-        text += (" Estimates: the sample was cut short by --sample-limit and scaled up to the "
-                 "table's count; \u00b1 is the 95 % sampling margin.")
+        text += (f" Estimates: {result.get('basis') or 'the table was sampled'}; \u00b1 is "
+                 "the 95 % sampling margin.")
     return text
