@@ -106,6 +106,8 @@ def dominant_port(flows: Mapping[str, Any] | None, name: str,
     if not ports:
         return None
     port, n = ports.most_common(1)[0]
+    # each idle bin's count is scaled and rounded apart: their sum may pass the class's
+    n = min(n, cls["entries"])
     share = n / cls["entries"]
     if share < threshold:
         return None

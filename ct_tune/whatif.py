@@ -226,6 +226,8 @@ def share(flows: Mapping[str, Any] | None, name: str) -> dict[str, Any] | None:
     ports: Counter[str] = Counter()
     for bin_ports in cls["idle_ports"]:
         ports.update(bin_ports)
+    # each idle bin's count is scaled and rounded apart: their sum may pass the class's
+    top = [(int(p), min(n, cls["entries"])) for p, n in ports.most_common(5)]
     return {
         "class": name,
         "entries": cls["entries"],
@@ -235,7 +237,7 @@ def share(flows: Mapping[str, Any] | None, name: str) -> dict[str, Any] | None:
         "timeout": cls["timeout"],
         "rate": round(cls["entries"] / max(1, cls["timeout"]), 2),
         # [port, entries, margin]: a port's count is an estimate like the class's
-        "top_dports": [[int(p), n, detail_margin(flows, n)] for p, n in ports.most_common(5)],
+        "top_dports": [[p, n, detail_margin(flows, n)] for p, n in top],
     }
 
 
