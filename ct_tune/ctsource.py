@@ -32,7 +32,6 @@ from typing import IO, BinaryIO, TextIO
 from ct_tune import safeio
 from ct_tune.errors import CtTuneError, InputError
 from ct_tune.facts import Roots
-from ct_tune.flowparse import MAX_LINE
 
 CONNTRACK_TIMEOUT = 300
 
@@ -143,6 +142,10 @@ def _blocks(text: TextIO, size: int = BLOCK_CHARS) -> Iterator[str]:
     and the rest of it is skipped as it arrives: memory stays bounded even when a
     "line" never ends (a stream of NULs), and no character is searched twice.
     """
+    # Imported here, once the reader runs: compiling the parsers' patterns (about 9 ms)
+    # would otherwise delay starting dd, and the kernel's printing with it.
+    from ct_tune.flowparse import MAX_LINE
+
     pending = ""
     head: str | None = None  # the start of an over-long line whose end is being skipped
     blank = True             # ... and whether it is all whitespace so far
@@ -154,7 +157,7 @@ def _blocks(text: TextIO, size: int = BLOCK_CHARS) -> Iterator[str]:
                 blank = False
             if nl < 0:
                 continue
-            yield from _cut(head, blank)
+            yield from _cut(head, blank, MAX_LINE)
             head = None
             chunk = chunk[nl + 1:]
         if pending:
@@ -168,17 +171,17 @@ def _blocks(text: TextIO, size: int = BLOCK_CHARS) -> Iterator[str]:
             blank = pending.isspace()
             head, pending = pending[:MAX_LINE + 1], ""
     if head is not None:
-        yield from _cut(head, blank)
+        yield from _cut(head, blank, MAX_LINE)
     if pending:
         yield pending
 
 
-def _cut(head: str, blank: bool) -> Iterator[str]:
+def _cut(head: str, blank: bool, max_line: int) -> Iterator[str]:
     """The stand-in for an over-long line: none for a blank one (blank lines are not
-    entries), else MAX_LINE + 1 characters that are not all whitespace."""
+    entries), else max_line + 1 characters that are not all whitespace."""
     if blank:
         return
-    yield (head if not head.isspace() else head[:MAX_LINE] + "\ufffd") + "\n"
+    yield (head if not head.isspace() else head[:max_line] + "\ufffd") + "\n"
 
 
 def conntrack_stats(exe: str) -> dict:
