@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -45,6 +44,8 @@ class SourceError(CtTuneError):
 BLOCK_CHARS = 1 << 18
 PIPE_BYTES = 1 << 20
 PIPE_WRITE = 1 << 18   # dd's write size: a block per wakeup, and little left to parse at EOF
+#: The reader process, looked up on PATH
+READER = "dd"
 
 
 @contextmanager
@@ -72,6 +73,8 @@ def table_blocks(roots: Roots, source: str = "auto") -> Iterator[tuple[str, Iter
         return
     if not roots.live and source == "auto":
         raise SourceError(f"{path}: not in the captured tree (capture it, or use --no-sample)")
+    import shutil
+
     exe = shutil.which("conntrack")
     if exe is None:
         raise SourceError(f"{path}: missing (kernel built without CONFIG_NF_CONNTRACK_PROCFS) "
@@ -99,14 +102,11 @@ def table_blocks(roots: Roots, source: str = "auto") -> Iterator[tuple[str, Iter
 def _procfs_text(f: BinaryIO, path: Path) -> Iterator[TextIO]:
     """The text of the open file `f`, read by a dd(1) child when there is one (see the
     module docstring), else in this process; decoded as the text-mode open() did."""
-    exe = shutil.which("dd")
-    proc = None
-    if exe is not None:
-        try:
-            proc = subprocess.Popen([exe, "ibs=65536", f"obs={PIPE_WRITE}"], stdin=f,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        except OSError:
-            proc = None
+    try:  # found on PATH by the exec itself (shutil, for which(), costs 5 ms to import)
+        proc = subprocess.Popen([READER, "ibs=65536", f"obs={PIPE_WRITE}"], stdin=f,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError:  # no dd on PATH
+        proc = None
     if proc is None:
         with open(f.fileno(), encoding="utf-8", errors="replace", buffering=1 << 20,
                   closefd=False) as text:

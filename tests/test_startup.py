@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import flowgen
 from conftest import ROOT, tree_args
 
 from ct_tune import snapshot
@@ -41,15 +42,18 @@ def imported(tmp_path: Path, *args: str) -> tuple[int, set[str]]:
 
 def test_collect_imports_neither_the_rule_engine_nor_what_only_writers_need(tree, tmp_path):
     roots = tree("defaults-16g")
+    flowgen.write_dump(roots, [{"class": "udp/unreplied", "count": 50, "dport": 53}])
     out = tmp_path / "host.json"
     code, modules = imported(tmp_path, "collect", *tree_args(roots), "-o", str(out))
     assert code == 0
-    assert snapshot.load(out)["host"]["kernel_release"]
+    facts = snapshot.load(out)
+    assert facts["host"]["kernel_release"] and facts["flows"]["entries_read"] == 50
     # jinja2 and tabulate are the engine's and the listings'; secrets (hashlib, random)
     # named temporary files; dataclasses built value types that NamedTuples now are;
-    # findings is needed only to print input problems, and this tree has none
+    # findings is needed only to print input problems, and this tree has none; shutil
+    # only looked dd(1) up on PATH, which starting it does
     unwanted = {"jinja2", "tabulate", "secrets", "dataclasses", "ct_tune.engine",
-                "ct_tune.ruleset", "ct_tune.findings"}
+                "ct_tune.ruleset", "ct_tune.findings", "shutil"}
     assert modules & unwanted == set()
 
 
