@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import resource
 import subprocess
+import sys
 import time
 from typing import NamedTuple
 
@@ -42,6 +43,17 @@ def run(argv: list[str], env: dict[str, str] | None = None, cwd: str | None = No
         raise SystemExit(f"benchmark command failed: {argv}")
     return Run(elapsed, usage.ru_maxrss, after.ru_utime - before.ru_utime,
                after.ru_stime - before.ru_stime)
+
+
+def install(into: str) -> str:
+    """A fresh virtualenv under `into` with this checkout installed as users install it
+    (`pip install .`: bytecode compiled, no editable-install path hooks at start-up);
+    returns its interpreter."""
+    subprocess.run([sys.executable, "-m", "venv", into], check=True)
+    python = os.path.join(into, "bin", "python")
+    subprocess.run([python, "-m", "pip", "install", "-q", CHECKOUT], check=True,
+                   stdout=subprocess.DEVNULL)
+    return python
 
 
 def export(ref: str, into: str) -> None:

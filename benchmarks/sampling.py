@@ -17,8 +17,9 @@ against the same `sysctl -a`: the floor that no work of ct-tune's own can go und
 Audits run with a warm expression cache (the first, cold run is not timed).
 
 --python picks the interpreter (and so the installation) to time: figures as users
-see them come from a regular `pip install .`; an editable install (`pip install -e`)
-adds its path hooks to every start-up.  Timed runs may write bytecode (the
+see them come from a regular `pip install .`, which --install makes in a temporary
+virtualenv; an editable install (`pip install -e`, as README's set-up makes) adds its
+path hooks to every start-up, about 20 ms.  Timed runs may write bytecode (the
 benchmark drops PYTHONDONTWRITEBYTECODE), as an installed copy has it.
 
 Run it with no other large conntrack table on the host: every read of
@@ -27,7 +28,7 @@ namespaces included (and reaps expired ones it meets), so a leftover table
 elsewhere slows both sides and skews the ratio.
 
     sudo .venv/bin/python benchmarks/sampling.py [--sizes 25000 250000] [--rounds 5]
-        [--python /path/to/venv/bin/python] [--against REV]
+        [--python /path/to/venv/bin/python | --install] [--against REV] [--stat min]
 
 --against REV also times that git revision's `collect` (its ct_tune and rules exported
 with git archive) in the same rounds, ours, theirs and cat taking turns: the machine's
@@ -133,6 +134,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--python", default=sys.executable,
                     help="interpreter whose ct_tune is timed (default: this one)")
+    ap.add_argument("--install", action="store_true",
+                    help="time this checkout installed with `pip install .` in a temporary "
+                         "virtualenv, as users run it")
     ap.add_argument("--stat", choices=("median", "min"), default="median",
                     help="figure of the rounds to print (min: the least, steadier on a "
                          "noisy machine)")
@@ -146,9 +150,13 @@ def main() -> None:
     # keeps it) makes every timed run compile the checkout's modules again, about 0.06 s
     # of user time that no user pays.
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-    if args.python == sys.executable:  # this checkout, even if not installed here
+    venv = tempfile.TemporaryDirectory(prefix="ct-sampling-venv-")
+    if args.install:
+        args.python = benchlib.install(venv.name)
+    elif args.python == sys.executable:  # this checkout, even if not installed here
         os.environ["PYTHONPATH"] = benchlib.CHECKOUT
-    print(f"python: {args.python}; {args.stat} of {args.rounds} rounds")
+    print(f"python: {args.python}{' (pip install . of this checkout)' if args.install else ''}"
+          f"; {args.stat} of {args.rounds} rounds")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{'entries':>8} {'what':<16} {'ct-tune':>8} {'baseline':>9} {'ratio':>6} "
           f"{'peak RSS':>9} {'ct usr':>7} {'ct sys':>7} {'base usr':>8} {'base sys':>8}")
