@@ -177,9 +177,12 @@ def _blocks(text: TextIO, size: int = BLOCK_CHARS) -> Iterator[str]:
 
 
 def _cut(head: str, blank: bool, max_line: int) -> Iterator[str]:
-    """The stand-in for an over-long line: none for a blank one (blank lines are not
-    entries), else max_line + 1 characters that are not all whitespace."""
+    """The stand-in for an over-long line: an empty line for a blank one (not an entry,
+    but still a line: a large table is parsed from every k-th line, counted the same
+    way whichever reader gave them), else max_line + 1 characters that are not all
+    whitespace."""
     if blank:
+        yield "\n"
         return
     yield (head if not head.isspace() else head[:max_line] + "\ufffd") + "\n"
 
