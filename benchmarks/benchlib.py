@@ -45,13 +45,20 @@ def run(argv: list[str], env: dict[str, str] | None = None, cwd: str | None = No
                after.ru_stime - before.ru_stime)
 
 
-def install(into: str) -> str:
-    """A fresh virtualenv under `into` with this checkout installed as users install it
-    (`pip install .`: bytecode compiled, no editable-install path hooks at start-up);
-    returns its interpreter."""
-    subprocess.run([sys.executable, "-m", "venv", into], check=True)
-    python = os.path.join(into, "bin", "python")
-    subprocess.run([python, "-m", "pip", "install", "-q", CHECKOUT], check=True,
+def install(into: str, ref: str | None = None) -> str:
+    """A fresh virtualenv under `into` with this checkout (or revision `ref` of it)
+    installed as users install it (`pip install .`: bytecode compiled, no editable-install
+    path hooks at start-up); returns its interpreter."""
+    subprocess.run([sys.executable, "-m", "venv", os.path.join(into, "venv")], check=True)
+    python = os.path.join(into, "venv", "bin", "python")
+    source = CHECKOUT
+    if ref is not None:
+        source = os.path.join(into, "src")
+        os.mkdir(source)
+        archive = subprocess.run(["git", "-C", CHECKOUT, "archive", ref], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", source], input=archive, check=True)
+    subprocess.run([python, "-m", "pip", "install", "-q", source], check=True,
                    stdout=subprocess.DEVNULL)
     return python
 

@@ -33,6 +33,7 @@ elsewhere slows both sides and skews the ratio.
 --against REV also times that git revision's `collect` (its ct_tune and rules exported
 with git archive) in the same rounds, ours, theirs and cat taking turns: the machine's
 speed drifts by a third between runs here, so only sides timed together compare.
+With --install, REV is installed into a virtualenv of its own the same way.
 """
 
 from __future__ import annotations
@@ -70,9 +71,10 @@ def timed(cmd: list[str], ns: str, cwd: str | None = None) -> tuple[float, int, 
 
 
 def bench(size: int, rounds: int, python: str, against: str | None = None,
-          stat: str = "median") -> dict:
+          stat: str = "median", their_python: str | None = None) -> dict:
     """The figures at one table size; with `against` (a directory holding another
-    revision's ct_tune), its collect too, in the same rounds as ours and cat."""
+    revision's ct_tune) or `their_python` (an interpreter with it installed), its collect
+    too, in the same rounds as ours and cat."""
     ns = f"ctbench-{uuid.uuid4().hex[:6]}"
     sh("ip", "netns", "add", ns)
     try:
@@ -95,7 +97,11 @@ def bench(size: int, rounds: int, python: str, against: str | None = None,
         runs: dict[str, dict[str, tuple[list[str], str | None]]] = {
             name: {"ours": (ours, None), "base": (base, None)}
             for name, (ours, base) in pairs.items()}
-        if against:
+        if their_python:
+            theirs = [their_python, "-m", "ct_tune", "collect", "--duration", "0"]
+            runs["sample"]["theirs"] = (theirs, None)
+            timed(theirs, ns)
+        elif against:
             runs["sample"]["theirs"] = (pairs["sample"][0], against)
             timed(pairs["sample"][0], ns, against)  # its bytecode compiled before timing
         out: dict = {"entries": count}
@@ -151,8 +157,13 @@ def main() -> None:
     # of user time that no user pays.
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     venv = tempfile.TemporaryDirectory(prefix="ct-sampling-venv-")
+    their_python = None
     if args.install:
-        args.python = benchlib.install(venv.name)
+        args.python = benchlib.install(os.path.join(venv.name, "ours"))
+        if args.against:  # theirs installed the same way, so only the code differs
+            their_python = benchlib.install(os.path.join(venv.name, "theirs"), args.against)
+        # `python -m` imports from the working directory first: run where no ct_tune is
+        os.chdir(venv.name)
     elif args.python == sys.executable:  # this checkout, even if not installed here
         os.environ["PYTHONPATH"] = benchlib.CHECKOUT
     print(f"python: {args.python}{' (pip install . of this checkout)' if args.install else ''}"
@@ -161,11 +172,11 @@ def main() -> None:
     print(f"{'entries':>8} {'what':<16} {'ct-tune':>8} {'baseline':>9} {'ratio':>6} "
           f"{'peak RSS':>9} {'ct usr':>7} {'ct sys':>7} {'base usr':>8} {'base sys':>8}")
     with tempfile.TemporaryDirectory(prefix="ct-sampling-") as tmp:
-        if args.against:
+        if args.against and not their_python:
             benchlib.export(args.against, tmp)
         for size in args.sizes:
             r = bench(size, args.rounds, args.python, tmp if args.against else None,
-                      args.stat)
+                      args.stat, their_python)
             for name, base in (("sample", "cat /proc/net/nf_conntrack"),
                                ("audit", "sysctl -a"), ("imports", "sysctl -a")):
                 b = r[name]["base"]

@@ -1,5 +1,5 @@
 """Allow ``python -m ct_tune``."""
 
-from ct_tune.cli import main
+from ct_tune.launch import main
 
 main()

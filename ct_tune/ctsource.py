@@ -19,16 +19,15 @@ exactly as a text-mode file would decode it.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, BinaryIO, TextIO
+from typing import BinaryIO, TextIO
 
-from ct_tune import safeio
+from ct_tune import reader, safeio
 from ct_tune.errors import CtTuneError, InputError
 from ct_tune.facts import Roots
 
@@ -42,10 +41,6 @@ class SourceError(CtTuneError):
 #: Characters per block handed to the aggregator: large enough that its per-block
 #: work is noise, small enough to stay a few hundred KiB whatever the table.
 BLOCK_CHARS = 1 << 18
-PIPE_BYTES = 1 << 20
-PIPE_WRITE = 1 << 18   # dd's write size: a block per wakeup, and little left to parse at EOF
-#: The reader process, looked up on PATH
-READER = "dd"
 
 
 @contextmanager
@@ -58,17 +53,24 @@ def table_blocks(roots: Roots, source: str = "auto") -> Iterator[tuple[str, Iter
     """
     path = roots.proc("net/nf_conntrack")
     if source == "procfs" or (source == "auto" and path.exists()):
-        # A FIFO, device or directory in its place is refused before anything reads it
-        # (the live file is a regular procfs file); missing or unreadable says why.
-        try:
-            fd = safeio.open_regular(path)
-        except InputError as e:
-            if e.problem.startswith("not a regular file"):
-                raise
-            raise SourceError(str(e)) from None
-        assert fd is not None
+        # The reader launch.py started on this very file, before the imports (it checked
+        # the file is a regular one), or a new one.
+        early = reader.take_early(str(path))
+        if early is not None:
+            fd, proc = early
+        else:
+            # A FIFO, device or directory in its place is refused before anything reads
+            # it (the live file is a regular procfs file); missing or unreadable says why.
+            try:
+                fd = safeio.open_regular(path)
+            except InputError as e:
+                if e.problem.startswith("not a regular file"):
+                    raise
+                raise SourceError(str(e)) from None
+            assert fd is not None
+            proc = reader.spawn(fd)
         f = open(fd, "rb", buffering=0)  # noqa: SIM115
-        with f, _procfs_text(f, path) as text:
+        with f, _procfs_text(f, path, proc) as text:
             yield str(path), _blocks(text)
         return
     if not roots.live and source == "auto":
@@ -83,7 +85,7 @@ def table_blocks(roots: Roots, source: str = "auto") -> Iterator[tuple[str, Iter
     proc = subprocess.Popen([exe, "-L"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, errors="replace", bufsize=1 << 20)
     assert proc.stdout is not None
-    _grow_pipe(proc.stdout)
+    reader.grow_pipe(proc.stdout)
     try:
         yield f"{exe} -L (ctnetlink)", _blocks(proc.stdout)
     finally:
@@ -99,14 +101,11 @@ def table_blocks(roots: Roots, source: str = "auto") -> Iterator[tuple[str, Iter
 
 
 @contextmanager
-def _procfs_text(f: BinaryIO, path: Path) -> Iterator[TextIO]:
-    """The text of the open file `f`, read by a dd(1) child when there is one (see the
-    module docstring), else in this process; decoded as the text-mode open() did."""
-    try:  # found on PATH by the exec itself (shutil, for which(), costs 5 ms to import)
-        proc = subprocess.Popen([READER, "ibs=65536", f"obs={PIPE_WRITE}"], stdin=f,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    except OSError:  # no dd on PATH
-        proc = None
+def _procfs_text(f: BinaryIO, path: Path, proc: subprocess.Popen | None
+                 ) -> Iterator[TextIO]:
+    """The text of the open file `f`, read by the dd(1) child `proc` when there is one
+    (see the module docstring), else in this process; decoded as the text-mode open()
+    did."""
     if proc is None:
         with open(f.fileno(), encoding="utf-8", errors="replace", buffering=1 << 20,
                   closefd=False) as text:
@@ -114,7 +113,6 @@ def _procfs_text(f: BinaryIO, path: Path) -> Iterator[TextIO]:
         return
     assert proc.stdout is not None
     text = io.TextIOWrapper(proc.stdout, encoding="utf-8", errors="replace")
-    _grow_pipe(text)
     try:
         yield text
     finally:
@@ -124,14 +122,6 @@ def _procfs_text(f: BinaryIO, path: Path) -> Iterator[TextIO]:
     if proc.returncode not in (0, -signal.SIGPIPE):
         msg = (err.decode(errors="replace").strip().splitlines() or [""])[0][:200]
         raise SourceError(f"{path}: cannot read: {msg or f'dd exit {proc.returncode}'}")
-
-
-def _grow_pipe(stream: IO) -> None:
-    """Let the writer run up to PIPE_BYTES ahead of us (Linux F_SETPIPE_SZ; best effort)."""
-    import fcntl
-
-    with contextlib.suppress(OSError, AttributeError):
-        fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
 
 def _blocks(text: TextIO, size: int = BLOCK_CHARS) -> Iterator[str]:

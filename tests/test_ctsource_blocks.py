@@ -9,7 +9,7 @@ import psutil
 import pytest
 from test_flowblocks import TIMEOUTS, kernel_like_table
 
-from ct_tune import ctsource
+from ct_tune import ctsource, reader
 from ct_tune.errors import InputError
 from ct_tune.facts import Roots
 from ct_tune.flows import FlowStats
@@ -28,7 +28,7 @@ ODD = (b"ipv4 2 udp 17 5 src=1.1.1.1 dst=2.2.2.2 sport=1 dport=2 mark=0 use=1\r\
 @pytest.mark.parametrize("with_dd", [True, False])
 def test_table_blocks_give_the_text_mode_text(tmp_path, monkeypatch, with_dd):
     if not with_dd:  # no reader on PATH: the file is read in this process
-        monkeypatch.setattr(ctsource, "READER", "ct-tune-test-no-such-reader")
+        monkeypatch.setattr(reader, "READER", "ct-tune-test-no-such-reader")
     elif shutil.which("dd") is None:
         pytest.skip("no dd(1)")
     monkeypatch.setattr(ctsource, "BLOCK_CHARS", 50)
