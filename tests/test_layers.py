@@ -12,7 +12,7 @@ PURE = {"engine", "plan", "fragments", "render", "drift", "whatif", "formulas", 
         "sysctld", "sysctlkeys", "findings", "flowparse", "flows", "check", "textfile",
         "nsload", "applyreport", "fleet", "fleet_table"}
 IO = {"facts", "sampler", "ctsource", "apply", "atomic", "capture", "cli", "cache", "writers",
-      "sockets", "nsview", "fleet_input"}
+      "sockets", "nsview", "fleet_input", "reader", "launch"}
 
 
 def imports() -> dict[str, set[str]]:
