@@ -132,6 +132,13 @@ def sample_basis(flows: Mapping[str, Any] | None) -> str:
             f"to the table's count ({whole:,})")
 
 
+def _basis(flows: Mapping[str, Any] | None) -> dict[str, str]:
+    """{"basis": sample_basis(flows)} for an estimate, nothing for exact counts (an empty
+    line of evidence says nothing)."""
+    basis = sample_basis(flows)
+    return {"basis": basis} if basis else {}
+
+
 def _ordinal(n: int) -> str:
     if n % 100 in (11, 12, 13):
         return f"{n}th"
@@ -180,7 +187,7 @@ def whatif(flows: Mapping[str, Any] | None, key: str, seconds: float | None,
         # the sampling margin only: not the error of the Little's-law model
         "projected_margin": sample_margin(flows, projected),
         "bin_seconds": max(c["idle_bin_seconds"] for c in classes),
-        "basis": sample_basis(flows),
+        **_basis(flows),
     }
 
 
@@ -210,7 +217,7 @@ def occupancy(flows: Mapping[str, Any] | None,
             "projected": projected, "projected_margin": sample_margin(flows, projected),
             "idle_beyond": forgotten, "idle_beyond_margin": sample_margin(flows, forgotten),
             "change": (projected - now) / now if now else 0.0, "changes": changes,
-            "basis": sample_basis(flows)}
+            **_basis(flows)}
 
 
 def share(flows: Mapping[str, Any] | None, name: str) -> dict[str, Any] | None:

@@ -168,3 +168,22 @@ def test_a_dump_of_made_up_protocols_states_and_zones_stays_bounded():
     assert a["by_l4"]["tcp"] == n // 2
     assert len(a["by_zone"]) == MAX_ZONES + 1 and sum(a["by_zone"].values()) == n
     assert len(by_blocks._class_key) <= 4 * MAX_CLASSES
+
+
+def test_the_texts_say_why_the_counts_are_estimates():
+    n = 100_000
+    text, _, _ = table(n, seed=2)
+    exact, sampled = FlowStats(TIMEOUTS), FlowStats(TIMEOUTS, sample_every(n))
+    for stats in (exact, sampled):
+        stats.feed_blocks(blocks_of(text))
+    key = "nf_conntrack_udp_timeout"
+    a = whatif.whatif(exact.summary(), key, 10)
+    b = whatif.whatif({**sampled.summary(), "limit": None}, key, 10)
+    assert "basis" not in a and "Estimates" not in whatif.describe(a)
+    assert b["basis"] == ("the table was read whole (100,000 lines) and 50,000 entries "
+                          "parsed, every 2nd line, then scaled up to 100,000")
+    assert f"Estimates: {b['basis']}; ± is the 95 % sampling margin." in whatif.describe(b)
+    cut = {**exact.summary(total=400_000), "limit": n}
+    assert whatif.sample_basis(cut) == ("the sample was cut short by --sample-limit at "
+                                        "100,000 entries and scaled up to the table's count "
+                                        "(400,000)")
