@@ -100,18 +100,14 @@ def dominant_port(flows: Mapping[str, Any] | None, name: str,
     cls = flows.get("classes", {}).get(name)
     if not cls or not cls.get("entries"):
         return None
-    ports: Counter[str] = Counter()
-    for bin_ports in cls["idle_ports"]:
-        ports.update(bin_ports)
-    if not ports:
+    top = whatif.class_ports(cls, 1)
+    if not top:
         return None
-    port, n = ports.most_common(1)[0]
-    # each idle bin's count is scaled and rounded apart: their sum may pass the class's
-    n = min(n, cls["entries"])
+    port, n = top[0]
     share = n / cls["entries"]
     if share < threshold:
         return None
-    return [int(port), n, round(share, 4), whatif.detail_margin(flows, n)]
+    return [port, n, round(share, 4), whatif.detail_margin(flows, n)]
 
 
 def protocol_mix(flows: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -124,14 +124,12 @@ class _Class:
         self.port_bins: list[Counter[str]] = [
             Counter() for _ in range(self.timeout.bit_length() + 1)]
 
-    def idle_of(self, ttl: int) -> int:
+    def add(self, ttl: int, dport: str | None) -> None:
         idle = self.timeout - ttl
         if idle < 0:
-            return 0
-        return idle if idle <= self.timeout else self.timeout
-
-    def add(self, ttl: int, dport: str | None) -> None:
-        idle = self.idle_of(ttl)
+            idle = 0
+        elif idle > self.timeout:
+            idle = self.timeout
         self.count += 1
         self.idle[idle // self.width] += 1
         if dport is not None:
@@ -140,9 +138,10 @@ class _Class:
             if len(c) > PORTS_PER_BIN * PORT_BIN_SLACK:
                 _prune(c, PORTS_PER_BIN)
 
-    def add_ttls(self, counts: Mapping[str, int]) -> dict[str, int]:
-        """add() without the ports for `counts` entries of each TTL (decimal text): the
-        arithmetic once per distinct TTL.  Returns each TTL's idle octave, for add_ports."""
+    def add_rows(self, ttls: Sequence[str], dports: Sequence[str]) -> None:
+        """add() for each row in order, TTLs as decimal text and "" for no port: the
+        arithmetic once per distinct TTL, the counting in C."""
+        counts = Counter(ttls)
         texts = list(counts)
         idle = list(map(sub, repeat(self.timeout), map(int, texts)))
         if min(idle) < 0:  # a TTL above the timeout: the timeout was lowered since
@@ -150,21 +149,16 @@ class _Class:
         hist = self.idle
         for b, c in zip(map(floordiv, idle, repeat(self.width)), counts.values(), strict=True):
             hist[b] += c
-        self.count += sum(counts.values())
-        return dict(zip(texts, [i.bit_length() for i in idle], strict=True))
-
-    def add_ports(self, ttls: Sequence[str], dports: Sequence[str], octave: Mapping[str, int]
-                  ) -> None:
-        """The port part of add() for each row in order ("" for no port), given each TTL's
-        idle octave (add_ttls): the counting in C."""
-        bins = set(octave.values())  # the block's octaves
-        if len(bins) == 1:
+        self.count += len(ttls)
+        bins = [i.bit_length() for i in idle]  # the idle octave, as in add()
+        if min(bins) == max(bins):
             run = dports if "" not in dports else tuple(filter(None, dports))
-            _count_in_order(self.port_bins[bins.pop()], run, PORTS_PER_BIN, PORT_BIN_SLACK)
+            _count_in_order(self.port_bins[bins[0]], run, PORTS_PER_BIN, PORT_BIN_SLACK)
             return
         runs: list[list[str]] = [[] for _ in self.port_bins]
         add = [r.append for r in runs]
-        for b, dport in zip(map(octave.__getitem__, ttls), dports, strict=True):
+        for b, dport in zip(map(dict(zip(texts, bins, strict=True)).__getitem__, ttls), dports,
+                            strict=True):
             if dport:
                 add[b](dport)
         for counter, run in zip(self.port_bins, runs, strict=True):
@@ -311,18 +305,19 @@ class FlowStats:
     def _pick_block(self, block: str, limit: int | None) -> str:
         """The lines of `block` that _pick_lines would give (as one block of text),
         counting every line read: the block itself when every line is taken."""
+        start, every = self.lines, self.every
         partial = not block.endswith("\n")  # the dump's last line, cut short
-        total = block.count("\n") + partial
-        start = self.lines
-        take = total if limit is None else min(total, limit - start)
-        self.lines = start + take
-        every = self.every
-        if every == 1 and take == total:
+        if every == 1 and limit is None:
+            total = block.count("\n") + partial
+            self.lines += total
             self.parsed += total
             return block
         lines = block.split("\n")
         if not partial:
             lines.pop()
+        total = len(lines)
+        take = total if limit is None else min(total, limit - start)
+        self.lines = start + take
         first = -start % every
         picked = lines[first:take:every]
         self.parsed += len(picked)
@@ -438,25 +433,19 @@ class FlowStats:
         if not classes:  # all offloaded
             return True
         if len(classes) == 1 and not offloaded:
-            classes[0].add_ports(ttls, dports, classes[0].add_ttls(Counter(ttls)))
+            classes[0].add_rows(ttls, dports)
             return True
-        index = list(map(index_of.__getitem__, heads))
-        per_class: list[Counter[str]] = [Counter() for _ in range(len(classes) + 1)]
-        for (i, ttl), c in Counter(zip(index, ttls, strict=True)).items():
-            per_class[i][ttl] = c
-        octaves = [cls.add_ttls(c) if c else {} for cls, c in zip(classes, per_class,
-                                                                   strict=False)]
+        # each class's rows in order (offloaded ones in a list past the classes', dropped)
         ttl_runs: list[list[str]] = [[] for _ in range(len(classes) + 1)]
         port_runs: list[list[str]] = [[] for _ in range(len(classes) + 1)]
         add_ttl = [t.append for t in ttl_runs]
         add_port = [d.append for d in port_runs]
-        for i, ttl, dport in zip(index, ttls, dports, strict=True):
+        for i, ttl, dport in zip(map(index_of.__getitem__, heads), ttls, dports, strict=True):
             add_ttl[i](ttl)
             add_port[i](dport)
-        for cls, octave, cls_ttls, cls_ports in zip(classes, octaves, ttl_runs, port_runs,
-                                                    strict=False):
+        for cls, cls_ttls, cls_ports in zip(classes, ttl_runs, port_runs, strict=False):
             if cls_ttls:
-                cls.add_ports(cls_ttls, cls_ports, octave)
+                cls.add_rows(cls_ttls, cls_ports)
         return True
 
     def _add_flag_counts(self, flag_counts: list[int]) -> None:

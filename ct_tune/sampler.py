@@ -48,7 +48,6 @@ def sample(roots: Roots, facts: dict[str, Any], limit: int | None = None,
     """Aggregate the table (at most `limit` entries, scaled to the count) into facts['flows'].
     `opened`: the table already opened with OpenTable (it is read and closed here)."""
     # Imported here: audit --no-sample and the counter polls never need the parsers.
-    from ct_tune import ctsource
     from ct_tune.flows import FlowStats, sample_every
 
     count = facts["sysctl"].get("net.netfilter.nf_conntrack_count", {}).get("value")
@@ -57,18 +56,14 @@ def sample(roots: Roots, facts: dict[str, Any], limit: int | None = None,
     expected = min((n for n in (count, limit) if n is not None), default=None)
     stats = FlowStats(timeouts_of(facts), sample_every(expected))
     start = time.monotonic()
-    if opened is not None:
-        try:
-            stats.feed_blocks(opened.blocks, limit=limit)
-        finally:
-            opened.close()
-        source = opened.source
-    else:
-        with ctsource.table_blocks(roots, source) as (source, blocks):
-            stats.feed_blocks(blocks, limit=limit)
+    table = opened if opened is not None else OpenTable(roots, source)
+    try:
+        stats.feed_blocks(table.blocks, limit=limit)
+    finally:
+        table.close()
     elapsed = time.monotonic() - start
     summary = stats.summary(total=count if limit is not None else None)
-    return {"source": source, "limit": limit, "seconds": round(elapsed, 3), **summary}
+    return {"source": table.source, "limit": limit, "seconds": round(elapsed, 3), **summary}
 
 
 def fill_missing_stat(roots: Roots, facts: dict[str, Any]) -> None:

@@ -220,6 +220,16 @@ def occupancy(flows: Mapping[str, Any] | None,
             **_basis(flows)}
 
 
+def class_ports(cls: Mapping[str, Any], k: int) -> list[tuple[int, int]]:
+    """A flow class's `k` busiest destination ports as (port, entries), over all its idle
+    bins.  Each bin is scaled and rounded apart, so a port's sum may pass the class's own
+    count by a rounding: it is capped there ("149,998 entries, port 8080 x 149,999")."""
+    ports: Counter[str] = Counter()
+    for bin_ports in cls["idle_ports"]:
+        ports.update(bin_ports)
+    return [(int(p), min(n, cls["entries"])) for p, n in ports.most_common(k)]
+
+
 def share(flows: Mapping[str, Any] | None, name: str) -> dict[str, Any] | None:
     """One flow class's weight in the sampled table: entries, share, its timeout key and
     value, the arrival rate Little's law implies (entries / timeout), its top ports (each
@@ -230,11 +240,6 @@ def share(flows: Mapping[str, Any] | None, name: str) -> dict[str, Any] | None:
     total = flows.get("entries_estimated") or 0
     if not cls or not total:
         return None
-    ports: Counter[str] = Counter()
-    for bin_ports in cls["idle_ports"]:
-        ports.update(bin_ports)
-    # each idle bin's count is scaled and rounded apart: their sum may pass the class's
-    top = [(int(p), min(n, cls["entries"])) for p, n in ports.most_common(5)]
     return {
         "class": name,
         "entries": cls["entries"],
@@ -244,7 +249,7 @@ def share(flows: Mapping[str, Any] | None, name: str) -> dict[str, Any] | None:
         "timeout": cls["timeout"],
         "rate": round(cls["entries"] / max(1, cls["timeout"]), 2),
         # [port, entries, margin]: a port's count is an estimate like the class's
-        "top_dports": [[p, n, detail_margin(flows, n)] for p, n in top],
+        "top_dports": [[p, n, detail_margin(flows, n)] for p, n in class_ports(cls, 5)],
     }
 
 
