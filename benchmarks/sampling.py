@@ -39,12 +39,14 @@ With --install, REV is installed into a virtualenv of its own the same way.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
 
 import benchlib
 
@@ -70,11 +72,10 @@ def timed(cmd: list[str], ns: str, cwd: str | None = None) -> tuple[float, int, 
     return tuple(benchlib.run(["ip", "netns", "exec", ns, *cmd], cwd=cwd))
 
 
-def bench(size: int, rounds: int, python: str, against: str | None = None,
-          stat: str = "median", their_python: str | None = None) -> dict:
-    """The figures at one table size; with `against` (a directory holding another
-    revision's ct_tune) or `their_python` (an interpreter with it installed), its collect
-    too, in the same rounds as ours and cat."""
+@contextlib.contextmanager
+def table_namespace(size: int) -> Iterator[tuple[str, int]]:
+    """(name, nf_conntrack_count) of a new network namespace holding a real table of
+    `size` unreplied UDP entries (loopback only); deleted on the way out."""
     ns = f"ctbench-{uuid.uuid4().hex[:6]}"
     sh("ip", "netns", "add", ns)
     try:
@@ -82,8 +83,18 @@ def bench(size: int, rounds: int, python: str, against: str | None = None,
         sh("nft", "-f", "-", ns=ns, input=NFT.encode())
         sh("sh", "-c", "echo 3600 > /proc/sys/net/netfilter/nf_conntrack_udp_timeout", ns=ns)
         sh(sys.executable, "-c", FILL, str(size), ns=ns)
-        count = int(sh("cat", "/proc/sys/net/netfilter/nf_conntrack_count", ns=ns,
-                       capture_output=True).stdout)
+        yield ns, int(sh("cat", "/proc/sys/net/netfilter/nf_conntrack_count", ns=ns,
+                         capture_output=True).stdout)
+    finally:
+        subprocess.run(["ip", "netns", "delete", ns], check=False)
+
+
+def bench(size: int, rounds: int, python: str, against: str | None = None,
+          stat: str = "median", their_python: str | None = None) -> dict:
+    """The figures at one table size; with `against` (a directory holding another
+    revision's ct_tune) or `their_python` (an interpreter with it installed), its collect
+    too, in the same rounds as ours and cat."""
+    with table_namespace(size) as (ns, count):
         ct = [python, "-m", "ct_tune"]
         sysctl = ["sh", "-c", "sysctl -a > /dev/null"]
         pairs = {
@@ -113,8 +124,6 @@ def bench(size: int, rounds: int, python: str, against: str | None = None,
 
             out[name] = _medians(got, stat)
         return out
-    finally:
-        subprocess.run(["ip", "netns", "delete", ns], check=False)
 
 
 def _medians(got: dict[str, list[tuple[float, int, float, float]]], stat: str = "median"
