@@ -13,8 +13,9 @@ the file we opened and pipes it to us, and the kernel formats the next part of
 the table on the other CPU while we aggregate the last one.  dd rather than
 cat: cat writes each 4 KiB page as it comes, waking us thousands of times
 (about 4 % of the sample); dd with obs= gathers them into 256 KiB writes
-(POSIX reblocking).  Either source is read in blocks of whole lines, decoded
-exactly as a text-mode file would decode it.
+(POSIX reblocking).  Until the sample reads the pipe, a thread of reader.py
+empties it, so dd never waits on a full pipe while ct-tune starts.  Either source
+is read in blocks of whole lines, decoded exactly as a text-mode file would decode it.
 """
 
 from __future__ import annotations
@@ -101,8 +102,7 @@ def table_blocks(roots: Roots, source: str = "auto") -> Iterator[tuple[str, Iter
 
 
 @contextmanager
-def _procfs_text(f: BinaryIO, path: Path, proc: subprocess.Popen | None
-                 ) -> Iterator[TextIO]:
+def _procfs_text(f: BinaryIO, path: Path, proc: reader.Reader | None) -> Iterator[TextIO]:
     """The text of the open file `f`, read by the dd(1) child `proc` when there is one
     (see the module docstring), else in this process; decoded as the text-mode open()
     did."""
@@ -111,17 +111,16 @@ def _procfs_text(f: BinaryIO, path: Path, proc: subprocess.Popen | None
                   closefd=False) as text:
             yield text
         return
-    assert proc.stdout is not None
-    text = io.TextIOWrapper(proc.stdout, encoding="utf-8", errors="replace")
+    text = io.TextIOWrapper(proc.stream(), encoding="utf-8", errors="replace")
     try:
         yield text
     finally:
         text.close()
-        _, err = proc.communicate()
-    # -SIGPIPE: we stopped reading early (--sample-limit) and closed the pipe ourselves.
-    if proc.returncode not in (0, -signal.SIGPIPE):
+        code, err = proc.finish()
+    # -SIGPIPE: a reader whose pipe was closed before it finished.
+    if code not in (0, -signal.SIGPIPE):
         msg = (err.decode(errors="replace").strip().splitlines() or [""])[0][:200]
-        raise SourceError(f"{path}: cannot read: {msg or f'dd exit {proc.returncode}'}")
+        raise SourceError(f"{path}: cannot read: {msg or f'dd exit {code}'}")
 
 
 def _blocks(text: TextIO, size: int = BLOCK_CHARS) -> Iterator[str]:

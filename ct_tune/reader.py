@@ -3,10 +3,19 @@
 The kernel formats /proc/net/nf_conntrack inside read(), and on a large table that
 takes as long as everything else a sample does.  dd reads the file and pipes it to
 us, so the kernel prints on one CPU while we parse on the other (ctsource explains
-why dd, and its block sizes).  This module is kept to os, stat, fcntl and subprocess
-(not even typing) so that launch.py can start the reader before click and ct-tune's
-other modules are imported: about 50 ms of start-up during which the kernel would
-otherwise sit idle.
+why dd, and its block sizes).  This module is kept to os, stat, fcntl and the
+interpreter's built-in _signal (not subprocess, not even typing) so that launch.py can
+start the reader before click and ct-tune's other modules are imported: about 50 ms of
+start-up during which the kernel would otherwise sit idle.
+
+A thread empties the pipe until the sample starts reading it.  A pipe holds 1 MiB,
+which the kernel prints in about 20 ms, and ct-tune's imports and facts take 70 ms
+before the first entry is parsed: without the thread dd would block on the full pipe
+for the difference, and the kernel's printing with it, every millisecond of it added
+to the sample (strace showed dd's fifth write waiting 69 ms).  A larger pipe is no
+cure: past 1 MiB its pages fall out of the cache before they are read, and the whole
+dump ran slower (4 MiB: 7 % slower here).  The thread holds at most PREFETCH_BYTES
+and stops as soon as the sample reads for itself.
 """
 
 from __future__ import annotations
@@ -15,35 +24,186 @@ import contextlib
 import io
 import os
 import stat
-import subprocess
 
 #: The reader process, looked up on PATH by the exec itself
 READER = "dd"
 PIPE_BYTES = 1 << 20
 PIPE_WRITE = 1 << 18   # dd's write size: a block per wakeup, and little left to parse at EOF
+#: At most this much of the dump is held in memory, read ahead of the sample; past it dd
+#: waits, as it would without the thread.  About 70 ms of printing at 60 MB/s is 4 MiB.
+PREFETCH_BYTES = 1 << 23
 
 #: (path, descriptor, reader) of the reader start_early started and nothing took yet
-_early: tuple[str, int, subprocess.Popen] | None = None
+_early: tuple[str, int, Reader] | None = None
 
 
-def spawn(fd: int) -> subprocess.Popen | None:
-    """dd reading the open file `fd` into a pipe (its stdout), or None without dd."""
+class Reader:
+    """dd reading one open file into a pipe, and the thread reading that pipe ahead.
+
+    stream() is the dump as a binary stream; finish() stops what is left and says how
+    dd ended.  The thread only ever reads the pipe while the stream has not been read;
+    once it has, the stream reads the pipe itself."""
+
+    def __init__(self, pid: int, out: int, err: int) -> None:
+        import threading
+
+        self.pid = pid
+        self._out, self._err = out, err
+        self._chunks: list[bytes] = []  # read ahead, oldest first
+        self._pos = 0                   # of the first chunk, bytes already taken
+        self._held = 0                  # bytes in _chunks
+        self._taken = False             # the stream has started: the thread stops
+        self._ahead = True              # the thread may still add to _chunks
+        self._eof = False               # the end of the dump was read
+        self._cond = threading.Condition()
+        self.returncode: int | None = None
+        self._thread = threading.Thread(target=self._fill, name="ct-tune-prefetch",
+                                        daemon=True)
+        self._thread.start()
+
+    def _fill(self) -> None:
+        """Read the pipe ahead until the stream is read, the dump ends or PREFETCH_BYTES
+        are held (then wait for the stream, which takes them)."""
+        try:
+            while True:
+                with self._cond:
+                    while self._held >= PREFETCH_BYTES and not self._taken:
+                        self._cond.wait()
+                    if self._taken:
+                        return
+                data = os.read(self._out, PIPE_BYTES)  # the GIL is released meanwhile
+                with self._cond:
+                    if not data:
+                        self._eof = True
+                        return
+                    self._chunks.append(data)
+                    self._held += len(data)
+                    self._cond.notify_all()
+        except OSError:
+            return  # the stream reads the pipe itself and meets the error there
+        finally:
+            with self._cond:
+                self._ahead = False
+                self._cond.notify_all()
+
+    def readinto(self, buf: memoryview) -> int:
+        """The next bytes of the dump into buf: first what the thread read ahead, then the
+        pipe itself (0 at the end)."""
+        with self._cond:
+            if not self._taken:
+                self._taken = True
+                self._cond.notify_all()
+            while not self._chunks and self._ahead:
+                self._cond.wait()
+            if self._chunks:
+                chunk = self._chunks[0]
+                n = min(len(buf), len(chunk) - self._pos)
+                buf[:n] = memoryview(chunk)[self._pos:self._pos + n]
+                self._pos += n
+                if self._pos == len(chunk):
+                    self._chunks.pop(0)
+                    self._pos = 0
+                self._held -= n
+                return n
+            if self._eof:
+                return 0
+        n = os.readv(self._out, [buf])
+        if n == 0:
+            self._eof = True
+        return n
+
+    def stream(self) -> io.BufferedReader:
+        """The dump, as a buffered binary stream (for io.TextIOWrapper)."""
+        return io.BufferedReader(_Raw(self), PIPE_WRITE)
+
+    def finish(self) -> tuple[int, bytes]:
+        """Stop dd if it still runs (the stream was left before the end), wait for it and
+        close the pipes; (its exit status as subprocess gives it, its stderr).
+        Idempotent."""
+        if self.returncode is not None:
+            return self.returncode, b""
+        with self._cond:
+            self._taken = True
+            self._cond.notify_all()
+        stopped = not self._eof
+        if stopped:  # dd may be blocked on a full pipe: it is not needed any more
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, 9)  # SIGKILL
+        self._thread.join()
+        err = b""
+        with contextlib.suppress(OSError):
+            while part := os.read(self._err, 1 << 16):
+                if len(err) < 1 << 16:
+                    err += part
+        os.close(self._out)
+        os.close(self._err)
+        _, status = os.waitpid(self.pid, 0)
+        self.returncode = os.waitstatus_to_exitcode(status)
+        if stopped and self.returncode == -9:
+            self.returncode = 0  # killed by us, not a failure
+        return self.returncode, err
+
+
+class _Raw(io.RawIOBase):
+    """A Reader as the raw stream under io.BufferedReader."""
+
+    def __init__(self, reader: Reader) -> None:
+        self._reader = reader
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        return self._reader.readinto(memoryview(buf).cast("B"))
+
+
+def _above_stdio(fd: int) -> int:
+    """fd itself, or a copy of it numbered 3 or more: dup2 onto 0, 1 or 2 in the child would
+    otherwise be a no-op that leaves close-on-exec set (ct-tune started with stdio
+    closed)."""
+    if fd > 2:
+        return fd
+    import fcntl
+
     try:
-        proc = subprocess.Popen([READER, "ibs=65536", f"obs={PIPE_WRITE}"], stdin=fd,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    finally:
+        os.close(fd)
+
+
+def spawn(fd: int) -> Reader | None:
+    """dd reading the open file `fd` into a pipe (read ahead by a thread), or None
+    without dd.  `fd` stays the caller's."""
+    from _signal import SIGPIPE  # (signal would import enum: milliseconds before dd)
+
+    src = fd if fd > 2 else _above_stdio(os.dup(fd))
+    out_r, out_w = (_above_stdio(x) for x in os.pipe())
+    err_r, err_w = (_above_stdio(x) for x in os.pipe())
+    try:
+        pid = os.posix_spawnp(
+            READER, [READER, "ibs=65536", f"obs={PIPE_WRITE}"], os.environ,
+            file_actions=[(os.POSIX_SPAWN_DUP2, src, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
+                          (os.POSIX_SPAWN_DUP2, err_w, 2)],
+            # Python ignores SIGPIPE; dd stopped early must die of it, not report EPIPE
+            setsigdef=(SIGPIPE,))
     except OSError:  # no dd on PATH
+        for x in (out_r, err_r):
+            os.close(x)
         return None
-    assert proc.stdout is not None
-    grow_pipe(proc.stdout)
-    return proc
+    finally:
+        for x in (out_w, err_w) + ((src,) if src != fd else ()):
+            os.close(x)
+    grow_pipe(out_r)
+    return Reader(pid, out_r, err_r)
 
 
-def grow_pipe(stream: io.IOBase) -> None:
+def grow_pipe(pipe: int | io.IOBase) -> None:
     """Let the writer run up to PIPE_BYTES ahead of us (Linux F_SETPIPE_SZ; best effort)."""
     import fcntl
 
+    fd = pipe if isinstance(pipe, int) else pipe.fileno()
     with contextlib.suppress(OSError, AttributeError):  # an older kernel, or not Linux
-        fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
 
 def start_early(path: str) -> bool:
@@ -69,7 +229,7 @@ def start_early(path: str) -> bool:
     return True
 
 
-def take_early(path: str) -> tuple[int, subprocess.Popen] | None:
+def take_early(path: str) -> tuple[int, Reader] | None:
     """The descriptor and reader start_early started on `path`, now the caller's to close;
     None if none was (a reader started on another path is stopped: unread, it only
     cost the kernel's work)."""
@@ -80,11 +240,6 @@ def take_early(path: str) -> tuple[int, subprocess.Popen] | None:
     started, fd, proc = early
     if started == path:
         return fd, proc
-    _stop(fd, proc)
-    return None
-
-
-def _stop(fd: int, proc: subprocess.Popen) -> None:
-    proc.kill()
-    proc.communicate()
+    proc.finish()
     os.close(fd)
+    return None

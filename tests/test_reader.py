@@ -1,0 +1,147 @@
+"""reader.Reader: dd is never left blocked on a full pipe while ct-tune starts (a thread
+empties it, up to PREFETCH_BYTES), the bytes come out whole and in order, and every way
+of stopping leaves no process behind."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+from conftest import ROOT
+
+from ct_tune import reader
+
+pytestmark = pytest.mark.skipif(shutil.which("dd") is None, reason="no dd(1) on PATH")
+
+
+def _children() -> list[psutil.Process]:
+    return psutil.Process().children()
+
+
+def _wait(pred, seconds: float = 10.0) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return pred()
+
+
+def _exited(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _table(tmp_path, size: int) -> tuple[str, bytes]:
+    data = os.urandom(size)
+    path = tmp_path / "nf_conntrack"
+    path.write_bytes(data)
+    return str(path), data
+
+
+def _read_all(r: reader.Reader) -> bytes:
+    with r.stream() as s:
+        return s.read()
+
+
+def test_dd_finishes_a_dump_larger_than_the_pipe_before_anything_reads_it(tmp_path):
+    """Three times the pipe: without the thread dd would wait, and the kernel with it,
+    until the sample started reading."""
+    path, data = _table(tmp_path, 3 * reader.PIPE_BYTES)
+    assert reader.start_early(path)
+    fd, r = reader.take_early(path)
+    try:
+        assert _wait(lambda: _exited(r.pid)), "dd is blocked on a full pipe"
+        assert _read_all(r) == data
+        assert r.finish()[0] == 0
+    finally:
+        os.close(fd)
+    assert not _children()
+
+
+def test_no_more_than_prefetch_bytes_are_held(tmp_path, monkeypatch):
+    monkeypatch.setattr(reader, "PREFETCH_BYTES", 2 * reader.PIPE_BYTES)
+    path, data = _table(tmp_path, 12 * reader.PIPE_BYTES)
+    fd = os.open(path, os.O_RDONLY)
+    r = reader.spawn(fd)
+    try:
+        assert _wait(lambda: r._held >= reader.PREFETCH_BYTES)
+        time.sleep(0.2)  # dd goes on only as far as the pipe and its own block
+        assert r._held < reader.PREFETCH_BYTES + reader.PIPE_BYTES
+        assert not _exited(r.pid)
+        got = _read_all(r)
+        assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+        assert r.finish()[0] == 0
+    finally:
+        r.finish()
+        os.close(fd)
+    assert not _children()
+
+
+def test_stopping_a_reader_blocked_on_a_full_pipe(tmp_path, monkeypatch):
+    monkeypatch.setattr(reader, "PREFETCH_BYTES", reader.PIPE_BYTES)
+    path, data = _table(tmp_path, 8 * reader.PIPE_BYTES)
+    fd = os.open(path, os.O_RDONLY)
+    r = reader.spawn(fd)
+    try:
+        with r.stream() as s:
+            assert s.read(1000) == data[:1000]
+        time.sleep(0.2)  # dd fills the pipe again and waits on it
+        assert not _exited(r.pid)
+        assert r.finish()[0] == 0  # stopped by us: no failure
+        assert r.finish()[0] == 0  # and again: nothing left to do
+    finally:
+        os.close(fd)
+    assert not _children()
+
+
+def test_a_read_error_is_dds_exit_status_and_message(tmp_path):
+    """/proc/self/mem is a regular file whose read at offset 0 fails (EIO)."""
+    fd = os.open("/proc/self/mem", os.O_RDONLY)
+    r = reader.spawn(fd)
+    try:
+        assert _read_all(r) == b""
+        code, err = r.finish()
+    finally:
+        os.close(fd)
+    assert code == 1
+    assert b"dd: error reading" in err
+    assert not _children()
+
+
+def test_the_reader_works_when_ct_tune_starts_with_stdio_closed(tmp_path):
+    """Descriptors 0-2 free: the table, the pipes and dd's ends must not land on them."""
+    path, data = _table(tmp_path, 2 * reader.PIPE_BYTES)
+    out = tmp_path / "copy"
+    script = ("import os, sys\nfor fd in (0, 1, 2): os.close(fd)\n"
+              "from ct_tune import reader\n"
+              "assert reader.start_early(sys.argv[1])\n"
+              "fd, r = reader.take_early(sys.argv[1])\n"
+              "with r.stream() as s: data = s.read()\n"
+              "code, err = r.finish()\n"
+              "open(sys.argv[2], 'wb').write(data + str(code).encode())\n")
+    subprocess.run([sys.executable, "-c", script, path, str(out)], cwd=ROOT, check=True,
+                   timeout=60)
+    assert out.read_bytes() == data + b"0"
+
+
+def test_without_dd_nothing_is_started(tmp_path, monkeypatch):
+    monkeypatch.setattr(reader, "READER", "ct-tune-test-no-such-reader")
+    path, _ = _table(tmp_path, 1000)
+    fd = os.open(path, os.O_RDONLY)
+    before = set(os.listdir("/proc/self/fd"))
+    try:
+        assert reader.spawn(fd) is None
+        assert set(os.listdir("/proc/self/fd")) == before  # no pipe left open
+        assert os.read(fd, 10)  # and the caller's descriptor still is
+    finally:
+        os.close(fd)
+    assert not _children()
