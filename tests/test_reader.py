@@ -145,3 +145,8 @@ def test_without_dd_nothing_is_started(tmp_path, monkeypatch):
     finally:
         os.close(fd)
     assert not _children()
+
+
+def test_the_manual_states_the_read_ahead_bound():
+    text = " ".join((ROOT / "man" / "ct-tune.8").read_text().split())
+    assert f"at most {reader.PREFETCH_BYTES >> 20} MiB of the dump is read ahead" in text
