@@ -14,7 +14,7 @@ the table on the other CPU while we aggregate the last one.  dd rather than
 cat: cat writes each 4 KiB page as it comes, waking us thousands of times
 (about 4 % of the sample); dd with obs= gathers them into 256 KiB writes
 (POSIX reblocking).  Until the sample reads the pipe, a thread of reader.py
-empties it, so dd never waits on a full pipe while ct-tune starts.  Either source
+empties it, so dd (or conntrack -L) never waits on a full pipe while ct-tune starts.  Either source
 is read in blocks of whole lines, decoded exactly as a text-mode file would decode it.
 """
 
@@ -83,22 +83,22 @@ def table_blocks(roots: Roots, source: str = "auto") -> Iterator[tuple[str, Iter
         raise SourceError(f"{path}: missing (kernel built without CONFIG_NF_CONNTRACK_PROCFS) "
                           "and conntrack(8) is not installed: install conntrack-tools, or use "
                           "--no-sample")
-    proc = subprocess.Popen([exe, "-L"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, errors="replace", bufsize=1 << 20)
-    assert proc.stdout is not None
-    reader.grow_pipe(proc.stdout)
+    proc = reader.run([exe, "-L"])
+    if proc is None:
+        raise SourceError(f"{exe}: cannot run it")
+    text = io.TextIOWrapper(proc.stream(), encoding="utf-8", errors="replace")
     try:
-        yield f"{exe} -L (ctnetlink)", _blocks(proc.stdout)
+        yield f"{exe} -L (ctnetlink)", _blocks(text)
     finally:
-        proc.stdout.close()
+        text.close()
         try:
-            _, err = proc.communicate(timeout=CONNTRACK_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            code, err = proc.finish(CONNTRACK_TIMEOUT)
+        except TimeoutError:
             raise SourceError(f"{exe} -L: no answer in {CONNTRACK_TIMEOUT} s") from None
-    # -SIGPIPE: we stopped reading early (--sample-limit) and closed the pipe ourselves.
-    if proc.returncode not in (0, None, -signal.SIGPIPE):
-        raise SourceError(f"{exe} -L: exit {proc.returncode}: {err.strip()[:200]}")
+    # -SIGPIPE: a reader whose pipe was closed before it finished.
+    if code not in (0, -signal.SIGPIPE):
+        msg = err.decode(errors="replace").strip()[:200]
+        raise SourceError(f"{exe} -L: exit {code}: {msg}")
 
 
 @contextmanager

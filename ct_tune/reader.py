@@ -1,11 +1,12 @@
-"""The dd(1) child that reads the table dump into a pipe, and the one started early.
+"""The child that reads the table dump into a pipe (dd(1), or conntrack -L), and the
+dd started early.
 
 The kernel formats /proc/net/nf_conntrack inside read(), and on a large table that
 takes as long as everything else a sample does.  dd reads the file and pipes it to
 us, so the kernel prints on one CPU while we parse on the other (ctsource explains
 why dd, and its block sizes).  This module is kept to os, stat, fcntl and the
-interpreter's built-in _signal (not subprocess, not even typing) so that launch.py can
-start the reader before click and ct-tune's other modules are imported: about 50 ms of
+interpreter's built-in _signal (not subprocess, not even typing; threading only once dd
+runs) so that launch.py can start the reader before click and ct-tune's other modules are imported: about 50 ms of
 start-up during which the kernel would otherwise sit idle.
 
 A thread empties the pipe until the sample starts reading it.  A pipe holds 1 MiB,
@@ -13,8 +14,8 @@ which the kernel prints in about 20 ms, and ct-tune's imports and facts take 70 
 before the first entry is parsed: without the thread dd would block on the full pipe
 for the difference, and the kernel's printing with it, every millisecond of it added
 to the sample (strace showed dd's fifth write waiting 69 ms).  A larger pipe is no
-cure: past 1 MiB its pages fall out of the cache before they are read, and the whole
-dump ran slower (4 MiB: 7 % slower here).  The thread holds at most PREFETCH_BYTES
+cure: with 4 MiB the whole dump ran 7 % slower here (its pages, we think, no longer
+stay in the cache between dd's write and our read).  The thread holds at most PREFETCH_BYTES
 and stops as soon as the sample reads for itself.
 """
 
@@ -116,32 +117,58 @@ class Reader:
         """The dump, as a buffered binary stream (for io.TextIOWrapper)."""
         return io.BufferedReader(_Raw(self), PIPE_WRITE)
 
-    def finish(self) -> tuple[int, bytes]:
-        """Stop dd if it still runs (the stream was left before the end), wait for it and
-        close the pipes; (its exit status as subprocess gives it, its stderr).
-        Idempotent."""
+    def finish(self, timeout: float | None = None) -> tuple[int, bytes]:
+        """Stop the reader if it still runs (the stream was left before the end), wait for
+        it and close the pipes; (its exit status as subprocess gives it, its stderr).
+        A reader that ended its output but not itself within `timeout` seconds is killed
+        and TimeoutError raised.  Idempotent."""
         if self.returncode is not None:
             return self.returncode, b""
         with self._cond:
             self._taken = True
             self._cond.notify_all()
         stopped = not self._eof
-        if stopped:  # dd may be blocked on a full pipe: it is not needed any more
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, 9)  # SIGKILL
+        if stopped:  # it may be blocked on a full pipe: it is not needed any more
+            self._kill()
         self._thread.join()
-        err = b""
-        with contextlib.suppress(OSError):
-            while part := os.read(self._err, 1 << 16):
-                if len(err) < 1 << 16:
-                    err += part
+        err, ended = self._stderr(timeout)
         os.close(self._out)
         os.close(self._err)
-        _, status = os.waitpid(self.pid, 0)
-        self.returncode = os.waitstatus_to_exitcode(status)
+        if not ended:
+            self._kill()
+            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+            raise TimeoutError(f"still running {timeout} s after its output ended")
+        self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
         if stopped and self.returncode == -9:
             self.returncode = 0  # killed by us, not a failure
         return self.returncode, err
+
+    def _kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, 9)  # SIGKILL
+
+    def _stderr(self, timeout: float | None) -> tuple[bytes, bool]:
+        """The reader's stderr (its first 64 KiB) up to its end, which comes when the
+        reader exits; and whether it came within `timeout` seconds (None: no limit)."""
+        import select
+        import time
+
+        poller = select.poll()
+        poller.register(self._err, select.POLLIN)
+        end = None if timeout is None else time.monotonic() + timeout
+        err = b""
+        while True:
+            left = -1 if end is None else max(0, round((end - time.monotonic()) * 1000))
+            if not poller.poll(left):
+                return err, False
+            try:
+                part = os.read(self._err, 1 << 16)
+            except OSError:
+                return err, True
+            if not part:
+                return err, True
+            if len(err) < 1 << 16:
+                err += part
 
 
 class _Raw(io.RawIOBase):
@@ -174,24 +201,32 @@ def _above_stdio(fd: int) -> int:
 def spawn(fd: int) -> Reader | None:
     """dd reading the open file `fd` into a pipe (read ahead by a thread), or None
     without dd.  `fd` stays the caller's."""
+    return run([READER, "ibs=65536", f"obs={PIPE_WRITE}"], fd)
+
+
+def run(argv: list[str], stdin: int | None = None) -> Reader | None:
+    """argv (looked up on PATH) with `stdin` as its standard input (else ours) and its
+    standard output read ahead, or None when it cannot be run.  `stdin` stays the
+    caller's."""
     from _signal import SIGPIPE  # (signal would import enum: milliseconds before dd)
 
-    src = fd if fd > 2 else _above_stdio(os.dup(fd))
+    src = None if stdin is None else stdin if stdin > 2 else _above_stdio(os.dup(stdin))
     out_r, out_w = (_above_stdio(x) for x in os.pipe())
     err_r, err_w = (_above_stdio(x) for x in os.pipe())
+    actions = [(os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
+    if src is not None:
+        actions.insert(0, (os.POSIX_SPAWN_DUP2, src, 0))
     try:
         pid = os.posix_spawnp(
-            READER, [READER, "ibs=65536", f"obs={PIPE_WRITE}"], os.environ,
-            file_actions=[(os.POSIX_SPAWN_DUP2, src, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
-                          (os.POSIX_SPAWN_DUP2, err_w, 2)],
-            # Python ignores SIGPIPE; dd stopped early must die of it, not report EPIPE
+            argv[0], argv, os.environ, file_actions=actions,
+            # Python ignores SIGPIPE; a reader stopped early must die of it, not report EPIPE
             setsigdef=(SIGPIPE,))
-    except OSError:  # no dd on PATH
+    except OSError:  # not on PATH, not executable
         for x in (out_r, err_r):
             os.close(x)
         return None
     finally:
-        for x in (out_w, err_w) + ((src,) if src != fd else ()):
+        for x in (out_w, err_w) + ((src,) if src not in (None, stdin) else ()):
             os.close(x)
     grow_pipe(out_r)
     return Reader(pid, out_r, err_r)

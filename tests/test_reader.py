@@ -14,10 +14,13 @@ import time
 import psutil
 import pytest
 from conftest import ROOT
+from test_flowblocks import TIMEOUTS
 
-from ct_tune import reader
+from ct_tune import ctsource, reader
+from ct_tune.facts import Roots
+from ct_tune.flows import FlowStats
 
-pytestmark = pytest.mark.skipif(shutil.which("dd") is None, reason="no dd(1) on PATH")
+needs_dd = pytest.mark.skipif(shutil.which("dd") is None, reason="no dd(1) on PATH")
 
 
 def _children() -> list[psutil.Process]:
@@ -52,6 +55,7 @@ def _read_all(r: reader.Reader) -> bytes:
         return s.read()
 
 
+@needs_dd
 def test_dd_finishes_a_dump_larger_than_the_pipe_before_anything_reads_it(tmp_path):
     """Three times the pipe: without the thread dd would wait, and the kernel with it,
     until the sample started reading."""
@@ -67,6 +71,7 @@ def test_dd_finishes_a_dump_larger_than_the_pipe_before_anything_reads_it(tmp_pa
     assert not _children()
 
 
+@needs_dd
 def test_no_more_than_prefetch_bytes_are_held(tmp_path, monkeypatch):
     monkeypatch.setattr(reader, "PREFETCH_BYTES", 2 * reader.PIPE_BYTES)
     path, data = _table(tmp_path, 12 * reader.PIPE_BYTES)
@@ -86,6 +91,7 @@ def test_no_more_than_prefetch_bytes_are_held(tmp_path, monkeypatch):
     assert not _children()
 
 
+@needs_dd
 def test_stopping_a_reader_blocked_on_a_full_pipe(tmp_path, monkeypatch):
     monkeypatch.setattr(reader, "PREFETCH_BYTES", reader.PIPE_BYTES)
     path, data = _table(tmp_path, 8 * reader.PIPE_BYTES)
@@ -103,6 +109,7 @@ def test_stopping_a_reader_blocked_on_a_full_pipe(tmp_path, monkeypatch):
     assert not _children()
 
 
+@needs_dd
 def test_a_read_error_is_dds_exit_status_and_message(tmp_path):
     """/proc/self/mem is a regular file whose read at offset 0 fails (EIO)."""
     fd = os.open("/proc/self/mem", os.O_RDONLY)
@@ -117,6 +124,7 @@ def test_a_read_error_is_dds_exit_status_and_message(tmp_path):
     assert not _children()
 
 
+@needs_dd
 def test_the_reader_works_when_ct_tune_starts_with_stdio_closed(tmp_path):
     """Descriptors 0-2 free: the table, the pipes and dd's ends must not land on them."""
     path, data = _table(tmp_path, 2 * reader.PIPE_BYTES)
@@ -150,3 +158,54 @@ def test_without_dd_nothing_is_started(tmp_path, monkeypatch):
 def test_the_manual_states_the_read_ahead_bound():
     text = " ".join((ROOT / "man" / "ct-tune.8").read_text().split())
     assert f"at most {reader.PREFETCH_BYTES >> 20} MiB of the dump is read ahead" in text
+
+
+# --- conntrack -L through the same reader ---------------------------------------------
+
+def _conntrack(tmp_path, monkeypatch, script: str) -> Roots:
+    """A conntrack(8) stand-in running `script` (sh) first on PATH, and a tree without
+    /proc/net/nf_conntrack."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    exe = bindir / "conntrack"
+    exe.write_text("#!/bin/sh\n" + script)
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    (tmp_path / "empty").mkdir()
+    return Roots(tmp_path / "empty", tmp_path / "sys")
+
+
+def test_conntrack_failing_is_a_source_error_with_its_message(tmp_path, monkeypatch):
+    roots = _conntrack(tmp_path, monkeypatch,
+                       "echo 'conntrack v1.4.7 (conntrack-tools): Operation not permitted' >&2\n"
+                       "exit 1\n")
+    with pytest.raises(ctsource.SourceError,
+                       match=r"conntrack -L: exit 1: conntrack v1\.4\.7 .*Operation not perm"), \
+            ctsource.table_blocks(roots, "conntrack") as (_, blocks):
+        assert list(blocks) == []
+    assert not _children()
+
+
+def test_conntrack_output_is_read_ahead_and_stopping_early_leaves_nothing(tmp_path,
+                                                                         monkeypatch):
+    line = ("ipv4     2 udp      17 29 src=10.0.0.1 dst=10.0.0.2 sport=1 dport=53 "
+            "[UNREPLIED] src=10.0.0.2 dst=10.0.0.1 sport=53 dport=1 mark=0 use=1\n")
+    (tmp_path / "out.txt").write_text(line * (3 * reader.PIPE_BYTES // len(line)))
+    roots = _conntrack(tmp_path, monkeypatch, f"cat '{tmp_path / 'out.txt'}'\n"
+                                              f"echo done > '{tmp_path / 'finished'}'\n")
+    stats = FlowStats(TIMEOUTS)
+    with ctsource.table_blocks(roots, "conntrack") as (source, blocks):
+        # before anything reads it, three pipes' worth is printed (read ahead)
+        assert _wait(lambda: (tmp_path / "finished").exists()), "conntrack blocked"
+        stats.feed_blocks(blocks, limit=10)
+    assert source.endswith("conntrack -L (ctnetlink)") and stats.entries == 10
+    assert not _children()
+
+
+def test_conntrack_that_never_exits_is_stopped(tmp_path, monkeypatch):
+    roots = _conntrack(tmp_path, monkeypatch, "exec >&- ; exec sleep 60\n")
+    monkeypatch.setattr(ctsource, "CONNTRACK_TIMEOUT", 0.3)
+    with pytest.raises(ctsource.SourceError, match=r"conntrack -L: no answer in 0\.3 s"), \
+            ctsource.table_blocks(roots, "conntrack") as (_, blocks):
+        assert list(blocks) == []
+    assert not _children()
