@@ -5,9 +5,10 @@ The kernel formats /proc/net/nf_conntrack inside read(), and on a large table th
 takes as long as everything else a sample does.  dd reads the file and pipes it to
 us, so the kernel prints on one CPU while we parse on the other (ctsource explains
 why dd, and its block sizes).  This module is kept to os, stat, fcntl and the
-interpreter's built-in _signal (not subprocess, not even typing; threading only once dd
-runs) so that launch.py can start the reader before click and ct-tune's other modules are imported: about 50 ms of
-start-up during which the kernel would otherwise sit idle.
+interpreter's built-in _signal (not subprocess, not even typing; threading only once
+dd runs) so that launch.py can start the reader before click and ct-tune's other
+modules are imported: about 50 ms of start-up during which the kernel would otherwise
+sit idle.
 
 A thread empties the pipe until the sample starts reading it.  A pipe holds 1 MiB,
 which the kernel prints in about 20 ms, and ct-tune's imports and facts take 70 ms
