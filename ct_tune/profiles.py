@@ -8,6 +8,7 @@ same search path; ``extends`` inherits another profile's values.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,12 @@ RANGES: dict[str, tuple[float, float, bool]] = {  # (low, high, low is exclusive
     "max_per_bucket": (1, 1024, False), "min_max": (0, INT_MAX, False),
     "dominance_share": (0, 1, False), "dominance_min_usage": (0, 1, False),
 }
+#: Targets that must not decrease in this order, checked once `extends` is resolved: a
+#: table sized to target_usage must not itself be a warning (the audit would warn "raise
+#: max" while recommending to keep it), a warning must come before critical, and a full
+#: table within the memory budget must not be a critical memory use.
+ORDERED: tuple[tuple[str, ...], ...] = (("target_usage", "warn_usage", "crit_usage"),
+                                        ("memory_budget_pct", "memory_crit_pct"))
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 #: profile timeouts and floors name conntrack keys by their short name
 KEY_RE = re.compile(r"nf_conntrack_[a-z0-9_]+")
@@ -170,6 +177,12 @@ def load(extra_dirs: Sequence[str | Path] = (), builtin: bool = True,
         )
         missing = sorted(set(TARGETS) - set(prof.targets))
         _need(not missing, path, name, f"missing target(s): {', '.join(missing)}")
+        t = prof.targets
+        disorder = [f"target {low!r} = {t[low]} is above {high!r} = {t[high]}"
+                    for order in ORDERED for low, high in itertools.pairwise(order)
+                    if t[low] > t[high]]
+        _need(not disorder, path, name, "; ".join(disorder) + " (each of "
+              + ", ".join(" <= ".join(order) for order in ORDERED) + " must hold)")
         resolved[name] = prof
         return prof
 

@@ -42,13 +42,16 @@ FLOWS = textwrap.dedent(f"""
 
 
 def pressure_profile(rules_dir: Path) -> None:
-    """The default profile with its warning threshold at 1 %: max is global and read-only
-    in a namespace and the test may not lower it, so the namespace's few thousand
-    entries count as a table under pressure, the situation the diagnosis is for."""
+    """The default profile with its warning threshold at 1 % (and its sizing target at
+    0.5 %, below it, as every profile's must be): max is global and read-only in a
+    namespace and the test may not lower it, so the namespace's few thousand entries
+    count as a table under pressure, the situation the diagnosis is for."""
     text = (ROOT / "rules/profiles/default.toml").read_text()
     text = text.replace('name = "default"', 'name = "pressure"', 1)
     text = text.replace("warn_usage = 0.75", "warn_usage = 0.01", 1)
+    text = text.replace("target_usage = 0.5", "target_usage = 0.005", 1)
     assert 'name = "pressure"' in text and "warn_usage = 0.01" in text
+    assert "target_usage = 0.005" in text
     (rules_dir / "profiles").mkdir(parents=True)
     (rules_dir / "profiles/pressure.toml").write_text(text)
 

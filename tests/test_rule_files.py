@@ -227,6 +227,29 @@ def test_malformed_profile_names_file(tmp_path):
                                    "type (str)")
 
 
+def test_profile_whose_thresholds_contradict_each_other_is_refused(tmp_path, tree):
+    """A table sized to target_usage must not be a warning: with warn_usage below it the
+    audit warned "raise max before it fills" while recommending to keep max.  Checked
+    once `extends` is resolved, every disorder named at once."""
+    d = tmp_path / "site"
+    path = write_rule(d / "profiles", "tight.toml", 'name = "tight"\nextends = "default"\n'
+                      "[targets]\nwarn_usage = 0.01\nmemory_crit_pct = 2.0\n")
+    host = tree_args(tree("defaults-16g"))
+    proc = run_cli("audit", "--rules-dir", str(d), "--profile", "tight", *host)
+    assert proc.returncode == 3
+    assert proc.stderr.strip() == (
+        f"ct-tune: {path}: tight: target 'target_usage' = 0.5 is above 'warn_usage' = 0.01; "
+        "target 'memory_budget_pct' = 5.0 is above 'memory_crit_pct' = 2.0 (each of "
+        "target_usage <= warn_usage <= crit_usage, memory_budget_pct <= memory_crit_pct "
+        "must hold)")
+    assert not proc.stdout
+    # equal is consistent: usage at the target is the threshold's own edge
+    write_rule(d / "profiles", "tight.toml", 'name = "tight"\nextends = "default"\n'
+               "[targets]\nwarn_usage = 0.5\n")
+    proc = run_cli("audit", "--rules-dir", str(d), "--profile", "tight", *host)
+    assert proc.returncode in (0, 1, 2), proc.stderr
+
+
 def test_units_show_evidence_in_explain(tmp_path, tree):
     d = tmp_path / "units"
     write_rule(d, "u.toml", GOOD.format(id="unit-rule", level="warning", summary="s").replace(
