@@ -40,10 +40,11 @@ _early: tuple[str, int, Reader] | None = None
 
 
 class Reader:
-    """dd reading one open file into a pipe, and the thread reading that pipe ahead.
+    """A child (dd on one open file, or conntrack -L) writing the dump into a pipe, and the
+    thread reading that pipe ahead.
 
     stream() is the dump as a binary stream; finish() stops what is left and says how
-    dd ended.  The thread only ever reads the pipe while the stream has not been read;
+    the child ended.  The thread only ever reads the pipe while the stream has not been read;
     once it has, the stream reads the pipe itself."""
 
     def __init__(self, pid: int, out: int, err: int) -> None:
