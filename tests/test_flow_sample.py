@@ -7,6 +7,9 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_flowblocks import TIMEOUTS
 
 from ct_tune import whatif
@@ -187,3 +190,27 @@ def test_the_texts_say_why_the_counts_are_estimates():
     assert whatif.sample_basis(cut) == ("the sample was cut short by --sample-limit at "
                                         "100,000 entries and scaled up to the table's count "
                                         "(400,000)")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.integers(0, 65535), st.integers(0, 6), max_size=40),
+       st.integers(0, 12))
+def test_top_ports_are_the_largest_counts_lower_port_first(counts, k):
+    """The order heapq.nlargest gave before (a stable sort by count, descending), with
+    ties, fewer ports than k, and ports counted 0."""
+    stats = FlowStats({})
+    for port, c in counts.items():
+        stats.ports[port] = c
+    want = [(p, c) for p, c in sorted(enumerate(stats.ports), key=lambda pc: pc[1],
+                                      reverse=True)[:k] if c]
+    assert stats.top_ports(k) == want
+
+
+@pytest.mark.parametrize("spread", ["every port once", "every port, random counts"])
+def test_top_ports_of_a_table_spread_over_every_port(spread):
+    stats = FlowStats({})
+    rng = random.Random(7)
+    for port in range(65536):
+        stats.ports[port] = 1 if spread == "every port once" else rng.randrange(50)
+    want = sorted(enumerate(stats.ports), key=lambda pc: pc[1], reverse=True)[:10]
+    assert stats.top_ports() == want
