@@ -64,6 +64,7 @@ def attribution(flows: Mapping[str, Any] | None,
         default = defaults.get(short)
         non_default = isinstance(default, int) and default != timeout
         r = relief(flows, short, default) if non_default else None
+        oldest = whatif.oldest_idle([c for _, c in classes])
         out.append({
             "key": short,
             "classes": [n for n, _ in sorted(classes, key=lambda nc: -nc[1]["entries"])],
@@ -76,6 +77,11 @@ def attribution(flows: Mapping[str, Any] | None,
             "freed": r["freed"] if r else 0,
             "freed_share": r["of_table"] if r else 0.0,
             "projected": r["projected"] if r else entries,
+            "oldest": oldest,
+            # raised, and every entry it holds quieter than the default: the sample cannot
+            # show what the default frees yet (0 now), see whatif.oldest_idle
+            "young": bool(non_default and default and timeout > default
+                          and oldest is not None and oldest <= default),
         })
     out.sort(key=lambda a: (-a["freed"], -a["entries"]))
     return out

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ct_tune.formulas import human_duration, margin95
@@ -220,6 +220,19 @@ def occupancy(flows: Mapping[str, Any] | None,
             **_basis(flows)}
 
 
+def oldest_idle(classes: Sequence[Mapping[str, Any]]) -> int | None:
+    """The longest any sampled entry of these classes has been idle, in seconds (the upper
+    edge of the highest idle bin holding one, at most the timeout); None for none.
+
+    A table whose every entry went quiet seconds ago cannot show what a lower timeout
+    frees: its flows are new (a burst, a table just flushed or a namespace just made) or
+    still sending, and the what-if of any timeout above this is 0 now."""
+    edges = [min(c["timeout"], (max(int(i) for i, n in c["idle_histogram"].items() if n) + 1)
+                 * c["idle_bin_seconds"])
+             for c in classes if any(c["idle_histogram"].values())]
+    return max(edges) if edges else None
+
+
 def class_ports(cls: Mapping[str, Any], k: int) -> list[tuple[int, int]]:
     """A flow class's `k` busiest destination ports as (port, entries), over all its idle
     bins.  Each bin is scaled and rounded apart, so a port's sum may pass the class's own
@@ -232,14 +245,20 @@ def class_ports(cls: Mapping[str, Any], k: int) -> list[tuple[int, int]]:
 
 def share(flows: Mapping[str, Any] | None, name: str) -> dict[str, Any] | None:
     """One flow class's weight in the sampled table: entries, share, its timeout key and
-    value, the arrival rate Little's law implies (entries / timeout), its top ports (each
-    with its sampling margin)."""
+    value, the arrival rate Little's law implies, its top ports (each with its sampling
+    margin).
+
+    The rate is entries / timeout for a table in steady state; when no entry has been
+    idle for half the timeout (a burst, a table just made), the entries came within the
+    span of their idle times, so the rate is entries / that span ("span")."""
     if not flows:
         return None
     cls = flows.get("classes", {}).get(name)
     total = flows.get("entries_estimated") or 0
     if not cls or not total:
         return None
+    oldest = oldest_idle([cls])
+    span = oldest if oldest is not None and oldest <= cls["timeout"] / 2 else cls["timeout"]
     return {
         "class": name,
         "entries": cls["entries"],
@@ -247,7 +266,8 @@ def share(flows: Mapping[str, Any] | None, name: str) -> dict[str, Any] | None:
         "share": round(cls["entries"] / total, 4),
         "timeout_key": cls["timeout_key"],
         "timeout": cls["timeout"],
-        "rate": round(cls["entries"] / max(1, cls["timeout"]), 2),
+        "span": span,
+        "rate": round(cls["entries"] / max(1, span), 2),
         # [port, entries, margin]: a port's count is an estimate like the class's
         "top_dports": [[p, n, detail_margin(flows, n)] for p, n in class_ports(cls, 5)],
     }

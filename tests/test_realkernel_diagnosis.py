@@ -16,6 +16,8 @@ from conftest import ROOT, run_cli
 from netns import namespace, read_sysctl, sh, write_sysctl
 from test_realkernel_netns_apply import in_ns
 
+from ct_tune import whatif
+
 pytestmark = pytest.mark.root
 
 UDP = "net.netfilter.nf_conntrack_udp_timeout"
@@ -102,6 +104,44 @@ def test_raised_udp_timeout_is_named_as_the_cause_and_apply_brings_it_back(tmp_p
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert read_sysctl(ns, UDP) == "30"
     assert read_sysctl(None, UDP) == host_udp
+
+
+def test_a_raised_udp_timeout_on_a_table_too_new_for_its_what_if(tmp_path: Path):
+    """The same flows sent in one burst under udp_timeout=600: every entry is seconds
+    old, so returning to the default frees nothing now.  The raised timeout is still named
+    as what holds the table, nothing is recommended, and the arrival rate is the burst's
+    (entries over the seconds they came in), not entries / 600 s."""
+    pressure_profile(tmp_path / "rules")
+    prof = ("--rules-dir", str(tmp_path / "rules"), "--profile", "pressure")
+    with namespace() as ns:
+        write_sysctl(ns, UDP, 600)
+        for k in range(STEPS):  # all at once: no aging
+            sh(sys.executable, "-c", FLOWS, str(k), ns=ns)
+        assert count(ns) >= N_UDP
+        proc = run_cli("audit", "--format", "json", *prof, netns=ns)
+        assert proc.returncode in (0, 1, 2), proc.stderr
+        findings = {f["rule"]: f for f in json.loads(proc.stdout)["findings"]}
+        udp = findings["udp-timeout"]
+        assert udp["severity"] == "info" and udp["recommended"] == 600
+        assert udp["evidence"]["young"] is True
+        oldest = udp["evidence"]["held"]["oldest"]
+        assert oldest <= 30
+        assert (f"udp_timeout=600 (20.0x the kernel's 30 s) holds 100.0% of the table, "
+                f"every entry idle under {oldest} s: lowering it frees nothing now") \
+            in udp["summary"]
+        attr = findings["table-attribution"]
+        assert attr["evidence"]["yr"]["key"] == "nf_conntrack_udp_timeout"
+        assert "every entry idle under" in attr["summary"]
+        assert "the default frees none of them now" in attr["summary"]
+        # the burst's rate, from the facts the audit read
+        flows = json.loads(run_cli("collect", netns=ns).stdout)["flows"]
+        got = whatif.share(flows, "udp/unreplied")
+        assert got["span"] <= 30
+        assert got["rate"] >= flows["classes"]["udp/unreplied"]["entries"] / 30
+        # and apply changes nothing for it
+        proc = in_ns(ns, "CT apply " + " ".join(prof))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert read_sysctl(ns, UDP) == "600"
 
 
 # --- TIME_WAIT and CLOSE_WAIT, from real connections -------------------------------------
