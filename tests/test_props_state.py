@@ -83,7 +83,10 @@ valid = st.fixed_dictionaries(
           "value": st.integers(0, 10**6).map(str)}), max_size=3, unique_by=lambda v: v["key"])})
 state_text = (valid.map(json.dumps) | near_valid.map(json.dumps) | json_any.map(json.dumps)
               | near_valid.map(lambda d: json.dumps(d)[: len(json.dumps(d)) // 2]))
-state_bytes = state_text.map(str.encode) | st.binary(max_size=64)
+# valid states as a branch of their own as well: inside state_text they were about one
+# input in ten, and a run of 150 restored as few as 6 (the check below wants 10)
+state_bytes = (valid.map(json.dumps).map(str.encode) | state_text.map(str.encode)
+               | st.binary(max_size=64))
 
 
 #: states restored (exit 0), checked at the end: the property must not hold vacuously
@@ -192,7 +195,8 @@ def files_only(snap: dict[str, tuple]) -> dict[str, tuple]:
 
 
 def test_the_property_test_restored_some_states():
-    """Runs after the property test (file order): some of its inputs were valid."""
+    """Runs after the property test (file order): some of its inputs were valid and
+    restored, so the property did not hold vacuously."""
     if not RESTORED:
         import pytest
         pytest.skip("the property test did not run in this session")
