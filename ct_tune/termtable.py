@@ -105,9 +105,11 @@ def _wrap(text: str, width: int, indent: str = "", first: str | None = None) -> 
 def table(findings: Sequence[Finding], style: Style, show_all: bool = False) -> str:
     """The findings worth acting on (every one with show_all), one row each.
 
-    Columns when the why column still gets _WHY_MIN characters beside the others;
-    otherwise each finding is a block: severity and parameter, the change, then the why,
-    wrapped to the width.  No line is longer than style.columns."""
+    Columns when the why column still gets _WHY_MIN characters beside the others, and
+    every word of every why fits in it (a key name cut in two, "nf_conntr" / "ack_tcp_...",
+    cannot be searched for or pasted); otherwise each finding is a block: severity and
+    parameter, the change, then the why, wrapped to the width.  No line is longer than
+    style.columns."""
     shown = [f for f in ordered(findings) if show_all or f.severity != "ok"]
     if not shown:
         return ""
@@ -115,7 +117,9 @@ def table(findings: Sequence[Finding], style: Style, show_all: bool = False) -> 
     width = style.columns
     fixed = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(_HEADERS[:4])]
     why = width - sum(fixed) - len(_GAP) * 4
-    if why >= _WHY_MIN:
+    longest = max(len(word) for r in rows for word in _UNIT_SPACE.sub(_GLUE, r[-1]).split()
+                  or [""])
+    if why >= max(_WHY_MIN, longest):
         return _columns(rows, fixed, why, style)
     return _blocks(rows, style)
 

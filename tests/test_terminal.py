@@ -317,3 +317,23 @@ def test_duration_window_shows_a_sparkline_of_the_count(tree, tmp_path, columns)
     ascii_out = run_cli("audit", "--facts", str(path),
                         env={**PLAIN, "COLUMNS": str(columns), "PYTHONIOENCODING": "ascii"})
     assert "\ncount over 7 s: _.=@=.__ 1,000..8,000\n" in ascii_out.stdout
+
+
+@pytest.mark.parametrize("columns", [60, 72, 80, 100, 200])
+def test_a_key_name_in_the_why_is_never_cut_in_two(columns):
+    """At 80 columns the why column was 30 wide and cut 'nf_conntrack_tcp_timeout_
+    established' as 'nf_conntr' / 'ack_tcp_...': a word longer than the column stacks the
+    findings instead."""
+    key = "nf_conntrack_tcp_timeout_established"
+    shown = [Finding(rule="not-persisted", title="T", severity="info", parameter=None,
+                     current=None, recommended=None, explanation="e",
+                     summary=f"1 live value would be lost with this namespace ({key} "
+                             "86,400): a new namespace starts from the defaults"),
+             Finding(rule="netns-readonly", title="T", severity="info", parameter=None,
+                     current=None, recommended=None, explanation="e",
+                     summary="container network namespace: max and buckets are global")]
+    text = termtable.table(shown, termtable.Style(width=columns))
+    assert key in text
+    assert all(len(line) <= columns for line in text.splitlines())
+    if columns >= 100:  # room for it: still columns
+        assert text.splitlines()[0].startswith("severity")
