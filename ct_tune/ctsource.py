@@ -14,13 +14,16 @@ the table on the other CPU while we aggregate the last one.  dd rather than
 cat: cat writes each 4 KiB page as it comes, waking us thousands of times
 (about 4 % of the sample); dd with obs= gathers them into 256 KiB writes
 (POSIX reblocking).  Until the sample reads the pipe, a thread of reader.py
-empties it, so dd (or conntrack -L) never waits on a full pipe while ct-tune starts.  Either source
+empties it, so dd (or conntrack -L) never waits on a full pipe while ct-tune starts.
+Without dd, or with a dd that refuses ibs= and obs= (a trimmed busybox), the file is
+read in this process.  Either source
 is read in blocks of whole lines, decoded exactly as a text-mode file would decode it.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -109,9 +112,18 @@ def _procfs_text(f: BinaryIO, path: Path, proc: reader.Reader | None) -> Iterato
     if proc is None:
         with open(f.fileno(), encoding="utf-8", errors="replace", buffering=1 << 20,
                   closefd=False) as text:
+            yield _ReadErrors(text, path)
+        return
+    stream = proc.stream()
+    if not stream.peek(1) and proc.finish()[0] != 0 and _unread(f):
+        # dd failed before reading a byte: a dd without ibs= and obs= (busybox built
+        # without FEATURE_DD_IBS_OBS, as some router images are) refuses them.  Read it
+        # here instead, slower but whole.
+        stream.close()
+        with _procfs_text(f, path, None) as text:
             yield text
         return
-    text = io.TextIOWrapper(proc.stream(), encoding="utf-8", errors="replace")
+    text = io.TextIOWrapper(stream, encoding="utf-8", errors="replace")
     try:
         yield text
     finally:
@@ -121,6 +133,29 @@ def _procfs_text(f: BinaryIO, path: Path, proc: reader.Reader | None) -> Iterato
     if code not in (0, -signal.SIGPIPE):
         msg = (err.decode(errors="replace").strip().splitlines() or [""])[0][:200]
         raise SourceError(f"{path}: cannot read: {msg or f'dd exit {code}'}")
+
+
+def _unread(f: BinaryIO) -> bool:
+    """Whether nothing was read from `f` yet (its offset, which dd shares, is 0)."""
+    try:
+        return os.lseek(f.fileno(), 0, os.SEEK_CUR) == 0
+    except OSError:
+        return False
+
+
+class _ReadErrors(io.TextIOBase):
+    """A text stream whose read errors are SourceErrors naming the file (the table read
+    in this process, without dd: EIO from a broken procfs file is bad input, not a
+    crash)."""
+
+    def __init__(self, text: TextIO, path: Path) -> None:
+        self._text, self._path = text, path
+
+    def read(self, size: int | None = -1) -> str:
+        try:
+            return self._text.read(size)
+        except OSError as e:
+            raise SourceError(f"{self._path}: cannot read: {e.strerror or e}") from None
 
 
 def _blocks(text: TextIO, size: int = BLOCK_CHARS) -> Iterator[str]:

@@ -60,6 +60,7 @@ class Reader:
         self._eof = False               # the end of the dump was read
         self._cond = threading.Condition()
         self.returncode: int | None = None
+        self._stderr_text = b""
         self._thread = threading.Thread(target=self._fill, name="ct-tune-prefetch",
                                         daemon=True)
         self._thread.start()
@@ -125,7 +126,7 @@ class Reader:
         A reader that ended its output but not itself within `timeout` seconds is killed
         and TimeoutError raised.  Idempotent."""
         if self.returncode is not None:
-            return self.returncode, b""
+            return self.returncode, self._stderr_text
         with self._cond:
             self._taken = True
             self._cond.notify_all()
@@ -143,6 +144,7 @@ class Reader:
         self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
         if stopped and self.returncode == -9:
             self.returncode = 0  # killed by us, not a failure
+        self._stderr_text = err
         return self.returncode, err
 
     def _kill(self) -> None:

@@ -14,7 +14,7 @@ import time
 import psutil
 import pytest
 from conftest import ROOT
-from test_flowblocks import TIMEOUTS
+from test_flowblocks import TIMEOUTS, kernel_like_table
 
 from ct_tune import ctsource, reader
 from ct_tune.facts import Roots
@@ -209,3 +209,55 @@ def test_conntrack_that_never_exits_is_stopped(tmp_path, monkeypatch):
             ctsource.table_blocks(roots, "conntrack") as (_, blocks):
         assert list(blocks) == []
     assert not _children()
+
+
+# --- a dd that refuses ibs= and obs=, and read errors without dd ----------------------
+
+def _fake_dd(tmp_path, monkeypatch, script: str) -> None:
+    bindir = tmp_path / "ddbin"
+    bindir.mkdir()
+    exe = bindir / "dd"
+    exe.write_text("#!/bin/sh\n" + script)
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+
+
+def _tree(tmp_path, data: bytes) -> Roots:
+    (tmp_path / "proc" / "net").mkdir(parents=True)
+    (tmp_path / "proc" / "net" / "nf_conntrack").write_bytes(data)
+    return Roots(tmp_path / "proc", tmp_path / "sys")
+
+
+def test_a_dd_without_ibs_and_obs_leaves_the_table_to_be_read_here(tmp_path, monkeypatch):
+    """busybox built without FEATURE_DD_IBS_OBS (some router images) refuses the operands
+    and reads nothing: the table is read in this process instead, whole, and no error."""
+    _fake_dd(tmp_path, monkeypatch,
+             "echo \"dd: invalid number 'ibs=65536'\" >&2\nexit 1\n")
+    data = kernel_like_table(2000, seed=5).encode()
+    roots = _tree(tmp_path, data)
+    with ctsource.table_blocks(roots, "procfs") as (_, blocks):
+        assert "".join(blocks) == data.decode()
+    assert not _children()
+
+
+def test_a_dd_that_fails_after_reading_is_still_an_error(tmp_path, monkeypatch):
+    _fake_dd(tmp_path, monkeypatch, "head -c 100\necho 'dd: error reading: EIO' >&2\nexit 1\n")
+    roots = _tree(tmp_path, kernel_like_table(2000, seed=5).encode())
+    with pytest.raises(ctsource.SourceError, match=r"nf_conntrack: cannot read: dd: error "
+                                                   r"reading: EIO"), \
+            ctsource.table_blocks(roots, "procfs") as (_, blocks):
+        list(blocks)
+    assert not _children()
+
+
+def test_a_read_error_without_dd_is_a_source_error(tmp_path, monkeypatch):
+    """/proc/self/mem read at offset 0 fails with EIO; read in this process it was an
+    OSError past the sampler."""
+    monkeypatch.setattr(reader, "READER", "ct-tune-test-no-such-reader")
+    (tmp_path / "proc" / "net").mkdir(parents=True)
+    (tmp_path / "proc" / "net" / "nf_conntrack").symlink_to("/proc/self/mem")
+    roots = Roots(tmp_path / "proc", tmp_path / "sys")
+    with pytest.raises(ctsource.SourceError, match=r"nf_conntrack: cannot read: "
+                                                   r"Input/output error"), \
+            ctsource.table_blocks(roots, "procfs") as (_, blocks):
+        list(blocks)
