@@ -162,15 +162,20 @@ def test_the_manual_states_the_read_ahead_bound():
 
 # --- conntrack -L through the same reader ---------------------------------------------
 
-def _conntrack(tmp_path, monkeypatch, script: str) -> Roots:
-    """A conntrack(8) stand-in running `script` (sh) first on PATH, and a tree without
-    /proc/net/nf_conntrack."""
-    bindir = tmp_path / "bin"
+def _on_path(tmp_path, monkeypatch, name: str, script: str) -> None:
+    """A stand-in for the command `name` running `script` (sh), first on PATH."""
+    bindir = tmp_path / f"{name}-bin"
     bindir.mkdir()
-    exe = bindir / "conntrack"
+    exe = bindir / name
     exe.write_text("#!/bin/sh\n" + script)
     exe.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+
+
+def _conntrack(tmp_path, monkeypatch, script: str) -> Roots:
+    """A conntrack(8) stand-in running `script` first on PATH, and a tree without
+    /proc/net/nf_conntrack."""
+    _on_path(tmp_path, monkeypatch, "conntrack", script)
     (tmp_path / "empty").mkdir()
     return Roots(tmp_path / "empty", tmp_path / "sys")
 
@@ -213,15 +218,6 @@ def test_conntrack_that_never_exits_is_stopped(tmp_path, monkeypatch):
 
 # --- a dd that refuses ibs= and obs=, and read errors without dd ----------------------
 
-def _fake_dd(tmp_path, monkeypatch, script: str) -> None:
-    bindir = tmp_path / "ddbin"
-    bindir.mkdir()
-    exe = bindir / "dd"
-    exe.write_text("#!/bin/sh\n" + script)
-    exe.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-
-
 def _tree(tmp_path, data: bytes) -> Roots:
     (tmp_path / "proc" / "net").mkdir(parents=True)
     (tmp_path / "proc" / "net" / "nf_conntrack").write_bytes(data)
@@ -231,7 +227,7 @@ def _tree(tmp_path, data: bytes) -> Roots:
 def test_a_dd_without_ibs_and_obs_leaves_the_table_to_be_read_here(tmp_path, monkeypatch):
     """busybox built without FEATURE_DD_IBS_OBS (some router images) refuses the operands
     and reads nothing: the table is read in this process instead, whole, and no error."""
-    _fake_dd(tmp_path, monkeypatch,
+    _on_path(tmp_path, monkeypatch, "dd",
              "echo \"dd: invalid number 'ibs=65536'\" >&2\nexit 1\n")
     data = kernel_like_table(2000, seed=5).encode()
     roots = _tree(tmp_path, data)
@@ -241,7 +237,7 @@ def test_a_dd_without_ibs_and_obs_leaves_the_table_to_be_read_here(tmp_path, mon
 
 
 def test_a_dd_that_fails_after_reading_is_still_an_error(tmp_path, monkeypatch):
-    _fake_dd(tmp_path, monkeypatch, "head -c 100\necho 'dd: error reading: EIO' >&2\nexit 1\n")
+    _on_path(tmp_path, monkeypatch, "dd", "head -c 100\necho 'dd: error reading: EIO' >&2\nexit 1\n")
     roots = _tree(tmp_path, kernel_like_table(2000, seed=5).encode())
     with pytest.raises(ctsource.SourceError, match=r"nf_conntrack: cannot read: dd: error "
                                                    r"reading: EIO"), \
