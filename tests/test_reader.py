@@ -237,7 +237,8 @@ def test_a_dd_without_ibs_and_obs_leaves_the_table_to_be_read_here(tmp_path, mon
 
 
 def test_a_dd_that_fails_after_reading_is_still_an_error(tmp_path, monkeypatch):
-    _on_path(tmp_path, monkeypatch, "dd", "head -c 100\necho 'dd: error reading: EIO' >&2\nexit 1\n")
+    _on_path(tmp_path, monkeypatch, "dd",
+             "head -c 100\necho 'dd: error reading: EIO' >&2\nexit 1\n")
     roots = _tree(tmp_path, kernel_like_table(2000, seed=5).encode())
     with pytest.raises(ctsource.SourceError, match=r"nf_conntrack: cannot read: dd: error "
                                                    r"reading: EIO"), \
