@@ -14,10 +14,10 @@ the table on the other CPU while we aggregate the last one.  dd rather than
 cat: cat writes each 4 KiB page as it comes, waking us thousands of times
 (about 4 % of the sample); dd with obs= gathers them into 256 KiB writes
 (POSIX reblocking).  Until the sample reads the pipe, a thread of reader.py
-empties it, so dd (or conntrack -L) never waits on a full pipe while ct-tune starts.
-Without dd, or with a dd that refuses ibs= and obs= (a trimmed busybox), the file is
-read in this process.  Either source
-is read in blocks of whole lines, decoded exactly as a text-mode file would decode it.
+empties it, so dd (or conntrack -L) never waits on a full pipe while ct-tune
+starts.  Without dd, or with a dd that refuses ibs= and obs= (a trimmed busybox),
+the file is read in this process.  Either source is read in blocks of whole
+lines, decoded exactly as a text-mode file would decode it.
 """
 
 from __future__ import annotations
