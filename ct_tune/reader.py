@@ -232,15 +232,14 @@ def run(argv: list[str], stdin: int | None = None) -> Reader | None:
     finally:
         for x in (out_w, err_w) + ((src,) if src not in (None, stdin) else ()):
             os.close(x)
-    grow_pipe(out_r)
+    _grow_pipe(out_r)
     return Reader(pid, out_r, err_r)
 
 
-def grow_pipe(pipe: int | io.IOBase) -> None:
+def _grow_pipe(fd: int) -> None:
     """Let the writer run up to PIPE_BYTES ahead of us (Linux F_SETPIPE_SZ; best effort)."""
     import fcntl
 
-    fd = pipe if isinstance(pipe, int) else pipe.fileno()
     with contextlib.suppress(OSError, AttributeError):  # an older kernel, or not Linux
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 

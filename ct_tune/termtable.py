@@ -92,11 +92,15 @@ _UNIT_SPACE = re.compile(r"(?<=\d) (?=(?:d|h|min|s|ms|B|KiB|MiB|GiB|TiB|%)(?![\w
 _GLUE = "\ue000"  # private use: never in a summary, not whitespace to textwrap
 
 
+def _glued(text: str) -> str:
+    """text with each number and its unit joined into one word (see _wrap)."""
+    return _UNIT_SPACE.sub(_GLUE, text)
+
+
 def _wrap(text: str, width: int, indent: str = "", first: str | None = None) -> list[str]:
     """textwrap.wrap, keeping numbers with their units and never breaking at hyphens
     (option names such as --random-fully stay whole)."""
-    glued = _UNIT_SPACE.sub(_GLUE, text)
-    lines = textwrap.wrap(glued, max(1, width), break_on_hyphens=False,
+    lines = textwrap.wrap(_glued(text), max(1, width), break_on_hyphens=False,
                           initial_indent=indent if first is None else first,
                           subsequent_indent=indent) or [""]
     return [line.replace(_GLUE, " ") for line in lines]
@@ -117,8 +121,7 @@ def table(findings: Sequence[Finding], style: Style, show_all: bool = False) -> 
     width = style.columns
     fixed = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(_HEADERS[:4])]
     why = width - sum(fixed) - len(_GAP) * 4
-    longest = max(len(word) for r in rows for word in _UNIT_SPACE.sub(_GLUE, r[-1]).split()
-                  or [""])
+    longest = max(len(word) for r in rows for word in _glued(r[-1]).split() or [""])
     if why >= max(_WHY_MIN, longest):
         return _columns(rows, fixed, why, style)
     return _blocks(rows, style)
